@@ -1,0 +1,37 @@
+//! Spool append: group commit of 100-event requests (~200 B per event) with fsync,
+//! from 64 concurrent writers, the way the collector's HTTP handlers use it.
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use weir_proto::record;
+use weir_proto::wal::{Wal, WalOptions};
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(WalOptions { dir: dir.path().to_path_buf(), segment_bytes: 64 << 20, name: "bench" }).unwrap();
+    let mut request = Vec::new();
+    for _ in 0..100 {
+        record::encode_into(&mut request, &[b'x'; 200]);
+    }
+    let mut g = c.benchmark_group("spool");
+    g.throughput(Throughput::Elements(64 * 100));
+    g.sample_size(20);
+    g.bench_function("append_64x100_events_group_commit", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut tasks = Vec::new();
+                for _ in 0..64 {
+                    let wal = wal.clone();
+                    let req = request.clone();
+                    tasks.push(tokio::spawn(async move { wal.append(req).await.unwrap() }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,399 @@
+//! Events as sent (JSON) and as stored (the protobuf [`crate::pb::Event`]).
+//!
+//! [`Incoming::parse`] reads one sent event without copying: names borrow from the
+//! request body and field values stay raw JSON until validation looks at them.
+//! [`EventRef::encode`] writes the stored form straight into a spool buffer.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::BufMut;
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// A string that borrows from the input when it has no escapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CowStr<'a>(pub Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// One event as sent, before validation.
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    /// The event's JSON exactly as sent.
+    pub raw: &'a str,
+    /// `event`, when it was a string.
+    pub event: Option<Cow<'a, str>>,
+    /// `version`, when it was a positive integer.
+    pub version: Option<u32>,
+    /// `env`, when it was a string.
+    pub env: Option<Cow<'a, str>>,
+    /// `id`, when it was a string.
+    pub id: Option<Cow<'a, str>>,
+    /// `ts` in microseconds since the epoch, when valid.
+    pub ts: Option<i64>,
+    /// `fields` as (name, raw JSON value), in the order sent.
+    pub fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// Problems with the envelope itself (wrong types, unknown keys), each naming the key.
+    pub problems: Vec<String>,
+}
+
+/// Longest accepted `id`.
+pub const MAX_ID_LEN: usize = 128;
+
+impl<'a> Incoming<'a> {
+    /// Reads one event. Fails only when the JSON is not an object; every other problem
+    /// is recorded in `problems` so the validation policy can decide.
+    pub fn parse(raw: &'a RawValue) -> Result<Incoming<'a>, String> {
+        let text = raw.get();
+        if !text.starts_with('{') {
+            return Err("an event must be a JSON object".into());
+        }
+        let mut de = serde_json::Deserializer::from_str(text);
+        let mut ev = Incoming {
+            raw: text,
+            event: None,
+            version: None,
+            env: None,
+            id: None,
+            ts: None,
+            fields: Vec::new(),
+            problems: Vec::new(),
+        };
+        de.deserialize_map(EnvelopeVisitor(&mut ev)).map_err(|e| e.to_string())?;
+        Ok(ev)
+    }
+}
+
+struct EnvelopeVisitor<'x, 'a>(&'x mut Incoming<'a>);
+
+impl<'de, 'x> Visitor<'de> for EnvelopeVisitor<'x, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event object")
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
+        let ev = self.0;
+        while let Some(key) = map.next_key::<CowStr<'de>>()? {
+            let value: &'de RawValue = map.next_value()?;
+            let text = value.get();
+            match key.0.as_ref() {
+                "event" => match serde_json::from_str::<CowStr<'de>>(text) {
+                    Ok(s) => ev.event = Some(s.0),
+                    Err(_) => ev.problems.push("event: must be a string".into()),
+                },
+                "env" => match serde_json::from_str::<CowStr<'de>>(text) {
+                    Ok(s) => ev.env = Some(s.0),
+                    Err(_) => ev.problems.push("env: must be a string".into()),
+                },
+                "id" => match serde_json::from_str::<CowStr<'de>>(text) {
+                    Ok(s) if !s.0.is_empty() && s.0.len() <= MAX_ID_LEN => ev.id = Some(s.0),
+                    _ => ev.problems.push(format!(
+                        "id: must be a non-empty string of at most {MAX_ID_LEN} bytes (a UUID is best)"
+                    )),
+                },
+                "version" => match serde_json::from_str::<u64>(text) {
+                    Ok(v) if v >= 1 && v <= u32::MAX as u64 => ev.version = Some(v as u32),
+                    _ if text == "null" => {}
+                    _ => ev.problems.push("version: must be a positive integer".into()),
+                },
+                "ts" => match parse_timestamp(value) {
+                    Ok(ts) => ev.ts = ts,
+                    Err(e) => ev.problems.push(format!("ts: {e}")),
+                },
+                "fields" => {
+                    if text != "null" {
+                        let mut de = serde_json::Deserializer::from_str(text);
+                        let mut fields = std::mem::take(&mut ev.fields);
+                        match de.deserialize_map(FieldsVisitor(&mut fields)) {
+                            Ok(()) => ev.fields = fields,
+                            Err(_) => ev.problems.push("fields: must be a JSON object".into()),
+                        }
+                    }
+                }
+                other => ev.problems.push(format!(
+                    "{other}: unknown key (an event has event, version, env, id, ts and fields)"
+                )),
+            }
+        }
+        Ok(())
+    }
+}
+
+struct FieldsVisitor<'x, 'a>(&'x mut Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de, 'x> Visitor<'de> for FieldsVisitor<'x, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
+        while let Some(key) = map.next_key::<CowStr<'de>>()? {
+            let value: &'de RawValue = map.next_value()?;
+            self.0.push((key.0, value));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a timestamp given as RFC 3339 text or integer microseconds since the epoch.
+/// `null` is no timestamp.
+pub fn parse_timestamp(value: &RawValue) -> Result<Option<i64>, String> {
+    let text = value.get();
+    if text == "null" {
+        return Ok(None);
+    }
+    if text.starts_with('"') {
+        let s: CowStr<'_> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        return parse_rfc3339_micros(&s.0).map(Some);
+    }
+    if !text.contains(['.', 'e', 'E']) {
+        if let Ok(us) = text.parse::<i64>() {
+            return Ok(Some(us));
+        }
+    }
+    Err("must be RFC 3339 text (2026-11-22T13:04:05.123456Z) or integer microseconds since the epoch".into())
+}
+
+/// Parses RFC 3339 text into microseconds since the epoch.
+pub fn parse_rfc3339_micros(s: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_micros())
+        .map_err(|e| format!("{s:?} is not RFC 3339 ({e})"))
+}
+
+/// Formats microseconds since the epoch as RFC 3339 UTC with microseconds.
+pub fn format_micros(us: i64) -> String {
+    match chrono::DateTime::from_timestamp_micros(us) {
+        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        None => us.to_string(),
+    }
+}
+
+/// Microseconds since the epoch, now.
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// A stored event by reference: encodes to exactly the bytes of [`crate::pb::Event`]
+/// without allocating the message first.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a> {
+    /// See [`crate::pb::Event::id`].
+    pub id: &'a str,
+    /// See [`crate::pb::Event::event`].
+    pub event: &'a str,
+    /// See [`crate::pb::Event::version`].
+    pub version: u32,
+    /// See [`crate::pb::Event::env`].
+    pub env: &'a str,
+    /// See [`crate::pb::Event::received_at`].
+    pub received_at: i64,
+    /// See [`crate::pb::Event::client_ts`].
+    pub client_ts: Option<i64>,
+    /// See [`crate::pb::Event::collector`].
+    pub collector: &'a str,
+    /// See [`crate::pb::Event::fields`].
+    pub fields: &'a [u8],
+    /// See [`crate::pb::Event::valid`].
+    pub valid: bool,
+    /// See [`crate::pb::Event::errors`].
+    pub errors: &'a [String],
+    /// See [`crate::pb::Event::raw`].
+    pub raw: &'a [u8],
+    /// See [`crate::pb::Event::context`] (sorted pairs).
+    pub context: &'a [(String, String)],
+}
+
+fn put_bytes(tag: u32, data: &[u8], buf: &mut impl BufMut) {
+    if !data.is_empty() {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(data.len() as u64, buf);
+        buf.put_slice(data);
+    }
+}
+
+fn bytes_len(tag: u32, data: &[u8]) -> usize {
+    if data.is_empty() {
+        0
+    } else {
+        prost::encoding::key_len(tag) + encoded_len_varint(data.len() as u64) + data.len()
+    }
+}
+
+impl EventRef<'_> {
+    /// Appends the protobuf encoding of this event to `buf`.
+    pub fn encode(&self, buf: &mut impl BufMut) {
+        put_bytes(1, self.id.as_bytes(), buf);
+        put_bytes(2, self.event.as_bytes(), buf);
+        if self.version != 0 {
+            encode_key(3, WireType::Varint, buf);
+            encode_varint(self.version as u64, buf);
+        }
+        put_bytes(4, self.env.as_bytes(), buf);
+        if self.received_at != 0 {
+            encode_key(5, WireType::Varint, buf);
+            encode_varint(self.received_at as u64, buf);
+        }
+        if let Some(ts) = self.client_ts {
+            encode_key(6, WireType::Varint, buf);
+            encode_varint(ts as u64, buf);
+        }
+        put_bytes(7, self.collector.as_bytes(), buf);
+        put_bytes(8, self.fields, buf);
+        if self.valid {
+            encode_key(9, WireType::Varint, buf);
+            encode_varint(1, buf);
+        }
+        for e in self.errors {
+            encode_key(10, WireType::LengthDelimited, buf);
+            encode_varint(e.len() as u64, buf);
+            buf.put_slice(e.as_bytes());
+        }
+        put_bytes(11, self.raw, buf);
+        for (k, v) in self.context {
+            let entry_len = bytes_len(1, k.as_bytes()) + bytes_len(2, v.as_bytes());
+            encode_key(12, WireType::LengthDelimited, buf);
+            encode_varint(entry_len as u64, buf);
+            put_bytes(1, k.as_bytes(), buf);
+            put_bytes(2, v.as_bytes(), buf);
+        }
+    }
+}
+
+/// Builds the stored `fields` JSON object from raw (name, value) pairs, dropping
+/// nulls, into `out` (cleared first).
+pub fn fields_json(fields: &[(Cow<'_, str>, &RawValue)], out: &mut Vec<u8>) {
+    out.clear();
+    out.push(b'{');
+    let mut first = true;
+    for (name, value) in fields {
+        if value.get() == "null" {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        // Writing a str to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, name.as_ref());
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+    }
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb;
+    use prost::Message;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn parses_envelope_and_borrows() {
+        let r = raw(r#"{"event":"item.viewed","version":2,"env":"web","id":"abc","ts":"2026-11-22T13:04:05.123456Z","fields":{"item_id":123,"source":"search"}}"#);
+        let ev = Incoming::parse(&r).unwrap();
+        assert!(matches!(ev.event, Some(Cow::Borrowed("item.viewed"))));
+        assert_eq!(ev.version, Some(2));
+        assert_eq!(ev.ts, Some(1_795_352_645_123_456));
+        assert_eq!(ev.fields.len(), 2);
+        assert_eq!(ev.fields[0].1.get(), "123");
+        assert!(ev.problems.is_empty());
+    }
+
+    #[test]
+    fn envelope_problems_name_the_key() {
+        let r = raw(r#"{"event":5,"version":0,"env":"web","ts":"yesterday","fields":[1],"colour":1,"id":""}"#);
+        let ev = Incoming::parse(&r).unwrap();
+        let p = ev.problems.join("\n");
+        for key in ["event:", "version:", "ts:", "fields:", "colour:", "id:"] {
+            assert!(p.contains(key), "{key} missing in {p}");
+        }
+        assert!(Incoming::parse(&raw("[1]")).is_err());
+        assert!(Incoming::parse(&raw("3")).is_err());
+    }
+
+    #[test]
+    fn integer_timestamps() {
+        assert_eq!(parse_timestamp(&raw("1700000000000000")), Ok(Some(1_700_000_000_000_000)));
+        assert!(parse_timestamp(&raw("1.5")).is_err());
+        assert_eq!(parse_timestamp(&raw("null")), Ok(None));
+        assert_eq!(format_micros(1_795_352_645_123_456), "2026-11-22T13:04:05.123456Z");
+    }
+
+    #[test]
+    fn event_ref_encodes_like_prost() {
+        let errors = vec!["item_id: missing required field".to_string()];
+        let context = vec![("ip".to_string(), "10.0.0.1".to_string())];
+        let r = EventRef {
+            id: "0192",
+            event: "item.viewed",
+            version: 2,
+            env: "web",
+            received_at: 1_795_352_645_123_456,
+            client_ts: Some(-5),
+            collector: "node-1",
+            fields: br#"{"a":1}"#,
+            valid: false,
+            errors: &errors,
+            raw: b"{}",
+            context: &context,
+        };
+        let mut buf = Vec::new();
+        r.encode(&mut buf);
+        let decoded = pb::Event::decode(&buf[..]).unwrap();
+        let want = pb::Event {
+            id: "0192".into(),
+            event: "item.viewed".into(),
+            version: 2,
+            env: "web".into(),
+            received_at: 1_795_352_645_123_456,
+            client_ts: Some(-5),
+            collector: "node-1".into(),
+            fields: bytes::Bytes::from_static(br#"{"a":1}"#),
+            valid: false,
+            errors,
+            raw: bytes::Bytes::from_static(b"{}"),
+            context: [("ip".to_string(), "10.0.0.1".to_string())].into_iter().collect(),
+        };
+        assert_eq!(decoded, want);
+        assert_eq!(buf, want.encode_to_vec());
+    }
+
+    #[test]
+    fn fields_json_drops_nulls_and_escapes_keys() {
+        let r = raw(r#"{"a":1,"b":null,"c\"":"x"}"#);
+        let ev = Incoming::parse(&raw(&format!(r#"{{"fields":{}}}"#, r.get()))).map(|e| {
+            let mut out = Vec::new();
+            fields_json(&e.fields, &mut out);
+            String::from_utf8(out).unwrap()
+        });
+        assert_eq!(ev.unwrap(), r#"{"a":1,"c\"":"x"}"#);
+    }
+}
