@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod event;
+pub mod http;
 pub mod record;
 pub mod wal;
 

@@ -1,0 +1,74 @@
+//! The `[collector]` section of the config.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Collector settings. Paths left empty are derived from the data directory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// TCP address of the HTTP API.
+    pub listen: String,
+    /// HTTP over a unix stream socket (default `<data>/collector.sock`).
+    pub socket: Option<PathBuf>,
+    /// Unix datagram socket, one JSON event or NDJSON per datagram (default
+    /// `<data>/collector.dgram`).
+    pub datagram: Option<PathBuf>,
+    /// Routers to forward to, tried in order (failover).
+    pub routers: Vec<String>,
+    /// The spool refuses new events (503) beyond this many bytes.
+    pub spool_max_bytes: u64,
+    /// Spool directory (default `<data>/collector/spool`).
+    pub spool_dir: Option<PathBuf>,
+    /// Spool segment size; segments are deleted once the router has acknowledged them.
+    pub spool_segment_bytes: u64,
+    /// Name stamped on every event (default: `$NODE_NAME`, else the host name).
+    pub name: Option<String>,
+    /// Largest accepted request body, also after decompression.
+    pub max_body_bytes: usize,
+    /// Most events in one batch to the router.
+    pub batch_max_events: usize,
+    /// Longest a partial batch waits for more events before it is sent.
+    pub batch_max_wait_ms: u64,
+    /// How long shutdown waits for the spool to drain to the router.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            listen: "127.0.0.1:8080".into(),
+            socket: None,
+            datagram: None,
+            routers: vec!["http://127.0.0.1:8081".into()],
+            spool_max_bytes: 1 << 30,
+            spool_dir: None,
+            spool_segment_bytes: 32 << 20,
+            name: None,
+            max_body_bytes: 5 << 20,
+            batch_max_events: 1000,
+            batch_max_wait_ms: 50,
+            drain_timeout_secs: 30,
+        }
+    }
+}
+
+impl CollectorConfig {
+    /// The name stamped on events: the configured one, `$NODE_NAME`, or the host name.
+    pub fn node_name(&self) -> String {
+        if let Some(n) = self.name.as_ref().filter(|n| !n.is_empty()) {
+            return n.clone();
+        }
+        if let Ok(n) = std::env::var("NODE_NAME") {
+            if !n.is_empty() {
+                return n;
+            }
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "collector".into())
+    }
+}

@@ -1,0 +1,123 @@
+//! The collector's HTTP API: `POST /v1/events`, `/healthz`, `/readyz`, `/metrics`.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request, StatusCode};
+use metrics_exporter_prometheus::PrometheusHandle;
+use weir_proto::http::{self as h, ReadError, Response};
+use weir_proto::Catalog;
+
+use crate::body::{self, BodyError};
+use crate::ingest::{self, Source};
+use crate::metrics as m;
+use crate::spool::Spool;
+
+/// What the handlers share.
+pub struct State {
+    /// The catalog events are validated against (swapped atomically on change).
+    pub catalog: Arc<ArcSwap<Catalog>>,
+    /// The durable spool.
+    pub spool: Spool,
+    /// Name stamped on events.
+    pub name: String,
+    /// Largest body, also decompressed.
+    pub max_body_bytes: usize,
+    /// Renders `/metrics`, when a recorder is installed.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// Routes one request.
+pub async fn handle(state: Arc<State>, req: Request<Incoming>, source: Source<'static>) -> Response {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::POST, "/v1/events") => events(&state, req, source).await,
+        (_, "/v1/events") => {
+            let mut r = h::error(StatusCode::METHOD_NOT_ALLOWED, "use POST /v1/events");
+            r.headers_mut().insert("allow", HeaderValue::from_static("POST"));
+            r
+        }
+        (&Method::GET, "/healthz") => h::text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => readyz(&state),
+        (&Method::GET, "/metrics") => match &state.metrics {
+            Some(handle) => {
+                m::refresh_spool(&state.spool);
+                h::text(StatusCode::OK, handle.render())
+            }
+            None => h::text(StatusCode::OK, ""),
+        },
+        _ => h::error(StatusCode::NOT_FOUND, "no such endpoint: the collector serves POST /v1/events, GET /healthz, /readyz and /metrics"),
+    };
+    metrics::counter!(m::REQUESTS, "code" => resp.status().as_str().to_string()).increment(1);
+    resp
+}
+
+fn readyz(state: &State) -> Response {
+    let dir = state.spool.dir();
+    let probe = dir.join(".readyz");
+    match std::fs::write(&probe, b"ok") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            h::text(StatusCode::OK, format!("ready: catalog {}\n", state.catalog.load().revision))
+        }
+        Err(e) => h::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: spool {} is not writable: {e}\n", dir.display()),
+        ),
+    }
+}
+
+fn body_error(e: BodyError) -> Response {
+    match e {
+        BodyError::Malformed(msg) => h::error(StatusCode::BAD_REQUEST, msg),
+        e @ BodyError::TooLarge(_) => h::error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        BodyError::Unsupported(msg) => h::error(StatusCode::UNSUPPORTED_MEDIA_TYPE, msg),
+    }
+}
+
+fn unavailable(msg: String) -> Response {
+    let mut r = h::error(StatusCode::SERVICE_UNAVAILABLE, msg);
+    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+async fn events(state: &State, req: Request<Incoming>, source: Source<'_>) -> Response {
+    let limit = state.max_body_bytes;
+    let (parts, raw) = match h::read_body(req, limit).await {
+        Ok(b) => b,
+        Err(e @ ReadError::TooLarge(_)) => {
+            return body_error(BodyError::TooLarge(match e {
+                ReadError::TooLarge(n) => n,
+                ReadError::Io(_) => limit,
+            }))
+        }
+        Err(ReadError::Io(msg)) => return h::error(StatusCode::BAD_REQUEST, msg),
+    };
+    let header = |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let format = match body::format(header(hyper::header::CONTENT_TYPE)) {
+        Ok(f) => f,
+        Err(e) => return body_error(e),
+    };
+    let decoded = match body::decode(header(hyper::header::CONTENT_ENCODING), raw, limit) {
+        Ok(b) => b,
+        Err(e) => return body_error(e),
+    };
+    let items = match body::split(&decoded, format) {
+        Ok(items) => items,
+        Err(e) => return body_error(e),
+    };
+    let catalog = state.catalog.load();
+    let now = weir_proto::event::now_micros();
+    let ingested = ingest::ingest(&catalog, &items, source, &state.name, now);
+    if ingested.records > 0 {
+        if !state.spool.has_room(ingested.framed.len()) {
+            return unavailable("the spool is full (spool_max_bytes): the router is not keeping up or is down; retry later".into());
+        }
+        if let Err(e) = state.spool.append(ingested.framed).await {
+            return unavailable(format!("cannot write the spool: {e}"));
+        }
+    }
+    m::record(&ingested.tally);
+    h::json(StatusCode::ACCEPTED, &ingested.summary)
+}

@@ -1,0 +1,237 @@
+//! Turning a request's events into spool records: validate against the catalog, apply
+//! the environment's policy, stamp (id, received_at, collector) and encode.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use weir_proto::catalog::{Catalog, Checked};
+use weir_proto::event::{fields_json, EventRef, Incoming};
+use weir_proto::record;
+
+/// One refused or flagged event, by its index in the request.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EventError {
+    /// Index in the request (array position or NDJSON line among events).
+    pub index: usize,
+    /// What is wrong, each problem naming its field, joined by `; `.
+    pub error: String,
+}
+
+/// The `202` answer to a request.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct Summary {
+    /// Events kept, flagged ones included.
+    pub accepted: usize,
+    /// Events kept with `valid = false`.
+    pub flagged: usize,
+    /// Events refused (backend envs, unknown envs).
+    pub rejected: usize,
+    /// Events switched off by the catalog (`drop = true`): neither kept nor refused.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dropped: usize,
+    /// The flagged and rejected events, by index.
+    pub errors: Vec<EventError>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Outcome of one event, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Valid and kept.
+    Accepted,
+    /// Invalid, kept with `valid = false`.
+    Flagged,
+    /// Refused.
+    Rejected,
+    /// Switched off in the catalog.
+    Dropped,
+}
+
+/// Counts per (env, event, outcome), for metrics; names outside the catalog are
+/// reported as `_unknown` so senders cannot blow up metric cardinality.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// (env, event, outcome) -> count.
+    pub counts: Vec<(String, String, Outcome, u64)>,
+}
+
+impl Tally {
+    fn add(&mut self, env: &str, event: &str, outcome: Outcome) {
+        if let Some(row) = self
+            .counts
+            .iter_mut()
+            .find(|(e, n, o, _)| e == env && n == event && *o == outcome)
+        {
+            row.3 += 1;
+        } else {
+            self.counts.push((env.to_string(), event.to_string(), outcome, 1));
+        }
+    }
+}
+
+/// What a request produced: spool records and the answer.
+#[derive(Debug, Default)]
+pub struct Ingested {
+    /// Framed records, ready to append to the spool.
+    pub framed: Vec<u8>,
+    /// Number of records in `framed`.
+    pub records: usize,
+    /// The answer for the sender.
+    pub summary: Summary,
+    /// Counts for metrics.
+    pub tally: Tally,
+}
+
+/// Context a listener adds to each event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Source<'a> {
+    /// The environment this listener binds (unix socket, proxy key), if any.
+    pub bound_env: Option<&'a str>,
+}
+
+/// Validates, stamps and encodes `items`. `now` (µs) becomes every event's
+/// `received_at`.
+pub fn ingest(catalog: &Catalog, items: &[&RawValue], source: Source<'_>, collector: &str, now: i64) -> Ingested {
+    let mut out = Ingested {
+        framed: Vec::with_capacity(items.iter().map(|i| i.get().len() + 96).sum()),
+        ..Default::default()
+    };
+    let mut scratch = Vec::with_capacity(512);
+    for (index, raw) in items.iter().enumerate() {
+        let ev = match Incoming::parse(raw) {
+            Ok(ev) => ev,
+            Err(e) => {
+                out.summary.rejected += 1;
+                out.summary.errors.push(EventError { index, error: e });
+                out.tally.add("_unknown", "_unknown", Outcome::Rejected);
+                continue;
+            }
+        };
+        let mut env = ev.env.as_deref().or(source.bound_env);
+        let mut bound_mismatch = None;
+        if let (Some(bound), Some(given)) = (source.bound_env, ev.env.as_deref()) {
+            if bound != given {
+                bound_mismatch = Some(format!(
+                    "env: this listener only takes events of environment {bound:?}, not {given:?}"
+                ));
+                env = None;
+            }
+        }
+        let mut checked: Checked<'_> = catalog.validate(&ev, env);
+        if let Some(msg) = bound_mismatch {
+            checked.errors.retain(|e| !e.starts_with("env:"));
+            checked.errors.insert(0, msg);
+        }
+        let env_label = checked.env.map_or("_unknown", |(n, _)| n);
+        let event_label = match (checked.def, ev.event.as_deref()) {
+            (Some(_), Some(name)) => name,
+            _ => "_unknown",
+        };
+        if checked.is_dropped() {
+            out.summary.dropped += 1;
+            out.tally.add(env_label, event_label, Outcome::Dropped);
+            continue;
+        }
+        if checked.is_rejected() {
+            out.summary.rejected += 1;
+            out.summary.errors.push(EventError {
+                index,
+                error: checked.errors.join("; "),
+            });
+            out.tally.add(env_label, event_label, Outcome::Rejected);
+            continue;
+        }
+        let valid = checked.is_valid();
+        let generated;
+        let id = match ev.id.as_deref() {
+            Some(id) => id,
+            None => {
+                generated = uuid::Uuid::now_v7().to_string();
+                &generated
+            }
+        };
+        fields_json(&ev.fields, &mut scratch);
+        let event_ref = EventRef {
+            id,
+            event: ev.event.as_deref().unwrap_or(""),
+            version: checked.version,
+            env: env.unwrap_or(""),
+            received_at: now,
+            client_ts: ev.ts,
+            collector,
+            fields: &scratch,
+            valid,
+            errors: &checked.errors,
+            raw: if valid { &[] } else { ev.raw.as_bytes() },
+            context: &[],
+        };
+        record::encode_with(&mut out.framed, |buf| event_ref.encode(buf));
+        out.records += 1;
+        out.summary.accepted += 1;
+        if valid {
+            out.tally.add(env_label, event_label, Outcome::Accepted);
+        } else {
+            out.summary.flagged += 1;
+            out.summary.errors.push(EventError {
+                index,
+                error: checked.errors.join("; "),
+            });
+            out.tally.add(env_label, event_label, Outcome::Flagged);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use weir_proto::pb;
+
+    fn run(body: &str, bound: Option<&str>) -> (Ingested, Vec<pb::Event>) {
+        let catalog = Catalog::demo();
+        let items = crate::body::split(body.as_bytes(), crate::body::Format::Json).unwrap();
+        let got = ingest(&catalog, &items, Source { bound_env: bound }, "node-a", 1_795_352_645_000_000);
+        let events = record::iter(&got.framed).map(|r| pb::Event::decode(r).unwrap()).collect();
+        (got, events)
+    }
+
+    #[test]
+    fn stamps_flags_and_rejects_by_env_kind() {
+        let (got, events) = run(
+            r#"[
+            {"event":"page.viewed","env":"web","id":"given-id","ts":1700000000000000,"fields":{"url":"https://x/","session_id":"s"}},
+            {"event":"page.viewed","env":"web","fields":{"session_id":"s"}},
+            {"event":"user.registered","env":"backend","fields":{"user_id":"u"}},
+            {"event":"page.viewed","env":"mars","fields":{}}
+        ]"#,
+            None,
+        );
+        assert_eq!((got.summary.accepted, got.summary.flagged, got.summary.rejected), (2, 1, 2));
+        let idx: Vec<usize> = got.summary.errors.iter().map(|e| e.index).collect();
+        assert_eq!(idx, vec![1, 2, 3]);
+        assert_eq!(got.summary.errors[1].error, "method: missing required field");
+        assert_eq!(events.len(), 2);
+        let ok = &events[0];
+        assert_eq!((ok.id.as_str(), ok.version, ok.valid, ok.client_ts), ("given-id", 1, true, Some(1_700_000_000_000_000)));
+        assert_eq!(ok.collector, "node-a");
+        assert_eq!(ok.received_at, 1_795_352_645_000_000);
+        assert!(ok.raw.is_empty());
+        let bad = &events[1];
+        assert!(!bad.valid);
+        assert_eq!(bad.errors, vec!["url: missing required field"]);
+        assert!(uuid::Uuid::parse_str(&bad.id).unwrap().get_version_num() == 7);
+        assert_eq!(&bad.raw[..], br#"{"event":"page.viewed","env":"web","fields":{"session_id":"s"}}"#);
+    }
+
+    #[test]
+    fn bound_env_fills_in_and_refuses_others() {
+        let (got, events) = run(r#"[{"event":"search.performed","fields":{"query":"q"}},{"event":"search.performed","env":"web","fields":{"query":"q","session_id":"s"}}]"#, Some("backend"));
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].env, "backend");
+        assert_eq!(got.summary.rejected, 1);
+        assert!(got.summary.errors[0].error.starts_with("env: this listener only takes events of environment \"backend\""));
+    }
+}

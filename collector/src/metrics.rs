@@ -1,0 +1,49 @@
+//! Metric names of the collector (`weir_collector_*`).
+
+use crate::ingest::{Outcome, Tally};
+
+/// Events received, by env and event.
+pub const RECEIVED: &str = "weir_collector_events_received_total";
+/// Events accepted (valid), by env and event.
+pub const ACCEPTED: &str = "weir_collector_events_accepted_total";
+/// Events kept flagged invalid, by env and event.
+pub const FLAGGED: &str = "weir_collector_events_flagged_total";
+/// Events refused, by env and event.
+pub const REJECTED: &str = "weir_collector_events_rejected_total";
+/// Events dropped (catalog `drop = true`, or spool full on datagrams), by env and event.
+pub const DROPPED: &str = "weir_collector_events_dropped_total";
+/// HTTP requests, by status code.
+pub const REQUESTS: &str = "weir_collector_http_requests_total";
+/// Bytes in the spool.
+pub const SPOOL_BYTES: &str = "weir_collector_spool_bytes";
+/// Segment files in the spool.
+pub const SPOOL_SEGMENTS: &str = "weir_collector_spool_segments";
+/// Batches the router acknowledged.
+pub const FORWARDED_BATCHES: &str = "weir_collector_forwarded_batches_total";
+/// Events the router acknowledged.
+pub const FORWARDED_EVENTS: &str = "weir_collector_forwarded_events_total";
+/// Failed forward attempts that will be retried.
+pub const FORWARD_RETRIES: &str = "weir_collector_forward_retries_total";
+/// Time from sending a batch to its acknowledgement.
+pub const FORWARD_LATENCY: &str = "weir_collector_forward_latency_seconds";
+
+/// Records a request's tally.
+pub fn record(tally: &Tally) {
+    for (env, event, outcome, n) in &tally.counts {
+        let labels = [("env", env.clone()), ("event", event.clone())];
+        metrics::counter!(RECEIVED, &labels).increment(*n);
+        let name = match outcome {
+            Outcome::Accepted => ACCEPTED,
+            Outcome::Flagged => FLAGGED,
+            Outcome::Rejected => REJECTED,
+            Outcome::Dropped => DROPPED,
+        };
+        metrics::counter!(name, &labels).increment(*n);
+    }
+}
+
+/// Updates the spool gauges.
+pub fn refresh_spool(spool: &crate::spool::Spool) {
+    metrics::gauge!(SPOOL_BYTES).set(spool.wal().bytes() as f64);
+    metrics::gauge!(SPOOL_SEGMENTS).set(spool.wal().segments() as f64);
+}
