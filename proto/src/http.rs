@@ -39,6 +39,14 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     json(status, &E { error: message.into() })
 }
 
+/// A response with a body of the given content type.
+pub fn bytes(status: StatusCode, content_type: &'static str, body: Bytes) -> Response {
+    let mut r = hyper::Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
 /// A plain-text response.
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response {
     let mut r = hyper::Response::new(Full::new(body.into()));

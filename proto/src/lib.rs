@@ -2,6 +2,7 @@
 //! and the durable record log shared by the collector spool and the router log.
 #![warn(missing_docs)]
 
+pub mod buffer;
 pub mod catalog;
 pub mod event;
 pub mod http;

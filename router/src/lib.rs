@@ -1,0 +1,135 @@
+//! weir's router: takes batches from collectors into a durable log, acknowledges them
+//! once durable, and moves every event into the hourly warehouse buffer.
+#![warn(missing_docs)]
+
+pub mod batch;
+pub mod buffer;
+pub mod config;
+pub mod http;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use weir_proto::wal::{Wal, WalOptions};
+
+pub use config::RouterConfig;
+
+/// Errors starting a router.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The log could not be opened.
+    #[error("router log: {0}")]
+    Log(#[from] weir_proto::wal::WalError),
+    /// The buffer directory could not be opened.
+    #[error("hourly buffer {path}: {source}")]
+    Buffer {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source} (is another weir already running? set router.listen)")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A configured feature is not available in this build.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Where a router keeps its files.
+#[derive(Clone, Debug)]
+pub struct RouterPaths {
+    /// The durable log.
+    pub log_dir: std::path::PathBuf,
+    /// The hourly file buffer.
+    pub buffer_dir: std::path::PathBuf,
+}
+
+/// A running router.
+pub struct Router {
+    /// Where the HTTP API listens.
+    pub addr: SocketAddr,
+    wal: Wal,
+    stop_http: watch::Sender<bool>,
+    stop_buffer: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    buffer: JoinHandle<()>,
+}
+
+impl Router {
+    /// Opens the log and buffer, binds the listener and starts moving events.
+    pub async fn start(cfg: &RouterConfig, paths: &RouterPaths, metrics: Option<PrometheusHandle>) -> Result<Router, StartError> {
+        if !cfg.recipients.is_empty() {
+            let names: Vec<&str> = cfg.recipients.keys().map(|s| s.as_str()).collect();
+            return Err(StartError::Unsupported(format!(
+                "router.recipients ({}) are not delivered by this version yet; remove them to run with the warehouse buffer only",
+                names.join(", ")
+            )));
+        }
+        if let config::BufferConfig::Mongo { .. } = cfg.buffer {
+            return Err(StartError::Unsupported(
+                "router.buffer kind \"mongo\" is not available in this version yet; use { kind = \"file\" }".into(),
+            ));
+        }
+        let wal = Wal::open(WalOptions {
+            dir: paths.log_dir.clone(),
+            segment_bytes: cfg.log_segment_bytes,
+            name: "router-log",
+        })?;
+        let file_buffer = buffer::FileBuffer::open(&paths.buffer_dir, Duration::from_secs(cfg.grace_secs), cfg.retention_days)
+            .map_err(|source| StartError::Buffer { path: paths.buffer_dir.clone(), source })?;
+        let listener = TcpListener::bind(&cfg.listen)
+            .await
+            .map_err(|source| StartError::Listen { addr: cfg.listen.clone(), source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr: cfg.listen.clone(), source })?;
+        let state = Arc::new(http::State {
+            wal: wal.clone(),
+            recent: http::RecentBatches::new(100_000),
+            max_batch_bytes: cfg.max_batch_bytes,
+            metrics,
+        });
+        let (stop_http, http_rx) = watch::channel(false);
+        let (stop_buffer, buf_rx) = watch::channel(false);
+        let server = tokio::spawn(weir_proto::http::serve(listener, move |req| http::handle(state.clone(), req), http_rx));
+        let cursor = cursor_path(&paths.log_dir, "warehouse");
+        let buffer_wal = wal.clone();
+        let buffer = tokio::spawn(async move {
+            if let Err(e) = buffer::run(buffer_wal, file_buffer, cursor, buf_rx).await {
+                tracing::error!(error = %e, "the hourly buffer stopped; events stay in the router log");
+            }
+        });
+        Ok(Router { addr, wal, stop_http, stop_buffer, server, buffer })
+    }
+
+    /// Bytes waiting in the durable log.
+    pub fn log_bytes(&self) -> u64 {
+        self.wal.bytes()
+    }
+
+    /// Stops intake (requests in flight finish), then moves what is left in the log into
+    /// the hourly buffer and returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop_http.send(true);
+        let _ = self.server.await;
+        let _ = self.stop_buffer.send(true);
+        let _ = self.buffer.await;
+    }
+}
+
+fn cursor_path(log_dir: &Path, recipient: &str) -> std::path::PathBuf {
+    log_dir.join(format!("{recipient}.cursor"))
+}
