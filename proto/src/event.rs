@@ -158,6 +158,15 @@ impl<'de, 'x> Visitor<'de> for FieldsVisitor<'x, 'de> {
     }
 }
 
+/// Parses a stored `fields` JSON object into (name, raw value) pairs, borrowing from
+/// `text`.
+pub fn parse_fields(text: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, String> {
+    let mut fields = Vec::new();
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.deserialize_map(FieldsVisitor(&mut fields)).map_err(|e| e.to_string())?;
+    Ok(fields)
+}
+
 /// Parses a timestamp given as RFC 3339 text or integer microseconds since the epoch.
 /// `null` is no timestamp.
 pub fn parse_timestamp(value: &RawValue) -> Result<Option<i64>, String> {

@@ -1,0 +1,236 @@
+//! Building Arrow record batches from stored events, one typed column per field.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::SchemaRef;
+use serde_json::value::RawValue;
+use weir_proto::catalog::{Column, FieldType, Scalar};
+use weir_proto::event::{parse_fields, parse_timestamp, CowStr};
+use weir_proto::pb::Event;
+
+fn ts_builder(cap: usize) -> TimestampMicrosecondBuilder {
+    TimestampMicrosecondBuilder::with_capacity(cap).with_timezone("UTC")
+}
+
+enum Builder {
+    Str(StringBuilder),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Bool(BooleanBuilder),
+    Ts(TimestampMicrosecondBuilder),
+    ListStr(ListBuilder<StringBuilder>),
+    ListInt(ListBuilder<Int64Builder>),
+    ListFloat(ListBuilder<Float64Builder>),
+    ListBool(ListBuilder<BooleanBuilder>),
+}
+
+fn parse_str(v: &RawValue) -> Result<CowStr<'_>, String> {
+    serde_json::from_str(v.get()).map_err(|_| format!("expected string, got {}", v.get()))
+}
+
+fn parse_int(v: &RawValue) -> Result<i64, String> {
+    v.get().parse().map_err(|_| format!("expected int, got {}", v.get()))
+}
+
+fn parse_float(v: &RawValue) -> Result<f64, String> {
+    match v.get().parse::<f64>() {
+        Ok(f) if f.is_finite() && !v.get().starts_with('"') => Ok(f),
+        _ => Err(format!("expected float, got {}", v.get())),
+    }
+}
+
+fn parse_bool(v: &RawValue) -> Result<bool, String> {
+    match v.get() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("expected bool, got {other}")),
+    }
+}
+
+fn parse_list<'a, T>(v: &'a RawValue, f: impl Fn(&'a RawValue) -> Result<T, String>) -> Result<Vec<T>, String> {
+    let items: Vec<&RawValue> = serde_json::from_str(v.get()).map_err(|_| format!("expected array, got {}", v.get()))?;
+    items.into_iter().map(f).collect()
+}
+
+impl Builder {
+    fn new(t: FieldType, cap: usize) -> Builder {
+        match t {
+            FieldType::Scalar(Scalar::String) => Builder::Str(StringBuilder::with_capacity(cap, cap * 16)),
+            FieldType::Scalar(Scalar::Int) => Builder::Int(Int64Builder::with_capacity(cap)),
+            FieldType::Scalar(Scalar::Float) => Builder::Float(Float64Builder::with_capacity(cap)),
+            FieldType::Scalar(Scalar::Bool) => Builder::Bool(BooleanBuilder::with_capacity(cap)),
+            FieldType::Scalar(Scalar::Timestamp) => Builder::Ts(ts_builder(cap)),
+            FieldType::Array(Scalar::Int) => Builder::ListInt(ListBuilder::new(Int64Builder::new())),
+            FieldType::Array(Scalar::Float) => Builder::ListFloat(ListBuilder::new(Float64Builder::new())),
+            FieldType::Array(Scalar::Bool) => Builder::ListBool(ListBuilder::new(BooleanBuilder::new())),
+            FieldType::Array(_) => Builder::ListStr(ListBuilder::new(StringBuilder::new())),
+        }
+    }
+
+    /// Appends one value (`None` is null). On error nothing was appended.
+    fn append(&mut self, v: Option<&RawValue>) -> Result<(), String> {
+        match (self, v) {
+            (Builder::Str(b), None) => b.append_null(),
+            (Builder::Str(b), Some(v)) => b.append_value(parse_str(v)?.0),
+            (Builder::Int(b), None) => b.append_null(),
+            (Builder::Int(b), Some(v)) => b.append_value(parse_int(v)?),
+            (Builder::Float(b), None) => b.append_null(),
+            (Builder::Float(b), Some(v)) => b.append_value(parse_float(v)?),
+            (Builder::Bool(b), None) => b.append_null(),
+            (Builder::Bool(b), Some(v)) => b.append_value(parse_bool(v)?),
+            (Builder::Ts(b), None) => b.append_null(),
+            (Builder::Ts(b), Some(v)) => b.append_option(parse_timestamp(v)?),
+            (Builder::ListStr(b), None) => b.append(false),
+            (Builder::ListStr(b), Some(v)) => {
+                let items = parse_list(v, parse_str)?;
+                for s in items {
+                    b.values().append_value(s.0);
+                }
+                b.append(true)
+            }
+            (Builder::ListInt(b), None) => b.append(false),
+            (Builder::ListInt(b), Some(v)) => {
+                let items = parse_list(v, parse_int)?;
+                b.values().append_slice(&items);
+                b.append(true)
+            }
+            (Builder::ListFloat(b), None) => b.append(false),
+            (Builder::ListFloat(b), Some(v)) => {
+                let items = parse_list(v, parse_float)?;
+                b.values().append_slice(&items);
+                b.append(true)
+            }
+            (Builder::ListBool(b), None) => b.append(false),
+            (Builder::ListBool(b), Some(v)) => {
+                for x in parse_list(v, parse_bool)? {
+                    b.values().append_value(x);
+                }
+                b.append(true)
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Builder::Str(b) => Arc::new(b.finish()),
+            Builder::Int(b) => Arc::new(b.finish()),
+            Builder::Float(b) => Arc::new(b.finish()),
+            Builder::Bool(b) => Arc::new(b.finish()),
+            Builder::Ts(b) => Arc::new(b.finish()),
+            Builder::ListStr(b) => Arc::new(b.finish()),
+            Builder::ListInt(b) => Arc::new(b.finish()),
+            Builder::ListFloat(b) => Arc::new(b.finish()),
+            Builder::ListBool(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+struct Envelope {
+    id: StringBuilder,
+    env: StringBuilder,
+    received_at: TimestampMicrosecondBuilder,
+    client_ts: TimestampMicrosecondBuilder,
+    collector: StringBuilder,
+}
+
+impl Envelope {
+    fn new(cap: usize) -> Envelope {
+        Envelope {
+            id: StringBuilder::with_capacity(cap, cap * 36),
+            env: StringBuilder::with_capacity(cap, cap * 8),
+            received_at: ts_builder(cap),
+            client_ts: ts_builder(cap),
+            collector: StringBuilder::with_capacity(cap, cap * 16),
+        }
+    }
+
+    fn append(&mut self, e: &Event) {
+        self.id.append_value(&e.id);
+        self.env.append_value(&e.env);
+        self.received_at.append_value(e.received_at);
+        self.client_ts.append_option(e.client_ts);
+        self.collector.append_value(&e.collector);
+    }
+
+    fn finish(mut self) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(self.id.finish()),
+            Arc::new(self.env.finish()),
+            Arc::new(self.received_at.finish()),
+            Arc::new(self.client_ts.finish()),
+            Arc::new(self.collector.finish()),
+        ]
+    }
+}
+
+/// A row that cannot be written under its schema: its index and why.
+#[derive(Debug)]
+pub struct BadRow {
+    /// Index in the rows given.
+    pub index: usize,
+    /// What is wrong, naming the field.
+    pub error: String,
+}
+
+/// Builds one record batch of an event version from its rows.
+pub fn event_batch(schema: &SchemaRef, columns: &[Column<'_>], rows: &[Event]) -> Result<RecordBatch, BadRow> {
+    let mut env = Envelope::new(rows.len());
+    let mut builders: Vec<Builder> = columns.iter().map(|c| Builder::new(c.def.ty, rows.len())).collect();
+    for (index, e) in rows.iter().enumerate() {
+        let text = std::str::from_utf8(&e.fields).map_err(|_| BadRow { index, error: "fields: not UTF-8".into() })?;
+        let fields = parse_fields(text).map_err(|err| BadRow { index, error: format!("fields: {err}") })?;
+        for (c, b) in columns.iter().zip(builders.iter_mut()) {
+            let v = fields.iter().find(|(k, v)| k == c.name && v.get() != "null").map(|(_, v)| *v);
+            if v.is_none() && c.required {
+                return Err(BadRow { index, error: format!("{}: missing required field", c.name) });
+            }
+            b.append(v).map_err(|err| BadRow { index, error: format!("{}: {err}", c.name) })?;
+        }
+        env.append(e);
+    }
+    let mut arrays = env.finish();
+    arrays.extend(builders.iter_mut().map(|b| b.finish()));
+    RecordBatch::try_new(schema.clone(), arrays).map_err(|e| BadRow { index: 0, error: format!("schema: {e}") })
+}
+
+/// The raw JSON kept for an invalid event: as sent, or rebuilt from what was stored.
+pub fn raw_json(e: &Event) -> String {
+    if !e.raw.is_empty() {
+        return String::from_utf8_lossy(&e.raw).into_owned();
+    }
+    let fields = std::str::from_utf8(&e.fields).ok().filter(|f| !f.is_empty()).unwrap_or("{}");
+    let head = serde_json::json!({"event": e.event, "version": e.version, "env": e.env, "id": e.id});
+    let head = head.to_string();
+    format!("{},\"fields\":{fields}}}", &head[..head.len() - 1])
+}
+
+/// Builds the record batch of `_invalid/` rows.
+pub fn invalid_batch(schema: &SchemaRef, rows: &[Event]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let mut env = Envelope::new(rows.len());
+    let mut event = StringBuilder::new();
+    let mut version = Int64Builder::new();
+    let mut raw = StringBuilder::new();
+    let mut errors = ListBuilder::new(StringBuilder::new());
+    for e in rows {
+        env.append(e);
+        event.append_value(&e.event);
+        version.append_value(i64::from(e.version));
+        raw.append_value(raw_json(e));
+        for err in &e.errors {
+            errors.values().append_value(err);
+        }
+        errors.append(true);
+    }
+    let mut arrays = env.finish();
+    arrays.push(Arc::new(event.finish()));
+    arrays.push(Arc::new(version.finish()));
+    arrays.push(Arc::new(raw.finish()));
+    arrays.push(Arc::new(errors.finish()));
+    RecordBatch::try_new(schema.clone(), arrays)
+}

@@ -1,0 +1,33 @@
+//! The `[loader]` section of the config.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Loader settings. Paths left empty are derived from the data directory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoaderConfig {
+    /// Where Parquet lands (default `<data>/warehouse`).
+    pub warehouse: Option<PathBuf>,
+    /// Arrow Flight address (`weir loader serve`).
+    pub flight: String,
+    /// The router's hourly buffer to read (default `<data>/router/buffer`).
+    pub buffer_dir: Option<PathBuf>,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// How often `weir up` and `loader run --watch` look for closed hours.
+    pub interval_secs: u64,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        LoaderConfig {
+            warehouse: None,
+            flight: "127.0.0.1:8815".into(),
+            buffer_dir: None,
+            row_group_rows: 128 * 1024,
+            interval_secs: 30,
+        }
+    }
+}
