@@ -1,1 +1,262 @@
-fn main(){}
+//! `weir`: one binary for every part of the pipeline.
+
+mod config;
+mod run;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use weir_proto::Catalog;
+
+use crate::config::Config;
+
+/// weir — a self-hosted clickstream pipeline: collector, router, loader and event catalog.
+#[derive(Parser)]
+#[command(name = "weir", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct ConfigArg {
+    /// The config file (TOML); `weir config example` prints one.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Collector, router and loader in one process, on embedded defaults.
+    Up {
+        /// Data directory (spool, log, buffers, warehouse). Default: ./weir-data.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Catalog directory. Default: the built-in demo catalog.
+        #[arg(long, value_name = "DIR")]
+        catalog: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run only the collector.
+    Collector {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run only the router.
+    Router {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Load hourly buffers into Parquet.
+    Loader {
+        #[command(subcommand)]
+        command: LoaderCommand,
+    },
+    /// Check the event catalog.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// Print or check a config.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LoaderCommand {
+    /// Load closed hours that are not loaded yet (or grew since).
+    Run {
+        /// Also load the hours still open.
+        #[arg(long)]
+        now: bool,
+        /// Keep running, loading hours as they close.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Rebuild buffered hours, replacing what was loaded.
+    Replay {
+        /// First hour, like 2026-11-22T13 (UTC).
+        #[arg(long, value_name = "HOUR")]
+        from: String,
+        /// Last hour, inclusive.
+        #[arg(long, value_name = "HOUR")]
+        to: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Validate a catalog directory; with --previous, also refuse breaking edits.
+    Check {
+        /// The earlier revision of the catalog (a directory) to compare against.
+        #[arg(long, value_name = "OLD")]
+        previous: Option<PathBuf>,
+        /// The catalog directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print a complete, commented config with every default.
+    Example,
+    /// Validate a config file (and its catalog) without starting anything.
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
+    Ok(Config::load(arg.config.as_deref(), std::env::vars())?)
+}
+
+/// Loads the catalog a config names, or the demo one when `demo_ok`.
+fn load_catalog(cfg: &Config, demo_ok: bool) -> anyhow::Result<(Catalog, String)> {
+    match &cfg.catalog {
+        Some(dir) if dir.starts_with("http://") || dir.starts_with("https://") => anyhow::bail!(
+            "catalog = {dir:?}: pulling the catalog from a router is not available in this version; point `catalog` at a directory"
+        ),
+        Some(dir) => {
+            let c = Catalog::load_dir(Path::new(dir)).map_err(|e| anyhow::anyhow!("invalid catalog:\n{e}"))?;
+            Ok((c, dir.clone()))
+        }
+        None if demo_ok => Ok((Catalog::demo(), "built-in demo catalog".into())),
+        None => anyhow::bail!("no catalog: set `catalog = \"DIR\"` in the config (or WEIR_CATALOG)"),
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Up { data_dir, catalog, config } => {
+            let mut cfg = load_config(&config)?;
+            if let Some(d) = data_dir {
+                cfg.data_dir = Some(d);
+            }
+            if let Some(c) = catalog {
+                cfg.catalog = Some(c.to_string_lossy().into_owned());
+            }
+            let (catalog, source) = load_catalog(&cfg, true)?;
+            run::runtime()?.block_on(run::up(cfg, catalog, source))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Collector { config } => {
+            let cfg = load_config(&config)?;
+            let (catalog, _) = load_catalog(&cfg, false)?;
+            run::runtime()?.block_on(run::collector(cfg, catalog))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Router { config } => {
+            let cfg = load_config(&config)?;
+            run::runtime()?.block_on(run::router(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Loader { command } => loader(command),
+        Command::Catalog { command: CatalogCommand::Check { previous, dir } } => catalog_check(previous.as_deref(), &dir),
+        Command::Config { command: ConfigCommand::Example } => {
+            print!("{}", config::EXAMPLE);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { command: ConfigCommand::Check { file } } => {
+            let cfg = Config::load(Some(&file), std::env::vars())?;
+            let (catalog, source) = load_catalog(&cfg, true)?;
+            println!(
+                "{}: ok (catalog {source}: {} events, revision {})",
+                file.display(),
+                catalog.events.len(),
+                catalog.revision
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn loader(command: LoaderCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        LoaderCommand::Run { now, watch, config } => {
+            let cfg = load_config(&config)?;
+            let (catalog, _) = load_catalog(&cfg, true)?;
+            run::init_tracing();
+            let loader = run::make_loader(&cfg, catalog);
+            loop {
+                let reports = loader.run(now).context("load failed")?;
+                for r in &reports {
+                    let m = &r.manifest;
+                    println!("{}: {} rows, {} invalid, {} duplicates dropped, {} files", m.hour, m.rows, m.invalid_rows, m.duplicates, m.files.len());
+                }
+                if !watch {
+                    if reports.is_empty() {
+                        println!("nothing to load in {}", cfg.buffer_dir().display());
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                std::thread::sleep(std::time::Duration::from_secs(cfg.loader.interval_secs.max(1)));
+            }
+        }
+        LoaderCommand::Replay { from, to, config } => {
+            let cfg = load_config(&config)?;
+            let (catalog, _) = load_catalog(&cfg, true)?;
+            let from = weir_proto::hour::parse(&from).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
+            let to = weir_proto::hour::parse(&to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+            anyhow::ensure!(from <= to, "--from must not be after --to");
+            let loader = run::make_loader(&cfg, catalog);
+            let reports = loader.replay(from, to, |done, total| eprintln!("replayed {done}/{total} hours"))?;
+            for r in &reports {
+                println!("{}: {} rows, {} invalid", r.manifest.hour, r.manifest.rows, r.manifest.invalid_rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn catalog_check(previous: Option<&Path>, dir: &Path) -> anyhow::Result<ExitCode> {
+    let new = match Catalog::load_dir(dir) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("catalog check failed: {} problem(s)", e.problems.len());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if let Some(old_dir) = previous {
+        let old = Catalog::load_dir(old_dir).map_err(|e| anyhow::anyhow!("--previous {}: invalid catalog:\n{e}", old_dir.display()))?;
+        let problems = weir_proto::catalog::check::compatible(&old, &new);
+        if !problems.is_empty() {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!("catalog check failed: {} breaking edit(s) against {}", problems.len(), old_dir.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let versions: usize = new.events.values().map(|e| e.versions.len()).sum();
+    println!(
+        "{}: ok ({} environments, {} fields, {} events, {} versions)",
+        dir.display(),
+        new.environments.len(),
+        new.fields.len(),
+        new.events.len(),
+        versions
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -34,7 +34,9 @@ pub fn format(content_type: Option<&str>) -> Result<Format, BodyError> {
     };
     let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match mime.as_str() {
-        "" | "application/json" | "text/plain" => Ok(Format::Json),
+        // curl -d sends form-urlencoded by default; a body that is not JSON still gets
+        // a clear 400.
+        "" | "application/json" | "text/plain" | "application/x-www-form-urlencoded" => Ok(Format::Json),
         "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(Format::Ndjson),
         other => Err(BodyError::Unsupported(format!(
             "unsupported Content-Type {other:?}: send application/json or application/x-ndjson"
@@ -171,5 +173,6 @@ mod tests {
         assert!(matches!(decode(Some("gzip"), bytes::Bytes::from_static(b"nope"), 10), Err(BodyError::Malformed(_))));
         assert!(matches!(format(Some("application/xml")), Err(BodyError::Unsupported(_))));
         assert_eq!(format(Some("application/x-ndjson; charset=utf-8")), Ok(Format::Ndjson));
+        assert_eq!(format(Some("application/x-www-form-urlencoded")), Ok(Format::Json));
     }
 }

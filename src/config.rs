@@ -1,0 +1,284 @@
+//! The config file: TOML, the keys of DESIGN.md, `WEIR_*` environment overrides, and
+//! paths derived from the data directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use weir_collector::CollectorConfig;
+use weir_loader::LoaderConfig;
+use weir_router::config::BufferConfig;
+use weir_router::RouterConfig;
+
+/// The whole config.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where spool, log, buffers and (by default) the warehouse live.
+    pub data_dir: Option<PathBuf>,
+    /// The catalog directory (the demo catalog when absent, for `weir up`).
+    pub catalog: Option<String>,
+    /// `[collector]`.
+    pub collector: CollectorConfig,
+    /// `[router]`.
+    pub router: RouterConfig,
+    /// `[loader]`.
+    pub loader: LoaderConfig,
+}
+
+/// A config that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read the config: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key or a wrong type.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// toml's message: the line, the key, what was expected.
+        message: String,
+    },
+    /// An environment override is not a config key or has a wrong value.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Variables starting with `WEIR_` that are not config keys.
+const RESERVED_ENV: &[&str] = &["WEIR_LOG"];
+const SECTIONS: &[&str] = &["collector", "router", "loader"];
+
+impl Config {
+    /// Reads `path` (or the defaults when `None`) and applies `WEIR_*` variables from
+    /// `env`.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let (label, text) = match path {
+            Some(p) => (
+                p.to_path_buf(),
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?,
+            ),
+            None => (PathBuf::from("<defaults>"), String::new()),
+        };
+        let invalid = |e: toml::de::Error| ConfigError::Invalid { path: label.clone(), message: e.to_string().trim_end().to_string() };
+        let mut table: toml::Table = toml::from_str(&text).map_err(invalid)?;
+        // Refuse unknown keys in the file before any override is applied, so the error
+        // names the file.
+        let _: Config = toml::from_str(&text).map_err(invalid)?;
+        let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("WEIR_") && !RESERVED_ENV.contains(&k.as_str()))
+            .collect();
+        overrides.sort();
+        for (var, value) in &overrides {
+            let key = var["WEIR_".len()..].to_ascii_lowercase();
+            let (section, name) = match SECTIONS.iter().find(|s| key.starts_with(&format!("{s}_"))) {
+                Some(s) => (Some(*s), key[s.len() + 1..].to_string()),
+                None => (None, key.clone()),
+            };
+            let default = match section {
+                Some(s) => defaults.get(s).and_then(|t| t.as_table()).and_then(|t| t.get(&name)),
+                None => defaults.get(&name),
+            };
+            let parsed = match default {
+                Some(toml::Value::String(_)) | None => toml::Value::String(value.clone()),
+                Some(_) => toml::from_str::<toml::Table>(&format!("v = {value}"))
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+                    .unwrap_or_else(|| toml::Value::String(value.clone())),
+            };
+            let target = match section {
+                Some(s) => table
+                    .entry(s)
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| ConfigError::Env { var: var.clone(), message: format!("[{s}] is not a table") })?,
+                None => &mut table,
+            };
+            target.insert(name.clone(), parsed);
+            let check: Result<Config, _> = toml::Value::Table(table.clone()).try_into();
+            if let Err(e) = check {
+                let msg = e.to_string();
+                let msg = msg.trim_end();
+                let message = if msg.contains("unknown field") {
+                    format!("`{}` is not a config key ({msg})", section.map_or(name.clone(), |s| format!("{s}.{name}")))
+                } else {
+                    msg.to_string()
+                };
+                return Err(ConfigError::Env { var: var.clone(), message });
+            }
+        }
+        toml::Value::Table(table).try_into().map_err(invalid)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from("weir-data"))
+    }
+
+    /// The collector's spool directory.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.collector.spool_dir.clone().unwrap_or_else(|| self.data_dir().join("collector").join("spool"))
+    }
+
+    /// The router's paths.
+    pub fn router_paths(&self) -> weir_router::RouterPaths {
+        weir_router::RouterPaths {
+            log_dir: self.router.log_dir.clone().unwrap_or_else(|| self.data_dir().join("router").join("log")),
+            buffer_dir: self.buffer_dir(),
+        }
+    }
+
+    /// The hourly buffer directory (router writes, loader reads).
+    pub fn buffer_dir(&self) -> PathBuf {
+        if let Some(d) = &self.loader.buffer_dir {
+            return d.clone();
+        }
+        match &self.router.buffer {
+            BufferConfig::File { dir: Some(d) } => d.clone(),
+            _ => self.data_dir().join("router").join("buffer"),
+        }
+    }
+
+    /// Where Parquet lands.
+    pub fn warehouse(&self) -> PathBuf {
+        self.loader.warehouse.clone().unwrap_or_else(|| self.data_dir().join("warehouse"))
+    }
+}
+
+/// A complete, commented config with every default (`weir config example`).
+pub const EXAMPLE: &str = r#"# weir config. Every key is optional; these are the defaults.
+# Any key can also be set in the environment: WEIR_DATA_DIR, WEIR_COLLECTOR_LISTEN,
+# WEIR_ROUTER_RETENTION_DAYS, ... An unknown key is an error naming the key and file.
+
+# Spool, router log, hourly buffers and (by default) the warehouse live here.
+data_dir = "weir-data"
+# The catalog: a directory of *.toml files. `weir up` uses a built-in demo catalog
+# when this is not set.
+# catalog = "catalog"
+
+[collector]
+# HTTP API for local services: POST /v1/events, GET /healthz /readyz /metrics.
+listen = "127.0.0.1:8080"
+# Routers the spool is forwarded to, tried in order (failover).
+routers = ["http://127.0.0.1:8081"]
+# Past this many spooled bytes, new events get 503 + Retry-After.
+spool_max_bytes = 1073741824
+spool_segment_bytes = 33554432
+# spool_dir = "weir-data/collector/spool"
+# Name stamped on each event (default: $NODE_NAME, else the host name).
+# name = "node-1"
+# Largest request body, also after gzip/zstd decompression (413 beyond).
+max_body_bytes = 5242880
+# Batches to the router: at most this many events, or this old.
+batch_max_events = 1000
+batch_max_wait_ms = 50
+# On shutdown, how long to keep trying to hand the spool to a router.
+drain_timeout_secs = 30
+
+[router]
+# Collectors send batches here (POST /v1/batches).
+listen = "127.0.0.1:8081"
+# Hourly buffers: files under the data dir.
+buffer = { kind = "file" }
+# Buffered hours are kept this long for replay, then deleted.
+retention_days = 3
+# An hour closes (and is loaded) this long after it ends.
+grace_secs = 300
+# log_dir = "weir-data/router/log"
+log_segment_bytes = 67108864
+max_batch_bytes = 67108864
+
+[loader]
+# Parquet lands here (default <data_dir>/warehouse).
+# warehouse = "weir-data/warehouse"
+# Arrow Flight address (weir loader serve).
+flight = "127.0.0.1:8815"
+# buffer_dir = "weir-data/router/buffer"
+row_group_rows = 131072
+# How often closed hours are looked for.
+interval_secs = 30
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("weir.toml");
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn example_parses_to_the_defaults() {
+        let (_d, p) = write(EXAMPLE);
+        let c = Config::load(Some(&p), []).unwrap();
+        let d = Config::default();
+        assert_eq!(toml::to_string(&c.collector).unwrap(), toml::to_string(&d.collector).unwrap());
+        assert_eq!(toml::to_string(&c.router).unwrap(), toml::to_string(&d.router).unwrap());
+        assert_eq!(toml::to_string(&c.loader).unwrap(), toml::to_string(&d.loader).unwrap());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let (_d, p) = write("[collector]\nlisten = \"127.0.0.1:1\"\nlistne = \"x\"\n");
+        let err = Config::load(Some(&p), []).unwrap_err().to_string();
+        assert!(err.starts_with(&p.display().to_string()), "{err}");
+        assert!(err.contains("unknown field `listne`"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        let (_d, p) = write("[collector]\nspool_max_bytes = \"big\"\n");
+        let err = Config::load(Some(&p), []).unwrap_err().to_string();
+        assert!(err.contains("spool_max_bytes") || err.contains("line 2"), "{err}");
+        let (_d, p) = write("[router.recipients.q]\nkind = \"carrier-pigeon\"\n");
+        let err = Config::load(Some(&p), []).unwrap_err().to_string();
+        assert!(err.contains("carrier-pigeon"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let c = Config::load(
+            None,
+            env(&[
+                ("WEIR_COLLECTOR_LISTEN", "127.0.0.1:9999"),
+                ("WEIR_ROUTER_RETENTION_DAYS", "7"),
+                ("WEIR_DATA_DIR", "/tmp/x"),
+                ("WEIR_COLLECTOR_NAME", "123"),
+                ("WEIR_COLLECTOR_ROUTERS", "[\"http://a\", \"http://b\"]"),
+                ("WEIR_LOG", "debug"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.collector.listen, "127.0.0.1:9999");
+        assert_eq!(c.router.retention_days, 7);
+        assert_eq!(c.data_dir(), PathBuf::from("/tmp/x"));
+        assert_eq!(c.collector.name.as_deref(), Some("123"));
+        assert_eq!(c.collector.routers, vec!["http://a", "http://b"]);
+        let err = Config::load(None, env(&[("WEIR_COLLECTOR_LISTNE", "x")])).unwrap_err().to_string();
+        assert!(err.starts_with("environment variable WEIR_COLLECTOR_LISTNE: `collector.listne` is not a config key"), "{err}");
+        let err = Config::load(None, env(&[("WEIR_ROUTER_RETENTION_DAYS", "soon")])).unwrap_err().to_string();
+        assert!(err.starts_with("environment variable WEIR_ROUTER_RETENTION_DAYS"), "{err}");
+    }
+
+    #[test]
+    fn paths_derive_from_data_dir() {
+        let c = Config { data_dir: Some("/d".into()), ..Default::default() };
+        assert_eq!(c.spool_dir(), PathBuf::from("/d/collector/spool"));
+        assert_eq!(c.warehouse(), PathBuf::from("/d/warehouse"));
+        assert_eq!(c.router_paths().buffer_dir, PathBuf::from("/d/router/buffer"));
+        assert_eq!(c.buffer_dir(), PathBuf::from("/d/router/buffer"));
+    }
+}

@@ -1,0 +1,161 @@
+//! Running components: `weir up` (all in one process) and each one alone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::signal::unix::{signal, SignalKind};
+use weir_collector::Collector;
+use weir_loader::Loader;
+use weir_proto::Catalog;
+use weir_router::Router;
+
+use crate::config::Config;
+
+/// The tokio runtime every long-running command uses.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weir")
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Logs to stderr; `WEIR_LOG` (or `RUST_LOG`) sets the filter, default `info`.
+pub fn init_tracing() {
+    let filter = std::env::var("WEIR_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn install_metrics() -> Option<PrometheusHandle> {
+    match PrometheusBuilder::new().install_recorder() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics disabled");
+            None
+        }
+    }
+}
+
+/// A loader over the config's buffer and warehouse.
+pub fn make_loader(cfg: &Config, catalog: Catalog) -> Loader {
+    Loader {
+        catalog: Arc::new(catalog),
+        buffer_dir: cfg.buffer_dir(),
+        warehouse: cfg.warehouse(),
+        row_group_rows: cfg.loader.row_group_rows,
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("second signal: exiting now; the spool and log keep everything acknowledged");
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
+fn describe(catalog: &Catalog) -> String {
+    let names: Vec<&str> = catalog.events.keys().map(|s| s.as_str()).collect();
+    format!("{} events ({})", names.len(), names.join(", "))
+}
+
+/// `weir up`: router, collector and loader in one process.
+pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow::Result<()> {
+    init_tracing();
+    let metrics = install_metrics();
+    let data = cfg.data_dir();
+    std::fs::create_dir_all(&data).with_context(|| format!("cannot create the data directory {}", data.display()))?;
+    let router = Router::start(&cfg.router, &cfg.router_paths(), metrics.clone()).await?;
+    let mut collector_cfg = cfg.collector.clone();
+    collector_cfg.routers = vec![format!("http://{}", router.addr)];
+    let shared = Arc::new(arc_swap::ArcSwap::from_pointee(catalog.clone()));
+    let collector = Collector::start(&collector_cfg, &cfg.spool_dir(), shared, metrics).await?;
+    let loader = Arc::new(make_loader(&cfg, catalog.clone()));
+    let (stop_loader, mut loader_stop) = tokio::sync::watch::channel(false);
+    let interval = Duration::from_secs(cfg.loader.interval_secs.max(1));
+    let periodic = {
+        let loader = loader.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = loader_stop.changed() => return,
+                }
+                let l = loader.clone();
+                match tokio::task::spawn_blocking(move || l.run(false)).await {
+                    Ok(Err(e)) => tracing::error!(error = %e, "loading closed hours failed; will retry"),
+                    Err(e) => tracing::error!(error = %e, "loader task failed"),
+                    Ok(Ok(_)) => {}
+                }
+            }
+        })
+    };
+    let warehouse = cfg.warehouse();
+    println!("weir up");
+    println!("  collector  http://{}/v1/events   (POST JSON, arrays or NDJSON)", collector.addr);
+    println!("  router     http://{}/v1/batches", router.addr);
+    println!("  metrics    http://{}/metrics", collector.addr);
+    println!("  catalog    {catalog_source}: {}", describe(&catalog));
+    println!("  data       {}", data.display());
+    println!("  parquet    {}   (closed hours every {}s; all hours on Ctrl-C)", warehouse.display(), interval.as_secs());
+    println!(
+        "  try        curl -s http://{}/v1/events -H 'content-type: application/json' -d '{{\"event\":\"page.viewed\",\"env\":\"web\",\"fields\":{{\"url\":\"https://example.com/\",\"session_id\":\"s1\"}}}}'",
+        collector.addr
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    shutdown_signal().await?;
+    eprintln!("shutting down: draining the spool and the router log, then loading every buffered hour...");
+    collector.shutdown().await;
+    router.shutdown().await;
+    let _ = stop_loader.send(true);
+    let _ = periodic.await;
+    let l = loader.clone();
+    let reports = tokio::task::spawn_blocking(move || l.run(true)).await.context("loader task failed")??;
+    let rows: u64 = reports.iter().map(|r| r.manifest.rows).sum();
+    let invalid: u64 = reports.iter().map(|r| r.manifest.invalid_rows).sum();
+    eprintln!("loaded {} hour(s): {rows} rows, {invalid} invalid, into {}", reports.len(), warehouse.display());
+    Ok(())
+}
+
+/// `weir collector`.
+pub async fn collector(cfg: Config, catalog: Catalog) -> anyhow::Result<()> {
+    init_tracing();
+    let metrics = install_metrics();
+    let shared = Arc::new(arc_swap::ArcSwap::from_pointee(catalog));
+    let collector = Collector::start(&cfg.collector, &cfg.spool_dir(), shared, metrics).await?;
+    tracing::info!(addr = %collector.addr, routers = ?cfg.collector.routers, "collector listening");
+    shutdown_signal().await?;
+    collector.shutdown().await;
+    Ok(())
+}
+
+/// `weir router`.
+pub async fn router(cfg: Config) -> anyhow::Result<()> {
+    init_tracing();
+    let metrics = install_metrics();
+    let router = Router::start(&cfg.router, &cfg.router_paths(), metrics).await?;
+    tracing::info!(addr = %router.addr, "router listening");
+    shutdown_signal().await?;
+    router.shutdown().await;
+    Ok(())
+}
