@@ -65,11 +65,17 @@ impl Config {
         let (label, text) = match path {
             Some(p) => (
                 p.to_path_buf(),
-                std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?,
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?,
             ),
             None => (PathBuf::from("<defaults>"), String::new()),
         };
-        let invalid = |e: toml::de::Error| ConfigError::Invalid { path: label.clone(), message: e.to_string().trim_end().to_string() };
+        let invalid = |e: toml::de::Error| ConfigError::Invalid {
+            path: label.clone(),
+            message: e.to_string().trim_end().to_string(),
+        };
         let mut table: toml::Table = toml::from_str(&text).map_err(invalid)?;
         // Refuse unknown keys in the file before any override is applied, so the error
         // names the file.
@@ -102,7 +108,10 @@ impl Config {
                     .entry(s)
                     .or_insert_with(|| toml::Value::Table(toml::Table::new()))
                     .as_table_mut()
-                    .ok_or_else(|| ConfigError::Env { var: var.clone(), message: format!("[{s}] is not a table") })?,
+                    .ok_or_else(|| ConfigError::Env {
+                        var: var.clone(),
+                        message: format!("[{s}] is not a table"),
+                    })?,
                 None => &mut table,
             };
             target.insert(name.clone(), parsed);
@@ -111,11 +120,17 @@ impl Config {
                 let msg = e.to_string();
                 let msg = msg.trim_end();
                 let message = if msg.contains("unknown field") {
-                    format!("`{}` is not a config key ({msg})", section.map_or(name.clone(), |s| format!("{s}.{name}")))
+                    format!(
+                        "`{}` is not a config key ({msg})",
+                        section.map_or(name.clone(), |s| format!("{s}.{name}"))
+                    )
                 } else {
                     msg.to_string()
                 };
-                return Err(ConfigError::Env { var: var.clone(), message });
+                return Err(ConfigError::Env {
+                    var: var.clone(),
+                    message,
+                });
             }
         }
         toml::Value::Table(table).try_into().map_err(invalid)
@@ -128,13 +143,20 @@ impl Config {
 
     /// The collector's spool directory.
     pub fn spool_dir(&self) -> PathBuf {
-        self.collector.spool_dir.clone().unwrap_or_else(|| self.data_dir().join("collector").join("spool"))
+        self.collector
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("collector").join("spool"))
     }
 
     /// The router's paths.
     pub fn router_paths(&self) -> weir_router::RouterPaths {
         weir_router::RouterPaths {
-            log_dir: self.router.log_dir.clone().unwrap_or_else(|| self.data_dir().join("router").join("log")),
+            log_dir: self
+                .router
+                .log_dir
+                .clone()
+                .unwrap_or_else(|| self.data_dir().join("router").join("log")),
             buffer_dir: self.buffer_dir(),
         }
     }
@@ -152,7 +174,10 @@ impl Config {
 
     /// Where Parquet lands.
     pub fn warehouse(&self) -> PathBuf {
-        self.loader.warehouse.clone().unwrap_or_else(|| self.data_dir().join("warehouse"))
+        self.loader
+            .warehouse
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("warehouse"))
     }
 }
 
@@ -226,7 +251,10 @@ mod tests {
         let (_d, p) = write(EXAMPLE);
         let c = Config::load(Some(&p), []).unwrap();
         let d = Config::default();
-        assert_eq!(toml::to_string(&c.collector).unwrap(), toml::to_string(&d.collector).unwrap());
+        assert_eq!(
+            toml::to_string(&c.collector).unwrap(),
+            toml::to_string(&d.collector).unwrap()
+        );
         assert_eq!(toml::to_string(&c.router).unwrap(), toml::to_string(&d.router).unwrap());
         assert_eq!(toml::to_string(&c.loader).unwrap(), toml::to_string(&d.loader).unwrap());
     }
@@ -248,7 +276,12 @@ mod tests {
 
     #[test]
     fn environment_overrides() {
-        let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
         let c = Config::load(
             None,
             env(&[
@@ -267,15 +300,28 @@ mod tests {
         assert_eq!(c.data_dir(), PathBuf::from("/tmp/x"));
         assert_eq!(c.collector.name.as_deref(), Some("123"));
         assert_eq!(c.collector.routers, vec!["http://a", "http://b"]);
-        let err = Config::load(None, env(&[("WEIR_COLLECTOR_LISTNE", "x")])).unwrap_err().to_string();
-        assert!(err.starts_with("environment variable WEIR_COLLECTOR_LISTNE: `collector.listne` is not a config key"), "{err}");
-        let err = Config::load(None, env(&[("WEIR_ROUTER_RETENTION_DAYS", "soon")])).unwrap_err().to_string();
-        assert!(err.starts_with("environment variable WEIR_ROUTER_RETENTION_DAYS"), "{err}");
+        let err = Config::load(None, env(&[("WEIR_COLLECTOR_LISTNE", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("environment variable WEIR_COLLECTOR_LISTNE: `collector.listne` is not a config key"),
+            "{err}"
+        );
+        let err = Config::load(None, env(&[("WEIR_ROUTER_RETENTION_DAYS", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("environment variable WEIR_ROUTER_RETENTION_DAYS"),
+            "{err}"
+        );
     }
 
     #[test]
     fn paths_derive_from_data_dir() {
-        let c = Config { data_dir: Some("/d".into()), ..Default::default() };
+        let c = Config {
+            data_dir: Some("/d".into()),
+            ..Default::default()
+        };
         assert_eq!(c.spool_dir(), PathBuf::from("/d/collector/spool"));
         assert_eq!(c.warehouse(), PathBuf::from("/d/warehouse"));
         assert_eq!(c.router_paths().buffer_dir, PathBuf::from("/d/router/buffer"));

@@ -148,7 +148,11 @@ fn load_catalog(cfg: &Config, demo_ok: bool) -> anyhow::Result<(Catalog, String)
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Up { data_dir, catalog, config } => {
+        Command::Up {
+            data_dir,
+            catalog,
+            config,
+        } => {
             let mut cfg = load_config(&config)?;
             if let Some(d) = data_dir {
                 cfg.data_dir = Some(d);
@@ -172,12 +176,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Loader { command } => loader(command),
-        Command::Catalog { command: CatalogCommand::Check { previous, dir } } => catalog_check(previous.as_deref(), &dir),
-        Command::Config { command: ConfigCommand::Example } => {
+        Command::Catalog {
+            command: CatalogCommand::Check { previous, dir },
+        } => catalog_check(previous.as_deref(), &dir),
+        Command::Config {
+            command: ConfigCommand::Example,
+        } => {
             print!("{}", config::EXAMPLE);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config { command: ConfigCommand::Check { file } } => {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
             let cfg = Config::load(Some(&file), std::env::vars())?;
             let (catalog, source) = load_catalog(&cfg, true)?;
             println!(
@@ -202,7 +212,14 @@ fn loader(command: LoaderCommand) -> anyhow::Result<ExitCode> {
                 let reports = loader.run(now).context("load failed")?;
                 for r in &reports {
                     let m = &r.manifest;
-                    println!("{}: {} rows, {} invalid, {} duplicates dropped, {} files", m.hour, m.rows, m.invalid_rows, m.duplicates, m.files.len());
+                    println!(
+                        "{}: {} rows, {} invalid, {} duplicates dropped, {} files",
+                        m.hour,
+                        m.rows,
+                        m.invalid_rows,
+                        m.duplicates,
+                        m.files.len()
+                    );
                 }
                 if !watch {
                     if reports.is_empty() {
@@ -222,7 +239,10 @@ fn loader(command: LoaderCommand) -> anyhow::Result<ExitCode> {
             let loader = run::make_loader(&cfg, catalog);
             let reports = loader.replay(from, to, |done, total| eprintln!("replayed {done}/{total} hours"))?;
             for r in &reports {
-                println!("{}: {} rows, {} invalid", r.manifest.hour, r.manifest.rows, r.manifest.invalid_rows);
+                println!(
+                    "{}: {} rows, {} invalid",
+                    r.manifest.hour, r.manifest.rows, r.manifest.invalid_rows
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -239,13 +259,18 @@ fn catalog_check(previous: Option<&Path>, dir: &Path) -> anyhow::Result<ExitCode
         }
     };
     if let Some(old_dir) = previous {
-        let old = Catalog::load_dir(old_dir).map_err(|e| anyhow::anyhow!("--previous {}: invalid catalog:\n{e}", old_dir.display()))?;
+        let old = Catalog::load_dir(old_dir)
+            .map_err(|e| anyhow::anyhow!("--previous {}: invalid catalog:\n{e}", old_dir.display()))?;
         let problems = weir_proto::catalog::check::compatible(&old, &new);
         if !problems.is_empty() {
             for p in &problems {
                 eprintln!("{p}");
             }
-            eprintln!("catalog check failed: {} breaking edit(s) against {}", problems.len(), old_dir.display());
+            eprintln!(
+                "catalog check failed: {} breaking edit(s) against {}",
+                problems.len(),
+                old_dir.display()
+            );
             return Ok(ExitCode::FAILURE);
         }
     }

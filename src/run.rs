@@ -111,12 +111,19 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
     };
     let warehouse = cfg.warehouse();
     println!("weir up");
-    println!("  collector  http://{}/v1/events   (POST JSON, arrays or NDJSON)", collector.addr);
+    println!(
+        "  collector  http://{}/v1/events   (POST JSON, arrays or NDJSON)",
+        collector.addr
+    );
     println!("  router     http://{}/v1/batches", router.addr);
     println!("  metrics    http://{}/metrics", collector.addr);
     println!("  catalog    {catalog_source}: {}", describe(&catalog));
     println!("  data       {}", data.display());
-    println!("  parquet    {}   (closed hours every {}s; all hours on Ctrl-C)", warehouse.display(), interval.as_secs());
+    println!(
+        "  parquet    {}   (closed hours every {}s; all hours on Ctrl-C)",
+        warehouse.display(),
+        interval.as_secs()
+    );
     println!(
         "  try        curl -s http://{}/v1/events -H 'content-type: application/json' -d '{{\"event\":\"page.viewed\",\"env\":\"web\",\"fields\":{{\"url\":\"https://example.com/\",\"session_id\":\"s1\"}}}}'",
         collector.addr
@@ -130,10 +137,16 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
     let _ = stop_loader.send(true);
     let _ = periodic.await;
     let l = loader.clone();
-    let reports = tokio::task::spawn_blocking(move || l.run(true)).await.context("loader task failed")??;
+    let reports = tokio::task::spawn_blocking(move || l.run(true))
+        .await
+        .context("loader task failed")??;
     let rows: u64 = reports.iter().map(|r| r.manifest.rows).sum();
     let invalid: u64 = reports.iter().map(|r| r.manifest.invalid_rows).sum();
-    eprintln!("loaded {} hour(s): {rows} rows, {invalid} invalid, into {}", reports.len(), warehouse.display());
+    eprintln!(
+        "loaded {} hour(s): {rows} rows, {invalid} invalid, into {}",
+        reports.len(),
+        warehouse.display()
+    );
     Ok(())
 }
 

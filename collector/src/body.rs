@@ -77,18 +77,20 @@ pub fn split(body: &[u8], format: Format) -> Result<Vec<&RawValue>, BodyError> {
         .map_err(|e| BodyError::Malformed(format!("body is not valid UTF-8 (byte {})", e.valid_up_to())))?;
     let trimmed = text.trim_start();
     if trimmed.is_empty() {
-        return Err(BodyError::Malformed("empty body: send a JSON event, a JSON array or NDJSON".into()));
+        return Err(BodyError::Malformed(
+            "empty body: send a JSON event, a JSON array or NDJSON".into(),
+        ));
     }
     match format {
         Format::Json if trimmed.starts_with('[') => {
-            let items: Vec<&RawValue> = serde_json::from_str(text)
-                .map_err(|e| BodyError::Malformed(format!("invalid JSON: {e}")))?;
+            let items: Vec<&RawValue> =
+                serde_json::from_str(text).map_err(|e| BodyError::Malformed(format!("invalid JSON: {e}")))?;
             check_objects(&items, "element")?;
             Ok(items)
         }
         Format::Json => {
-            let item: &RawValue = serde_json::from_str(text)
-                .map_err(|e| BodyError::Malformed(format!("invalid JSON: {e}")))?;
+            let item: &RawValue =
+                serde_json::from_str(text).map_err(|e| BodyError::Malformed(format!("invalid JSON: {e}")))?;
             check_objects(std::slice::from_ref(&item), "body")?;
             Ok(vec![item])
         }
@@ -102,7 +104,10 @@ pub fn split(body: &[u8], format: Format) -> Result<Vec<&RawValue>, BodyError> {
                 let item: &RawValue = serde_json::from_str(line)
                     .map_err(|e| BodyError::Malformed(format!("line {}: invalid JSON: {e}", i + 1)))?;
                 if !item.get().starts_with('{') {
-                    return Err(BodyError::Malformed(format!("line {}: an event must be a JSON object", i + 1)));
+                    return Err(BodyError::Malformed(format!(
+                        "line {}: an event must be a JSON object",
+                        i + 1
+                    )));
                 }
                 items.push(item);
             }
@@ -149,7 +154,11 @@ mod tests {
             (b"42", Format::Json, "must be a JSON object"),
             (b"[1]", Format::Json, "element 0: an event must be a JSON object"),
             (b"{\"a\":1}\n{oops\n", Format::Ndjson, "line 2: invalid JSON"),
-            (b"{\"a\":1}\n[1]\n", Format::Ndjson, "line 2: an event must be a JSON object"),
+            (
+                b"{\"a\":1}\n[1]\n",
+                Format::Ndjson,
+                "line 2: an event must be a JSON object",
+            ),
             (b"\xff\xfe", Format::Json, "not valid UTF-8"),
         ];
         for (body, f, want) in cases {
@@ -157,7 +166,10 @@ mod tests {
             assert!(err.contains(want), "{body:?}: {err}");
         }
         let deep = "[".repeat(200) + &"]".repeat(200);
-        assert!(matches!(split(deep.as_bytes(), Format::Json), Err(BodyError::Malformed(_))));
+        assert!(matches!(
+            split(deep.as_bytes(), Format::Json),
+            Err(BodyError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -169,9 +181,18 @@ mod tests {
         assert_eq!(decode(Some("gzip"), bomb, 2 << 20).unwrap().len(), 1 << 20);
         let z = bytes::Bytes::from(zstd::encode_all(&b"{\"a\":1}"[..], 1).unwrap());
         assert_eq!(&decode(Some("zstd"), z, 100).unwrap()[..], b"{\"a\":1}");
-        assert!(matches!(decode(Some("br"), bytes::Bytes::new(), 10), Err(BodyError::Unsupported(_))));
-        assert!(matches!(decode(Some("gzip"), bytes::Bytes::from_static(b"nope"), 10), Err(BodyError::Malformed(_))));
-        assert!(matches!(format(Some("application/xml")), Err(BodyError::Unsupported(_))));
+        assert!(matches!(
+            decode(Some("br"), bytes::Bytes::new(), 10),
+            Err(BodyError::Unsupported(_))
+        ));
+        assert!(matches!(
+            decode(Some("gzip"), bytes::Bytes::from_static(b"nope"), 10),
+            Err(BodyError::Malformed(_))
+        ));
+        assert!(matches!(
+            format(Some("application/xml")),
+            Err(BodyError::Unsupported(_))
+        ));
         assert_eq!(format(Some("application/x-ndjson; charset=utf-8")), Ok(Format::Ndjson));
         assert_eq!(format(Some("application/x-www-form-urlencoded")), Ok(Format::Json));
     }

@@ -97,8 +97,17 @@ pub async fn run(spool: Spool, opts: ForwarderOptions, mut shutdown: watch::Rece
             reader = r;
             events.extend(more);
         }
-        let Some(to) = reader.as_ref().map(|r| r.position()) else { return };
-        let batch_id = format!("{}/{}.{}-{}.{}", spool.id(), from.segment, from.offset, to.segment, to.offset);
+        let Some(to) = reader.as_ref().map(|r| r.position()) else {
+            return;
+        };
+        let batch_id = format!(
+            "{}/{}.{}-{}.{}",
+            spool.id(),
+            from.segment,
+            from.offset,
+            to.segment,
+            to.offset
+        );
         let body = encode_batch(&batch_id, &opts.collector, &events);
         let body = match zstd::bulk::compress(&body, 1) {
             Ok(z) => Bytes::from(z),
@@ -194,7 +203,10 @@ async fn send(client: &Client<HttpConnector, Full<Bytes>>, router: &str, body: B
         .map_err(|e| e.to_string())?
         .to_bytes();
     if status != StatusCode::OK {
-        return Err(format!("router answered {status}: {}", String::from_utf8_lossy(&body[..body.len().min(300)])));
+        return Err(format!(
+            "router answered {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        ));
     }
     BatchAck::decode(body).map_err(|e| format!("router sent an unreadable ack: {e}"))
 }
@@ -207,10 +219,22 @@ mod tests {
     #[test]
     fn batch_encoding_matches_prost() {
         let events: Vec<Event> = (0..3)
-            .map(|i| Event { id: format!("id-{i}"), event: "a.b".into(), version: 1, ..Default::default() })
+            .map(|i| Event {
+                id: format!("id-{i}"),
+                event: "a.b".into(),
+                version: 1,
+                ..Default::default()
+            })
             .collect();
         let encoded: Vec<Bytes> = events.iter().map(|e| Bytes::from(e.encode_to_vec())).collect();
         let got = EventBatch::decode(&encode_batch("b1", "node", &encoded)[..]).unwrap();
-        assert_eq!(got, EventBatch { batch_id: "b1".into(), collector: "node".into(), events });
+        assert_eq!(
+            got,
+            EventBatch {
+                batch_id: "b1".into(),
+                collector: "node".into(),
+                events
+            }
+        );
     }
 }

@@ -47,7 +47,10 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, source: Source<'s
             }
             None => h::text(StatusCode::OK, ""),
         },
-        _ => h::error(StatusCode::NOT_FOUND, "no such endpoint: the collector serves POST /v1/events, GET /healthz, /readyz and /metrics"),
+        _ => h::error(
+            StatusCode::NOT_FOUND,
+            "no such endpoint: the collector serves POST /v1/events, GET /healthz, /readyz and /metrics",
+        ),
     };
     metrics::counter!(m::REQUESTS, "code" => resp.status().as_str().to_string()).increment(1);
     resp
@@ -59,7 +62,10 @@ fn readyz(state: &State) -> Response {
     match std::fs::write(&probe, b"ok") {
         Ok(()) => {
             let _ = std::fs::remove_file(&probe);
-            h::text(StatusCode::OK, format!("ready: catalog {}\n", state.catalog.load().revision))
+            h::text(
+                StatusCode::OK,
+                format!("ready: catalog {}\n", state.catalog.load().revision),
+            )
         }
         Err(e) => h::text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -112,7 +118,9 @@ async fn events(state: &State, req: Request<Incoming>, source: Source<'_>) -> Re
     let ingested = ingest::ingest(&catalog, &items, source, &state.name, now);
     if ingested.records > 0 {
         if !state.spool.has_room(ingested.framed.len()) {
-            return unavailable("the spool is full (spool_max_bytes): the router is not keeping up or is down; retry later".into());
+            return unavailable(
+                "the spool is full (spool_max_bytes): the router is not keeping up or is down; retry later".into(),
+            );
         }
         if let Err(e) = state.spool.append(ingested.framed).await {
             return unavailable(format!("cannot write the spool: {e}"));

@@ -193,8 +193,16 @@ mod tests {
     fn run(body: &str, bound: Option<&str>) -> (Ingested, Vec<pb::Event>) {
         let catalog = Catalog::demo();
         let items = crate::body::split(body.as_bytes(), crate::body::Format::Json).unwrap();
-        let got = ingest(&catalog, &items, Source { bound_env: bound }, "node-a", 1_795_352_645_000_000);
-        let events = record::iter(&got.framed).map(|r| pb::Event::decode(r).unwrap()).collect();
+        let got = ingest(
+            &catalog,
+            &items,
+            Source { bound_env: bound },
+            "node-a",
+            1_795_352_645_000_000,
+        );
+        let events = record::iter(&got.framed)
+            .map(|r| pb::Event::decode(r).unwrap())
+            .collect();
         (got, events)
     }
 
@@ -209,13 +217,19 @@ mod tests {
         ]"#,
             None,
         );
-        assert_eq!((got.summary.accepted, got.summary.flagged, got.summary.rejected), (2, 1, 2));
+        assert_eq!(
+            (got.summary.accepted, got.summary.flagged, got.summary.rejected),
+            (2, 1, 2)
+        );
         let idx: Vec<usize> = got.summary.errors.iter().map(|e| e.index).collect();
         assert_eq!(idx, vec![1, 2, 3]);
         assert_eq!(got.summary.errors[1].error, "method: missing required field");
         assert_eq!(events.len(), 2);
         let ok = &events[0];
-        assert_eq!((ok.id.as_str(), ok.version, ok.valid, ok.client_ts), ("given-id", 1, true, Some(1_700_000_000_000_000)));
+        assert_eq!(
+            (ok.id.as_str(), ok.version, ok.valid, ok.client_ts),
+            ("given-id", 1, true, Some(1_700_000_000_000_000))
+        );
         assert_eq!(ok.collector, "node-a");
         assert_eq!(ok.received_at, 1_795_352_645_000_000);
         assert!(ok.raw.is_empty());
@@ -223,15 +237,23 @@ mod tests {
         assert!(!bad.valid);
         assert_eq!(bad.errors, vec!["url: missing required field"]);
         assert!(uuid::Uuid::parse_str(&bad.id).unwrap().get_version_num() == 7);
-        assert_eq!(&bad.raw[..], br#"{"event":"page.viewed","env":"web","fields":{"session_id":"s"}}"#);
+        assert_eq!(
+            &bad.raw[..],
+            br#"{"event":"page.viewed","env":"web","fields":{"session_id":"s"}}"#
+        );
     }
 
     #[test]
     fn bound_env_fills_in_and_refuses_others() {
-        let (got, events) = run(r#"[{"event":"search.performed","fields":{"query":"q"}},{"event":"search.performed","env":"web","fields":{"query":"q","session_id":"s"}}]"#, Some("backend"));
+        let (got, events) = run(
+            r#"[{"event":"search.performed","fields":{"query":"q"}},{"event":"search.performed","env":"web","fields":{"query":"q","session_id":"s"}}]"#,
+            Some("backend"),
+        );
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].env, "backend");
         assert_eq!(got.summary.rejected, 1);
-        assert!(got.summary.errors[0].error.starts_with("env: this listener only takes events of environment \"backend\""));
+        assert!(got.summary.errors[0]
+            .error
+            .starts_with("env: this listener only takes events of environment \"backend\""));
     }
 }

@@ -67,10 +67,12 @@ impl Collector {
             return Err(StartError::NoRouters);
         }
         let spool = spool::Spool::open(spool_dir, cfg.spool_segment_bytes, cfg.spool_max_bytes)?;
-        let listener = TcpListener::bind(&cfg.listen).await.map_err(|source| StartError::Listen {
-            addr: cfg.listen.clone(),
-            source,
-        })?;
+        let listener = TcpListener::bind(&cfg.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: cfg.listen.clone(),
+                source,
+            })?;
         let addr = listener.local_addr().map_err(|source| StartError::Listen {
             addr: cfg.listen.clone(),
             source,

@@ -3,8 +3,7 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::SchemaRef;
@@ -53,7 +52,8 @@ fn parse_bool(v: &RawValue) -> Result<bool, String> {
 }
 
 fn parse_list<'a, T>(v: &'a RawValue, f: impl Fn(&'a RawValue) -> Result<T, String>) -> Result<Vec<T>, String> {
-    let items: Vec<&RawValue> = serde_json::from_str(v.get()).map_err(|_| format!("expected array, got {}", v.get()))?;
+    let items: Vec<&RawValue> =
+        serde_json::from_str(v.get()).map_err(|_| format!("expected array, got {}", v.get()))?;
     items.into_iter().map(f).collect()
 }
 
@@ -183,20 +183,38 @@ pub fn event_batch(schema: &SchemaRef, columns: &[Column<'_>], rows: &[Event]) -
     let mut env = Envelope::new(rows.len());
     let mut builders: Vec<Builder> = columns.iter().map(|c| Builder::new(c.def.ty, rows.len())).collect();
     for (index, e) in rows.iter().enumerate() {
-        let text = std::str::from_utf8(&e.fields).map_err(|_| BadRow { index, error: "fields: not UTF-8".into() })?;
-        let fields = parse_fields(text).map_err(|err| BadRow { index, error: format!("fields: {err}") })?;
+        let text = std::str::from_utf8(&e.fields).map_err(|_| BadRow {
+            index,
+            error: "fields: not UTF-8".into(),
+        })?;
+        let fields = parse_fields(text).map_err(|err| BadRow {
+            index,
+            error: format!("fields: {err}"),
+        })?;
         for (c, b) in columns.iter().zip(builders.iter_mut()) {
-            let v = fields.iter().find(|(k, v)| k == c.name && v.get() != "null").map(|(_, v)| *v);
+            let v = fields
+                .iter()
+                .find(|(k, v)| k == c.name && v.get() != "null")
+                .map(|(_, v)| *v);
             if v.is_none() && c.required {
-                return Err(BadRow { index, error: format!("{}: missing required field", c.name) });
+                return Err(BadRow {
+                    index,
+                    error: format!("{}: missing required field", c.name),
+                });
             }
-            b.append(v).map_err(|err| BadRow { index, error: format!("{}: {err}", c.name) })?;
+            b.append(v).map_err(|err| BadRow {
+                index,
+                error: format!("{}: {err}", c.name),
+            })?;
         }
         env.append(e);
     }
     let mut arrays = env.finish();
     arrays.extend(builders.iter_mut().map(|b| b.finish()));
-    RecordBatch::try_new(schema.clone(), arrays).map_err(|e| BadRow { index: 0, error: format!("schema: {e}") })
+    RecordBatch::try_new(schema.clone(), arrays).map_err(|e| BadRow {
+        index: 0,
+        error: format!("schema: {e}"),
+    })
 }
 
 /// The raw JSON kept for an invalid event: as sent, or rebuilt from what was stored.
@@ -204,7 +222,10 @@ pub fn raw_json(e: &Event) -> String {
     if !e.raw.is_empty() {
         return String::from_utf8_lossy(&e.raw).into_owned();
     }
-    let fields = std::str::from_utf8(&e.fields).ok().filter(|f| !f.is_empty()).unwrap_or("{}");
+    let fields = std::str::from_utf8(&e.fields)
+        .ok()
+        .filter(|f| !f.is_empty())
+        .unwrap_or("{}");
     let head = serde_json::json!({"event": e.event, "version": e.version, "env": e.env, "id": e.id});
     let head = head.to_string();
     format!("{},\"fields\":{fields}}}", &head[..head.len() - 1])

@@ -59,7 +59,10 @@ struct Pending {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LoadError + '_ {
-    move |source| LoadError::Io { path: path.to_path_buf(), source }
+    move |source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The manifest file of an hour.
@@ -68,16 +71,19 @@ pub fn manifest_path(warehouse: &Path, h: i64) -> PathBuf {
 }
 
 fn pending_path(warehouse: &Path, h: i64) -> PathBuf {
-    warehouse.join("_manifests").join(format!("{}.pending.json", hour::display(h)))
+    warehouse
+        .join("_manifests")
+        .join(format!("{}.pending.json", hour::display(h)))
 }
 
 /// Reads an hour's manifest, if it was loaded.
 pub fn read_manifest(warehouse: &Path, h: i64) -> Result<Option<Manifest>, LoadError> {
     let path = manifest_path(warehouse, h);
     match fs::read(&path) {
-        Ok(data) => serde_json::from_slice(&data)
-            .map(Some)
-            .map_err(|e| LoadError::Io { path, source: io::Error::new(io::ErrorKind::InvalidData, e) }),
+        Ok(data) => serde_json::from_slice(&data).map(Some).map_err(|e| LoadError::Io {
+            path,
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(&path)(e)),
     }
@@ -131,11 +137,18 @@ pub fn commit(warehouse: &Path, h: i64, staging: &Path, manifest: Manifest) -> R
         .strip_prefix(warehouse)
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|_| staging.to_string_lossy().into_owned());
-    let pending = Pending { manifest, staging: staging_rel, remove };
+    let pending = Pending {
+        manifest,
+        staging: staging_rel,
+        remove,
+    };
     let path = pending_path(warehouse, h);
     let dir = warehouse.join("_manifests");
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let data = serde_json::to_vec_pretty(&pending).map_err(|e| LoadError::Io { path: path.clone(), source: io::Error::other(e) })?;
+    let data = serde_json::to_vec_pretty(&pending).map_err(|e| LoadError::Io {
+        path: path.clone(),
+        source: io::Error::other(e),
+    })?;
     write_synced(&path, &data)?;
     fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
     apply(warehouse, h, pending)
@@ -175,8 +188,10 @@ fn apply(warehouse: &Path, h: i64, pending: Pending) -> Result<(), LoadError> {
         }
     }
     let final_path = manifest_path(warehouse, h);
-    let data = serde_json::to_vec_pretty(&pending.manifest)
-        .map_err(|e| LoadError::Io { path: final_path.clone(), source: io::Error::other(e) })?;
+    let data = serde_json::to_vec_pretty(&pending.manifest).map_err(|e| LoadError::Io {
+        path: final_path.clone(),
+        source: io::Error::other(e),
+    })?;
     let tmp = final_path.with_extension("json.tmp");
     write_synced(&tmp, &data)?;
     fs::rename(&tmp, &final_path).map_err(io_err(&final_path))?;
@@ -191,7 +206,9 @@ pub fn recover(warehouse: &Path) -> Result<Vec<i64>, LoadError> {
     let dir = warehouse.join("_manifests");
     let mut finished = Vec::new();
     for name in read_dir_names(&dir, "")? {
-        let Some(stem) = name.strip_suffix(".pending.json") else { continue };
+        let Some(stem) = name.strip_suffix(".pending.json") else {
+            continue;
+        };
         let Ok(h) = hour::parse(stem) else { continue };
         let path = dir.join(&name);
         let data = fs::read(&path).map_err(io_err(&path))?;

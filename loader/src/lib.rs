@@ -61,7 +61,10 @@ pub enum LoadError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LoadError + '_ {
-    move |source| LoadError::Io { path: path.to_path_buf(), source }
+    move |source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What loading one hour did.
@@ -91,7 +94,12 @@ impl Loader {
     fn lock(&self) -> Result<Lock, LoadError> {
         fs::create_dir_all(&self.warehouse).map_err(io_err(&self.warehouse))?;
         let path = self.warehouse.join("_lock");
-        let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         match f.try_lock() {
             Ok(()) => Ok(Lock(f)),
             Err(fs::TryLockError::WouldBlock) => Err(LoadError::Locked(self.warehouse.clone())),
@@ -122,7 +130,12 @@ impl Loader {
     /// Rebuilds every buffered hour from `from` to `to` (inclusive), replacing what was
     /// loaded. Fails for an hour in the range that is no longer buffered. `progress` is
     /// called after each hour with (done, total).
-    pub fn replay(&self, from: i64, to: i64, mut progress: impl FnMut(usize, usize)) -> Result<Vec<HourReport>, LoadError> {
+    pub fn replay(
+        &self,
+        from: i64,
+        to: i64,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Vec<HourReport>, LoadError> {
         let _lock = self.lock()?;
         commit::recover(&self.warehouse)?;
         let buffered: HashSet<i64> = list_hours(&self.buffer_dir)
@@ -176,7 +189,10 @@ impl Loader {
             }
             if e.valid && !schema::known(&self.catalog, &e.event, e.version) {
                 e.valid = false;
-                e.errors.push(format!("loader: {} version {} is not in the catalog", e.event, e.version));
+                e.errors.push(format!(
+                    "loader: {} version {} is not in the catalog",
+                    e.event, e.version
+                ));
             }
             if e.valid {
                 groups.entry((e.event.clone(), e.version)).or_default().push(e);
@@ -266,8 +282,15 @@ impl Loader {
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
             .build();
-        let perr = |e: parquet::errors::ParquetError| LoadError::Parquet { path: path.clone(), message: e.to_string() };
-        let sink = Crc32Writer { inner: BufWriter::with_capacity(1 << 20, file), crc: crc32fast::Hasher::new(), bytes: 0 };
+        let perr = |e: parquet::errors::ParquetError| LoadError::Parquet {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let sink = Crc32Writer {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            crc: crc32fast::Hasher::new(),
+            bytes: 0,
+        };
         let mut writer = ArrowWriter::try_new(sink, schema.clone(), Some(props)).map_err(perr)?;
         let mut rows = 0u64;
         for b in batches {
@@ -282,7 +305,14 @@ impl Loader {
             Some((e, v)) => (Some(e), Some(v)),
             None => (None, None),
         };
-        Ok(commit::FileEntry { path: rel.to_string(), event, version, rows, bytes, crc32: format!("{crc:08x}") })
+        Ok(commit::FileEntry {
+            path: rel.to_string(),
+            event,
+            version,
+            rows,
+            bytes,
+            crc32: format!("{crc:08x}"),
+        })
     }
 }
 

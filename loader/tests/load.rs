@@ -34,7 +34,11 @@ fn append(dir: &Path, h: i64, events: &[Event]) {
     for e in events {
         record::encode_into(&mut buf, &e.encode_to_vec());
     }
-    let mut f = fs::OpenOptions::new().create(true).append(true).open(buffer_path(dir, h)).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(buffer_path(dir, h))
+        .unwrap();
     std::io::Write::write_all(&mut f, &buf).unwrap();
 }
 
@@ -57,20 +61,55 @@ fn loads_typed_parquet_dedups_flags_and_reloads() {
     let mut invalid = ev("bad-1", "page.viewed", 1, "web", t0 + 5, r#"{"session_id":"s"}"#);
     invalid.valid = false;
     invalid.errors = vec!["url: missing required field".into()];
-    invalid.raw = br#"{"event":"page.viewed","env":"web","fields":{"session_id":"s"}}"#.to_vec().into();
+    invalid.raw = br#"{"event":"page.viewed","env":"web","fields":{"session_id":"s"}}"#
+        .to_vec()
+        .into();
     append(
         &buffer,
         h,
         &[
-            ev("b", "item.viewed", 2, "web", t0 + 2, r#"{"item_id":2,"source":"feed","session_id":"s2","price":3,"is_promoted":true}"#),
-            ev("a", "item.viewed", 2, "ios", t0 + 1, r#"{"item_id":1,"source":"search","device_id":"d","app_version":"1.0","position":7}"#),
-            ev("b", "item.viewed", 2, "web", t0 + 2, r#"{"item_id":2,"source":"feed","session_id":"s2","price":3,"is_promoted":true}"#),
-            ev("s", "search.performed", 1, "backend", t0 + 3, r#"{"query":"bike","filters":["a","b"]}"#),
+            ev(
+                "b",
+                "item.viewed",
+                2,
+                "web",
+                t0 + 2,
+                r#"{"item_id":2,"source":"feed","session_id":"s2","price":3,"is_promoted":true}"#,
+            ),
+            ev(
+                "a",
+                "item.viewed",
+                2,
+                "ios",
+                t0 + 1,
+                r#"{"item_id":1,"source":"search","device_id":"d","app_version":"1.0","position":7}"#,
+            ),
+            ev(
+                "b",
+                "item.viewed",
+                2,
+                "web",
+                t0 + 2,
+                r#"{"item_id":2,"source":"feed","session_id":"s2","price":3,"is_promoted":true}"#,
+            ),
+            ev(
+                "s",
+                "search.performed",
+                1,
+                "backend",
+                t0 + 3,
+                r#"{"query":"bike","filters":["a","b"]}"#,
+            ),
             invalid,
         ],
     );
     fs::write(closed_path(&buffer, h), "{}").unwrap();
-    let loader = Loader { catalog: Arc::new(Catalog::demo()), buffer_dir: buffer.clone(), warehouse: warehouse.clone(), row_group_rows: 1000 };
+    let loader = Loader {
+        catalog: Arc::new(Catalog::demo()),
+        buffer_dir: buffer.clone(),
+        warehouse: warehouse.clone(),
+        row_group_rows: 1000,
+    };
     let reports = loader.run(false).unwrap();
     assert_eq!(reports.len(), 1);
     let m = &reports[0].manifest;
@@ -81,21 +120,52 @@ fn loads_typed_parquet_dedups_flags_and_reloads() {
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(
         names,
-        ["id", "env", "received_at", "client_ts", "collector", "item_id", "source", "position", "price", "is_promoted", "session_id", "device_id", "app_version"]
+        [
+            "id",
+            "env",
+            "received_at",
+            "client_ts",
+            "collector",
+            "item_id",
+            "source",
+            "position",
+            "price",
+            "is_promoted",
+            "session_id",
+            "device_id",
+            "app_version"
+        ]
     );
-    assert!(!names.contains(&"event") && !names.contains(&"version") && !names.contains(&"date") && !names.contains(&"hour"));
+    assert!(
+        !names.contains(&"event")
+            && !names.contains(&"version")
+            && !names.contains(&"date")
+            && !names.contains(&"hour")
+    );
     let f = |n: &str| schema.field_with_name(n).unwrap().clone();
     assert_eq!(f("item_id").data_type(), &DataType::Int64);
     assert!(!f("item_id").is_nullable() && !f("source").is_nullable());
     assert!(f("price").is_nullable() && f("session_id").is_nullable());
     assert_eq!(f("price").data_type(), &DataType::Float64);
     assert_eq!(f("is_promoted").data_type(), &DataType::Boolean);
-    assert_eq!(f("received_at").data_type(), &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())));
-    let ids: Vec<&str> = item.column_by_name("id").unwrap().as_string::<i32>().iter().map(|s| s.unwrap()).collect();
+    assert_eq!(
+        f("received_at").data_type(),
+        &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+    );
+    let ids: Vec<&str> = item
+        .column_by_name("id")
+        .unwrap()
+        .as_string::<i32>()
+        .iter()
+        .map(|s| s.unwrap())
+        .collect();
     assert_eq!(ids, ["a", "b"], "deduplicated and sorted by received_at");
     let item_ids = item.column_by_name("item_id").unwrap().as_primitive::<Int64Type>();
     assert_eq!(item_ids.values(), &[1, 2]);
-    let at = item.column_by_name("received_at").unwrap().as_primitive::<TimestampMicrosecondType>();
+    let at = item
+        .column_by_name("received_at")
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>();
     assert_eq!(at.value(0), t0 + 1);
     assert!(item.column_by_name("price").unwrap().is_null(0));
 
@@ -107,7 +177,12 @@ fn loads_typed_parquet_dedups_flags_and_reloads() {
 
     let inv = read(&warehouse.join("_invalid/date=2026-11-22/hour=13/part-0.parquet"));
     assert_eq!(inv.num_rows(), 1);
-    let raw = inv.column_by_name("raw").unwrap().as_string::<i32>().value(0).to_string();
+    let raw = inv
+        .column_by_name("raw")
+        .unwrap()
+        .as_string::<i32>()
+        .value(0)
+        .to_string();
     assert!(raw.contains("session_id"));
     let errs = inv.column_by_name("errors").unwrap().as_list::<i32>().value(0);
     assert_eq!(errs.as_string::<i32>().value(0), "url: missing required field");
@@ -115,7 +190,18 @@ fn loads_typed_parquet_dedups_flags_and_reloads() {
     // Nothing new: nothing reloaded.
     assert!(loader.run(false).unwrap().is_empty());
     // A late event grows the buffer: the hour is rebuilt with it.
-    append(&buffer, h, &[ev("c", "item.viewed", 2, "web", t0 + 9, r#"{"item_id":3,"source":"direct","session_id":"s"}"#)]);
+    append(
+        &buffer,
+        h,
+        &[ev(
+            "c",
+            "item.viewed",
+            2,
+            "web",
+            t0 + 9,
+            r#"{"item_id":3,"source":"direct","session_id":"s"}"#,
+        )],
+    );
     let again = loader.run(false).unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].manifest.rows, 4);
@@ -125,7 +211,10 @@ fn loads_typed_parquet_dedups_flags_and_reloads() {
     // Replay gives identical rows.
     let before = item2.clone();
     loader.replay(h, h, |_, _| {}).unwrap();
-    assert_eq!(read(&warehouse.join("event=item.viewed/version=2/date=2026-11-22/hour=13/part-0.parquet")), before);
+    assert_eq!(
+        read(&warehouse.join("event=item.viewed/version=2/date=2026-11-22/hour=13/part-0.parquet")),
+        before
+    );
     let err = loader.replay(h - 5, h, |_, _| {}).unwrap_err().to_string();
     assert!(err.contains("2026-11-22T08 is not in the buffer"), "{err}");
 }
@@ -136,8 +225,24 @@ fn open_hours_load_only_with_now() {
     let buffer = tmp.path().join("buffer");
     fs::create_dir_all(&buffer).unwrap();
     let h = hour::of_micros(weir_proto::event::now_micros());
-    append(&buffer, h, &[ev("x", "page.viewed", 1, "web", h * hour::HOUR_MICROS, r#"{"url":"u","session_id":"s"}"#)]);
-    let loader = Loader { catalog: Arc::new(Catalog::demo()), buffer_dir: buffer, warehouse: tmp.path().join("w"), row_group_rows: 10 };
+    append(
+        &buffer,
+        h,
+        &[ev(
+            "x",
+            "page.viewed",
+            1,
+            "web",
+            h * hour::HOUR_MICROS,
+            r#"{"url":"u","session_id":"s"}"#,
+        )],
+    );
+    let loader = Loader {
+        catalog: Arc::new(Catalog::demo()),
+        buffer_dir: buffer,
+        warehouse: tmp.path().join("w"),
+        row_group_rows: 10,
+    };
     assert!(loader.run(false).unwrap().is_empty());
     assert_eq!(loader.run(true).unwrap().len(), 1);
 }
@@ -150,25 +255,50 @@ fn interrupted_commit_is_finished_by_the_next_run() {
     fs::create_dir_all(&buffer).unwrap();
     let h = hour::parse("2026-11-22T10").unwrap();
     let t0 = h * hour::HOUR_MICROS;
-    append(&buffer, h, &[ev("x", "page.viewed", 1, "web", t0, r#"{"url":"u","session_id":"s"}"#)]);
+    append(
+        &buffer,
+        h,
+        &[ev("x", "page.viewed", 1, "web", t0, r#"{"url":"u","session_id":"s"}"#)],
+    );
     fs::write(closed_path(&buffer, h), "{}").unwrap();
-    let loader = Loader { catalog: Arc::new(Catalog::demo()), buffer_dir: buffer.clone(), warehouse: warehouse.clone(), row_group_rows: 10 };
+    let loader = Loader {
+        catalog: Arc::new(Catalog::demo()),
+        buffer_dir: buffer.clone(),
+        warehouse: warehouse.clone(),
+        row_group_rows: 10,
+    };
     loader.run(false).unwrap();
     // Simulate a crash after the commit record was written but before the swap: stage a
     // new version of the hour by hand, with its pending manifest.
-    append(&buffer, h, &[ev("y", "page.viewed", 1, "web", t0 + 1, r#"{"url":"u2","session_id":"s"}"#)]);
+    append(
+        &buffer,
+        h,
+        &[ev(
+            "y",
+            "page.viewed",
+            1,
+            "web",
+            t0 + 1,
+            r#"{"url":"u2","session_id":"s"}"#,
+        )],
+    );
     let manifest_path = warehouse.join("_manifests/2026-11-22T10.json");
     let old_manifest = fs::read_to_string(&manifest_path).unwrap();
     loader.run(false).unwrap();
     let new_manifest = fs::read_to_string(&manifest_path).unwrap();
     let part = warehouse.join("event=page.viewed/version=1/date=2026-11-22/hour=10/part-0.parquet");
-    let staged = warehouse.join("_staging/2026112210/event=page.viewed/version=1/date=2026-11-22/hour=10/part-0.parquet");
+    let staged =
+        warehouse.join("_staging/2026112210/event=page.viewed/version=1/date=2026-11-22/hour=10/part-0.parquet");
     fs::create_dir_all(staged.parent().unwrap()).unwrap();
     fs::rename(&part, &staged).unwrap();
     fs::write(&manifest_path, &old_manifest).unwrap();
     let manifest: serde_json::Value = serde_json::from_str(&new_manifest).unwrap();
     let pending = serde_json::json!({"manifest": manifest, "staging": "_staging/2026112210", "remove": []});
-    fs::write(warehouse.join("_manifests/2026-11-22T10.pending.json"), pending.to_string()).unwrap();
+    fs::write(
+        warehouse.join("_manifests/2026-11-22T10.pending.json"),
+        pending.to_string(),
+    )
+    .unwrap();
     assert!(!part.exists());
     // The next run rolls the commit forward and then finds nothing to do.
     assert!(loader.run(false).unwrap().is_empty());

@@ -5,9 +5,18 @@ use weir_proto::record;
 use weir_proto::wal::{Wal, WalOptions};
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(WalOptions { dir: dir.path().to_path_buf(), segment_bytes: 64 << 20, name: "bench" }).unwrap();
+    let wal = Wal::open(WalOptions {
+        dir: dir.path().to_path_buf(),
+        segment_bytes: 64 << 20,
+        name: "bench",
+    })
+    .unwrap();
     let mut request = Vec::new();
     for _ in 0..100 {
         record::encode_into(&mut request, &[b'x'; 200]);

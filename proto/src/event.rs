@@ -82,7 +82,8 @@ impl<'a> Incoming<'a> {
             fields: Vec::new(),
             problems: Vec::new(),
         };
-        de.deserialize_map(EnvelopeVisitor(&mut ev)).map_err(|e| e.to_string())?;
+        de.deserialize_map(EnvelopeVisitor(&mut ev))
+            .map_err(|e| e.to_string())?;
         Ok(ev)
     }
 }
@@ -163,7 +164,8 @@ impl<'de, 'x> Visitor<'de> for FieldsVisitor<'x, 'de> {
 pub fn parse_fields(text: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, String> {
     let mut fields = Vec::new();
     let mut de = serde_json::Deserializer::from_str(text);
-    de.deserialize_map(FieldsVisitor(&mut fields)).map_err(|e| e.to_string())?;
+    de.deserialize_map(FieldsVisitor(&mut fields))
+        .map_err(|e| e.to_string())?;
     Ok(fields)
 }
 
@@ -326,7 +328,9 @@ mod tests {
 
     #[test]
     fn parses_envelope_and_borrows() {
-        let r = raw(r#"{"event":"item.viewed","version":2,"env":"web","id":"abc","ts":"2026-11-22T13:04:05.123456Z","fields":{"item_id":123,"source":"search"}}"#);
+        let r = raw(
+            r#"{"event":"item.viewed","version":2,"env":"web","id":"abc","ts":"2026-11-22T13:04:05.123456Z","fields":{"item_id":123,"source":"search"}}"#,
+        );
         let ev = Incoming::parse(&r).unwrap();
         assert!(matches!(ev.event, Some(Cow::Borrowed("item.viewed"))));
         assert_eq!(ev.version, Some(2));
@@ -350,7 +354,10 @@ mod tests {
 
     #[test]
     fn integer_timestamps() {
-        assert_eq!(parse_timestamp(&raw("1700000000000000")), Ok(Some(1_700_000_000_000_000)));
+        assert_eq!(
+            parse_timestamp(&raw("1700000000000000")),
+            Ok(Some(1_700_000_000_000_000))
+        );
         assert!(parse_timestamp(&raw("1.5")).is_err());
         assert_eq!(parse_timestamp(&raw("null")), Ok(None));
         assert_eq!(format_micros(1_795_352_645_123_456), "2026-11-22T13:04:05.123456Z");

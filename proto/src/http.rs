@@ -43,7 +43,8 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
 pub fn bytes(status: StatusCode, content_type: &'static str, body: Bytes) -> Response {
     let mut r = hyper::Response::new(Full::new(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -69,7 +70,10 @@ pub enum ReadError {
 
 /// Reads a whole body, refusing more than `limit` bytes (checked against
 /// `Content-Length` first, so an oversized upload is refused before it is read).
-pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(hyper::http::request::Parts, Bytes), ReadError> {
+pub async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<(hyper::http::request::Parts, Bytes), ReadError> {
     let (parts, body) = req.into_parts();
     let declared = parts
         .headers
@@ -124,7 +128,10 @@ where
         }
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("some HTTP connections did not finish within 30 s of shutdown");
     }
 }

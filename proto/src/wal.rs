@@ -136,11 +136,7 @@ impl Wal {
                 path: path.clone(),
                 source,
             };
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(io_err)?;
+            let mut file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err)?;
             let len = file.metadata().map_err(io_err)?.len();
             if i == segments.len() - 1 {
                 let (_, valid) = record::read_all(&mut file).map_err(io_err)?;
@@ -564,7 +560,9 @@ mod tests {
         let wal = open(tmp.path(), 64);
         let start = wal.first_position().unwrap();
         for i in 0..20u32 {
-            wal.append(framed(&[format!("record-{i:02}").as_bytes()])).await.unwrap();
+            wal.append(framed(&[format!("record-{i:02}").as_bytes()]))
+                .await
+                .unwrap();
         }
         assert!(wal.segments() > 2, "segments roll at 64 bytes");
         let mut reader = wal.reader(start);

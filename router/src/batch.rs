@@ -60,7 +60,12 @@ mod tests {
             batch_id: "b".into(),
             collector: "c".into(),
             events: (0..3)
-                .map(|i| Event { id: format!("{i}"), received_at: 1000 + i, fields: Bytes::from_static(b"{}"), ..Default::default() })
+                .map(|i| Event {
+                    id: format!("{i}"),
+                    received_at: 1000 + i,
+                    fields: Bytes::from_static(b"{}"),
+                    ..Default::default()
+                })
                 .collect(),
         };
         let bytes = Bytes::from(batch.encode_to_vec());

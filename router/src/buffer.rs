@@ -48,7 +48,10 @@ impl FileBuffer {
                     late += count;
                     tracing::info!(hour = %hour::display(h), events = count, "late events for a closed hour; it will be reloaded");
                 }
-                let f = OpenOptions::new().create(true).append(true).open(buffer_path(&self.dir, h))?;
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(buffer_path(&self.dir, h))?;
                 self.open.insert(h, f);
             }
             if let Some(f) = self.open.get_mut(&h) {
@@ -75,7 +78,10 @@ impl FileBuffer {
                     f.sync_all()?;
                 }
                 let marker = closed_path(&self.dir, state.hour);
-                fs::write(&marker, format!("{{\"closed_at\":\"{}\"}}\n", weir_proto::event::format_micros(now)))?;
+                fs::write(
+                    &marker,
+                    format!("{{\"closed_at\":\"{}\"}}\n", weir_proto::event::format_micros(now)),
+                )?;
                 closed.push(state.hour);
             } else if due {
                 // A late append reopened it: let go of the handle again.
@@ -156,7 +162,10 @@ impl Consumer {
             return Ok(0);
         }
         let (grouped, events) = by_hour(&records);
-        let late = self.buffer.append(&grouped).map_err(|e| format!("cannot write the hourly buffer: {e}"))?;
+        let late = self
+            .buffer
+            .append(&grouped)
+            .map_err(|e| format!("cannot write the hourly buffer: {e}"))?;
         metrics::counter!(m::BUFFERED).increment(events);
         metrics::counter!(m::LATE).increment(late);
         Ok(records.len())
@@ -186,7 +195,12 @@ impl Consumer {
 }
 
 /// Follows the log into the buffer until `stop` turns true and the log is drained.
-pub async fn run(wal: Wal, buffer: FileBuffer, cursor: PathBuf, mut stop: watch::Receiver<bool>) -> Result<(), WalError> {
+pub async fn run(
+    wal: Wal,
+    buffer: FileBuffer,
+    cursor: PathBuf,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), WalError> {
     let start = match wal::load_cursor(&cursor)? {
         Some(p) => p,
         None => wal.first_position()?,

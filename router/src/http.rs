@@ -81,14 +81,23 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response {
                     let _ = std::fs::remove_file(&probe);
                     h::text(StatusCode::OK, "ready\n")
                 }
-                Err(e) => h::text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: log {} is not writable: {e}\n", dir.display())),
+                Err(e) => h::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: log {} is not writable: {e}\n", dir.display()),
+                ),
             }
         }
         (&Method::GET, "/metrics") => {
             metrics::gauge!(m::LOG_BYTES).set(state.wal.bytes() as f64);
-            h::text(StatusCode::OK, state.metrics.as_ref().map(|m| m.render()).unwrap_or_default())
+            h::text(
+                StatusCode::OK,
+                state.metrics.as_ref().map(|m| m.render()).unwrap_or_default(),
+            )
         }
-        _ => h::error(StatusCode::NOT_FOUND, "no such endpoint: the router serves POST /v1/batches, GET /healthz, /readyz and /metrics"),
+        _ => h::error(
+            StatusCode::NOT_FOUND,
+            "no such endpoint: the router serves POST /v1/batches, GET /healthz, /readyz and /metrics",
+        ),
     }
 }
 
@@ -98,14 +107,20 @@ fn bad(msg: String) -> Response {
 }
 
 fn ack(ack: &BatchAck) -> Response {
-    h::bytes(StatusCode::OK, "application/x-protobuf", Bytes::from(ack.encode_to_vec()))
+    h::bytes(
+        StatusCode::OK,
+        "application/x-protobuf",
+        Bytes::from(ack.encode_to_vec()),
+    )
 }
 
 async fn batches(state: &State, req: Request<Incoming>) -> Response {
     let limit = state.max_batch_bytes;
     let (parts, body) = match h::read_body(req, limit).await {
         Ok(b) => b,
-        Err(ReadError::TooLarge(n)) => return h::error(StatusCode::PAYLOAD_TOO_LARGE, format!("batch is larger than {n} bytes")),
+        Err(ReadError::TooLarge(n)) => {
+            return h::error(StatusCode::PAYLOAD_TOO_LARGE, format!("batch is larger than {n} bytes"))
+        }
         Err(ReadError::Io(e)) => return h::error(StatusCode::BAD_REQUEST, e),
     };
     let zstd = parts
@@ -115,7 +130,11 @@ async fn batches(state: &State, req: Request<Incoming>) -> Response {
     let body = if zstd {
         match zstd::bulk::decompress(&body, limit) {
             Ok(b) => Bytes::from(b),
-            Err(e) => return bad(format!("cannot decompress the batch (zstd, at most {limit} bytes): {e}")),
+            Err(e) => {
+                return bad(format!(
+                    "cannot decompress the batch (zstd, at most {limit} bytes): {e}"
+                ))
+            }
         }
     } else {
         body
@@ -124,25 +143,42 @@ async fn batches(state: &State, req: Request<Incoming>) -> Response {
         Ok(b) => b,
         Err(e) => return bad(format!("not a weir.v1.EventBatch: {e}")),
     };
-    if let Some((i, _)) = batch.events.iter().enumerate().find(|(_, e)| e.id.is_empty() || e.received_at == 0) {
+    if let Some((i, _)) = batch
+        .events
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.id.is_empty() || e.received_at == 0)
+    {
         return bad(format!("event {i} has no id or received_at: collectors stamp both"));
     }
     let count = batch.events.len() as u64;
     if !batch.batch_id.is_empty() && !state.recent.insert(&batch.batch_id) {
         metrics::counter!(m::DUPLICATE_BATCHES).increment(1);
-        return ack(&BatchAck { batch_id: batch.batch_id, accepted: 0, duplicate: true });
+        return ack(&BatchAck {
+            batch_id: batch.batch_id,
+            accepted: 0,
+            duplicate: true,
+        });
     }
     let mut framed = Vec::with_capacity(body.len() + record::HEADER_LEN);
     record::encode_into(&mut framed, &body);
     if let Err(e) = state.wal.append(framed).await {
         state.recent.remove(&batch.batch_id);
-        let mut r = h::error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot write the router log: {e}"));
-        r.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let mut r = h::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot write the router log: {e}"),
+        );
+        r.headers_mut()
+            .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
     }
     metrics::counter!(m::BATCHES).increment(1);
     metrics::counter!(m::EVENTS).increment(count);
-    ack(&BatchAck { batch_id: batch.batch_id, accepted: count, duplicate: false })
+    ack(&BatchAck {
+        batch_id: batch.batch_id,
+        accepted: count,
+        duplicate: false,
+    })
 }
 
 #[cfg(test)]

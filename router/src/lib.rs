@@ -70,7 +70,11 @@ pub struct Router {
 
 impl Router {
     /// Opens the log and buffer, binds the listener and starts moving events.
-    pub async fn start(cfg: &RouterConfig, paths: &RouterPaths, metrics: Option<PrometheusHandle>) -> Result<Router, StartError> {
+    pub async fn start(
+        cfg: &RouterConfig,
+        paths: &RouterPaths,
+        metrics: Option<PrometheusHandle>,
+    ) -> Result<Router, StartError> {
         if !cfg.recipients.is_empty() {
             let names: Vec<&str> = cfg.recipients.keys().map(|s| s.as_str()).collect();
             return Err(StartError::Unsupported(format!(
@@ -88,14 +92,25 @@ impl Router {
             segment_bytes: cfg.log_segment_bytes,
             name: "router-log",
         })?;
-        let file_buffer = buffer::FileBuffer::open(&paths.buffer_dir, Duration::from_secs(cfg.grace_secs), cfg.retention_days)
-            .map_err(|source| StartError::Buffer { path: paths.buffer_dir.clone(), source })?;
+        let file_buffer = buffer::FileBuffer::open(
+            &paths.buffer_dir,
+            Duration::from_secs(cfg.grace_secs),
+            cfg.retention_days,
+        )
+        .map_err(|source| StartError::Buffer {
+            path: paths.buffer_dir.clone(),
+            source,
+        })?;
         let listener = TcpListener::bind(&cfg.listen)
             .await
-            .map_err(|source| StartError::Listen { addr: cfg.listen.clone(), source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Listen { addr: cfg.listen.clone(), source })?;
+            .map_err(|source| StartError::Listen {
+                addr: cfg.listen.clone(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: cfg.listen.clone(),
+            source,
+        })?;
         let state = Arc::new(http::State {
             wal: wal.clone(),
             recent: http::RecentBatches::new(100_000),
@@ -104,7 +119,11 @@ impl Router {
         });
         let (stop_http, http_rx) = watch::channel(false);
         let (stop_buffer, buf_rx) = watch::channel(false);
-        let server = tokio::spawn(weir_proto::http::serve(listener, move |req| http::handle(state.clone(), req), http_rx));
+        let server = tokio::spawn(weir_proto::http::serve(
+            listener,
+            move |req| http::handle(state.clone(), req),
+            http_rx,
+        ));
         let cursor = cursor_path(&paths.log_dir, "warehouse");
         let buffer_wal = wal.clone();
         let buffer = tokio::spawn(async move {
@@ -112,7 +131,14 @@ impl Router {
                 tracing::error!(error = %e, "the hourly buffer stopped; events stay in the router log");
             }
         });
-        Ok(Router { addr, wal, stop_http, stop_buffer, server, buffer })
+        Ok(Router {
+            addr,
+            wal,
+            stop_http,
+            stop_buffer,
+            server,
+            buffer,
+        })
     }
 
     /// Bytes waiting in the durable log.

@@ -20,12 +20,23 @@ pub fn compatible(old: &Catalog, new: &Catalog) -> Vec<Problem> {
     for (name, o) in &old.environments {
         let place = format!("environment {name:?}");
         let Some(n) = new.environments.get(name) else {
-            push(&old.sources.environments[name], place, "was removed; environments are never deleted".into());
+            push(
+                &old.sources.environments[name],
+                place,
+                "was removed; environments are never deleted".into(),
+            );
             continue;
         };
         let file = &new.sources.environments[name];
         if o.kind != n.kind {
-            push(file, place.clone(), format!("kind changed from {:?} to {:?}; environments are never edited", o.kind, n.kind));
+            push(
+                file,
+                place.clone(),
+                format!(
+                    "kind changed from {:?} to {:?}; environments are never edited",
+                    o.kind, n.kind
+                ),
+            );
         }
         for f in &o.fields {
             if !n.fields.contains(f) {
@@ -34,31 +45,54 @@ pub fn compatible(old: &Catalog, new: &Catalog) -> Vec<Problem> {
         }
         for f in &n.fields {
             if !o.fields.contains(f) {
-                push(file, format!("{place} field {f:?}"), "common field was added to an existing environment (it would make old events invalid)".into());
+                push(
+                    file,
+                    format!("{place} field {f:?}"),
+                    "common field was added to an existing environment (it would make old events invalid)".into(),
+                );
             }
         }
     }
     for (name, o) in &old.fields {
         let place = format!("field {name:?}");
         let Some(n) = new.fields.get(name) else {
-            push(&old.sources.fields[name], place, "was removed; fields are never deleted".into());
+            push(
+                &old.sources.fields[name],
+                place,
+                "was removed; fields are never deleted".into(),
+            );
             continue;
         };
         let file = &new.sources.fields[name];
         if o.ty != n.ty {
-            push(file, place.clone(), format!("type changed from {} to {}; add a new field instead", o.ty, n.ty));
+            push(
+                file,
+                place.clone(),
+                format!("type changed from {} to {}; add a new field instead", o.ty, n.ty),
+            );
         }
         if o.enum_values != n.enum_values {
             push(file, place.clone(), "enum changed; add a new field instead".into());
         }
         if o.max_length != n.max_length {
-            push(file, place.clone(), format!("max_length changed from {:?} to {:?}; add a new field instead", o.max_length, n.max_length));
+            push(
+                file,
+                place.clone(),
+                format!(
+                    "max_length changed from {:?} to {:?}; add a new field instead",
+                    o.max_length, n.max_length
+                ),
+            );
         }
     }
     for (name, o) in &old.events {
         let place = format!("event {name:?}");
         let Some(n) = new.events.get(name) else {
-            push(&old.sources.events[name], place, "was removed; events are never deleted (set drop = true to stop collecting it)".into());
+            push(
+                &old.sources.events[name],
+                place,
+                "was removed; events are never deleted (set drop = true to stop collecting it)".into(),
+            );
             continue;
         };
         let file = &new.sources.events[name];
@@ -70,15 +104,26 @@ pub fn compatible(old: &Catalog, new: &Catalog) -> Vec<Problem> {
             };
             for env in &ov.environments {
                 if !nv.environments.contains(env) {
-                    push(file, format!("{vplace} environment {env:?}"), "was removed from an existing version; add a new version instead".into());
+                    push(
+                        file,
+                        format!("{vplace} environment {env:?}"),
+                        "was removed from an existing version; add a new version instead".into(),
+                    );
                 }
             }
             for env in &nv.environments {
                 if !ov.environments.contains(env) {
-                    push(file, format!("{vplace} environment {env:?}"), "was added to an existing version; add a new version instead".into());
+                    push(
+                        file,
+                        format!("{vplace} environment {env:?}"),
+                        "was added to an existing version; add a new version instead".into(),
+                    );
                 }
             }
-            for (list, other, what) in [(&ov.required, &nv.required, "required"), (&ov.optional, &nv.optional, "optional")] {
+            for (list, other, what) in [
+                (&ov.required, &nv.required, "required"),
+                (&ov.optional, &nv.optional, "optional"),
+            ] {
                 for f in list {
                     if !other.contains(f) {
                         let now = if nv.required.contains(f) {
@@ -88,13 +133,21 @@ pub fn compatible(old: &Catalog, new: &Catalog) -> Vec<Problem> {
                         } else {
                             format!("{what} field was removed")
                         };
-                        push(file, format!("{vplace} field {f:?}"), format!("{now}; versions are never edited, add a new version instead"));
+                        push(
+                            file,
+                            format!("{vplace} field {f:?}"),
+                            format!("{now}; versions are never edited, add a new version instead"),
+                        );
                     }
                 }
             }
             for f in nv.required.iter().chain(&nv.optional) {
                 if !ov.required.contains(f) && !ov.optional.contains(f) {
-                    push(file, format!("{vplace} field {f:?}"), "was added to an existing version; add a new version instead".into());
+                    push(
+                        file,
+                        format!("{vplace} field {f:?}"),
+                        "was added to an existing version; add a new version instead".into(),
+                    );
                 }
             }
         }
@@ -134,11 +187,36 @@ mod tests {
     fn each_breaking_edit_is_named() {
         let old = Catalog::demo();
         let cases: Vec<(&str, &str, &str, &str)> = vec![
-            ("fields.toml", "[fields.item_id]\ntype = \"int\"", "[fields.item_id]\ntype = \"string\"", "fields.toml: field \"item_id\": type changed from int to string"),
-            ("events.toml", "required = [\"item_id\"]\noptional = [\"source\"]", "required = [\"item_id\"]\noptional = []", "events.toml: event \"item.viewed\" version 1 field \"source\": optional field was removed"),
-            ("events.toml", "required = [\"item_id\"]\noptional = [\"source\"]", "required = [\"item_id\", \"source\"]\noptional = []", "event \"item.viewed\" version 1 field \"source\": became required"),
-            ("events.toml", "environments = [\"web\", \"ios\"]\nrequired = [\"item_id\"]\n", "environments = [\"web\"]\nrequired = [\"item_id\"]\n", "event \"item.viewed\" version 1 environment \"ios\": was removed from an existing version"),
-            ("environments.toml", "[environments.ios]\nkind = \"mobile\"", "[environments.ios]\nkind = \"backend\"", "environment \"ios\": kind changed"),
+            (
+                "fields.toml",
+                "[fields.item_id]\ntype = \"int\"",
+                "[fields.item_id]\ntype = \"string\"",
+                "fields.toml: field \"item_id\": type changed from int to string",
+            ),
+            (
+                "events.toml",
+                "required = [\"item_id\"]\noptional = [\"source\"]",
+                "required = [\"item_id\"]\noptional = []",
+                "events.toml: event \"item.viewed\" version 1 field \"source\": optional field was removed",
+            ),
+            (
+                "events.toml",
+                "required = [\"item_id\"]\noptional = [\"source\"]",
+                "required = [\"item_id\", \"source\"]\noptional = []",
+                "event \"item.viewed\" version 1 field \"source\": became required",
+            ),
+            (
+                "events.toml",
+                "environments = [\"web\", \"ios\"]\nrequired = [\"item_id\"]\n",
+                "environments = [\"web\"]\nrequired = [\"item_id\"]\n",
+                "event \"item.viewed\" version 1 environment \"ios\": was removed from an existing version",
+            ),
+            (
+                "environments.toml",
+                "[environments.ios]\nkind = \"mobile\"",
+                "[environments.ios]\nkind = \"backend\"",
+                "environment \"ios\": kind changed",
+            ),
         ];
         for (file, from, to, want) in cases {
             let new = demo_with(|n, t| if n == file { t.replacen(from, to, 1) } else { t });

@@ -315,17 +315,15 @@ pub fn valid_event_name(name: &str) -> bool {
     !name.is_empty()
         && name.split('.').all(|part| {
             let mut chars = part.chars();
-            matches!(chars.next(), Some('a'..='z'))
-                && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+            matches!(chars.next(), Some('a'..='z')) && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
         })
 }
 
 impl Catalog {
     /// Loads every `*.toml` file in `dir` (not recursive), merged.
     pub fn load_dir(dir: &Path) -> Result<Catalog, CatalogError> {
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            CatalogError::one(dir, "", format!("cannot read the catalog directory: {e}"))
-        })?;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| CatalogError::one(dir, "", format!("cannot read the catalog directory: {e}")))?;
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
@@ -385,9 +383,30 @@ impl Catalog {
                     continue;
                 }
             };
-            merge(&mut catalog.environments, &mut catalog.sources.environments, file.environments, path, "environment", &mut problems);
-            merge(&mut catalog.fields, &mut catalog.sources.fields, file.fields, path, "field", &mut problems);
-            merge(&mut catalog.events, &mut catalog.sources.events, file.events, path, "event", &mut problems);
+            merge(
+                &mut catalog.environments,
+                &mut catalog.sources.environments,
+                file.environments,
+                path,
+                "environment",
+                &mut problems,
+            );
+            merge(
+                &mut catalog.fields,
+                &mut catalog.sources.fields,
+                file.fields,
+                path,
+                "field",
+                &mut problems,
+            );
+            merge(
+                &mut catalog.events,
+                &mut catalog.sources.events,
+                file.events,
+                path,
+                "event",
+                &mut problems,
+            );
         }
         catalog.revision = format!("{:08x}", hasher.finalize());
         if problems.is_empty() {
@@ -413,7 +432,11 @@ impl Catalog {
             let place = format!("environment {name:?}");
             for f in &env.fields {
                 if !self.fields.contains_key(f) {
-                    push(file, place.clone(), format!("common field {f:?} is not defined in [fields]"));
+                    push(
+                        file,
+                        place.clone(),
+                        format!("common field {f:?} is not defined in [fields]"),
+                    );
                 }
             }
             if let Some(d) = duplicate(&env.fields) {
@@ -433,7 +456,11 @@ impl Catalog {
                         (Scalar::String, EnumValue::Str(_)) | (Scalar::Int, EnumValue::Int(_))
                     );
                     if !ok {
-                        push(file, place.clone(), format!("enum value {v} does not fit type {}", field.ty));
+                        push(
+                            file,
+                            place.clone(),
+                            format!("enum value {v} does not fit type {}", field.ty),
+                        );
                     }
                 }
                 if values.is_empty() {
@@ -443,7 +470,11 @@ impl Catalog {
             if field.max_length.is_some()
                 && !matches!(field.ty, FieldType::Scalar(Scalar::String) | FieldType::Array(_))
             {
-                push(file, place.clone(), format!("max_length applies to strings and arrays, not {}", field.ty));
+                push(
+                    file,
+                    place.clone(),
+                    format!("max_length applies to strings and arrays, not {}", field.ty),
+                );
             }
         }
         let mut aliases: BTreeMap<&str, &str> = BTreeMap::new();
@@ -451,37 +482,68 @@ impl Catalog {
             let file = &self.sources.events[name];
             let place = format!("event {name:?}");
             if !valid_event_name(name) {
-                push(file, place.clone(), "invalid event name: use lowercase words separated by dots, like item.viewed".into());
+                push(
+                    file,
+                    place.clone(),
+                    "invalid event name: use lowercase words separated by dots, like item.viewed".into(),
+                );
             }
             if event.versions.is_empty() {
-                push(file, place.clone(), "has no versions: add [[events.\"NAME\".versions]] with version = 1".into());
+                push(
+                    file,
+                    place.clone(),
+                    "has no versions: add [[events.\"NAME\".versions]] with version = 1".into(),
+                );
             }
             for alias in &event.aliases {
                 if let Some(other) = aliases.insert(alias, name) {
-                    push(file, place.clone(), format!("alias {alias:?} is already used by event {other:?}"));
+                    push(
+                        file,
+                        place.clone(),
+                        format!("alias {alias:?} is already used by event {other:?}"),
+                    );
                 }
             }
             for (i, v) in event.versions.iter().enumerate() {
                 let vplace = format!("event {name:?} version {}", v.version);
                 if v.version as usize != i + 1 {
-                    push(file, vplace.clone(), format!("versions must be numbered 1, 2, 3... in order; expected version {}", i + 1));
+                    push(
+                        file,
+                        vplace.clone(),
+                        format!(
+                            "versions must be numbered 1, 2, 3... in order; expected version {}",
+                            i + 1
+                        ),
+                    );
                 }
                 if v.environments.is_empty() {
                     push(file, vplace.clone(), "lists no environments".into());
                 }
                 for env in &v.environments {
                     if !self.environments.contains_key(env) {
-                        push(file, vplace.clone(), format!("environment {env:?} is not defined in [environments]"));
+                        push(
+                            file,
+                            vplace.clone(),
+                            format!("environment {env:?} is not defined in [environments]"),
+                        );
                     }
                 }
                 for f in v.required.iter().chain(&v.optional) {
                     if !self.fields.contains_key(f) {
-                        push(file, format!("{vplace} field {f:?}"), "is not defined in [fields]".into());
+                        push(
+                            file,
+                            format!("{vplace} field {f:?}"),
+                            "is not defined in [fields]".into(),
+                        );
                     }
                 }
                 let all: Vec<String> = v.required.iter().chain(&v.optional).cloned().collect();
                 if let Some(d) = duplicate(&all) {
-                    push(file, format!("{vplace} field {d:?}"), "is listed twice (required and optional are exclusive)".into());
+                    push(
+                        file,
+                        format!("{vplace} field {d:?}"),
+                        "is listed twice (required and optional are exclusive)".into(),
+                    );
                 }
                 if let Some(d) = duplicate(&v.environments) {
                     push(file, vplace.clone(), format!("environment {d:?} is listed twice"));
@@ -513,14 +575,22 @@ impl Catalog {
         for name in &v.required {
             if let Some(def) = self.fields.get(name) {
                 if seen.insert(name.as_str()) {
-                    out.push(Column { name, def, required: true });
+                    out.push(Column {
+                        name,
+                        def,
+                        required: true,
+                    });
                 }
             }
         }
         for name in &v.optional {
             if let Some(def) = self.fields.get(name) {
                 if seen.insert(name.as_str()) {
-                    out.push(Column { name, def, required: false });
+                    out.push(Column {
+                        name,
+                        def,
+                        required: false,
+                    });
                 }
             }
         }
@@ -529,10 +599,15 @@ impl Catalog {
             for name in &e.fields {
                 if let Some(def) = self.fields.get(name) {
                     if seen.insert(name.as_str()) {
-                        let everywhere = v.environments.iter().all(|en| {
-                            self.environments.get(en).is_some_and(|x| x.fields.contains(name))
+                        let everywhere = v
+                            .environments
+                            .iter()
+                            .all(|en| self.environments.get(en).is_some_and(|x| x.fields.contains(name)));
+                        out.push(Column {
+                            name,
+                            def,
+                            required: everywhere,
                         });
-                        out.push(Column { name, def, required: everywhere });
                     }
                 }
             }
@@ -601,7 +676,10 @@ mod tests {
     #[test]
     fn field_types_parse() {
         assert_eq!(FieldType::parse("array<int>"), Some(FieldType::Array(Scalar::Int)));
-        assert_eq!(FieldType::parse("timestamp"), Some(FieldType::Scalar(Scalar::Timestamp)));
+        assert_eq!(
+            FieldType::parse("timestamp"),
+            Some(FieldType::Scalar(Scalar::Timestamp))
+        );
         assert_eq!(FieldType::parse("array<timestamp>"), None);
         assert_eq!(FieldType::parse("text"), None);
     }
@@ -615,7 +693,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = load("[fields.x]\ntype = \"int\"\ncolour = 1\n").unwrap_err().to_string();
+        let err = load("[fields.x]\ntype = \"int\"\ncolour = 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `colour`"), "{err}");
         let err = load("[fields.x]\ntype = \"integer\"\n").unwrap_err().to_string();
         assert!(err.contains("unknown type `integer`"), "{err}");
@@ -637,22 +717,31 @@ required = ["ghost"]
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("environment \"web\": common field \"nope\" is not defined"), "{err}");
-        assert!(err.contains("event \"a.b\" version 2: versions must be numbered"), "{err}");
+        assert!(
+            err.contains("environment \"web\": common field \"nope\" is not defined"),
+            "{err}"
+        );
+        assert!(
+            err.contains("event \"a.b\" version 2: versions must be numbered"),
+            "{err}"
+        );
         assert!(err.contains("environment \"mars\" is not defined"), "{err}");
-        assert!(err.contains("event \"a.b\" version 2 field \"ghost\": is not defined"), "{err}");
+        assert!(
+            err.contains("event \"a.b\" version 2 field \"ghost\": is not defined"),
+            "{err}"
+        );
     }
 
     #[test]
     fn duplicate_definitions_across_files() {
         let a = "[fields.x]\ntype = \"int\"\n".to_string();
-        let err = Catalog::from_files(vec![
-            (PathBuf::from("a.toml"), a.clone()),
-            (PathBuf::from("b.toml"), a),
-        ])
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("b.toml: field \"x\": is already defined in a.toml"), "{err}");
+        let err = Catalog::from_files(vec![(PathBuf::from("a.toml"), a.clone()), (PathBuf::from("b.toml"), a)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("b.toml: field \"x\": is already defined in a.toml"),
+            "{err}"
+        );
     }
 
     #[test]

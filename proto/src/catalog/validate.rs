@@ -98,11 +98,7 @@ impl Catalog {
             ));
         }
         let errors = &mut checked.errors;
-        let present = |f: &str| {
-            ev.fields
-                .iter()
-                .any(|(k, v)| k == f && v.get() != "null")
-        };
+        let present = |f: &str| ev.fields.iter().any(|(k, v)| k == f && v.get() != "null");
         for f in vdef.required.iter().chain(&env_def.fields) {
             if !present(f) {
                 errors.push(format!("{f}: missing required field"));
@@ -160,8 +156,7 @@ pub(crate) fn check_value(def: &FieldDef, value: &RawValue) -> Result<(), String
             if !text.starts_with('[') {
                 return Err(format!("expected {}, got {}", def.ty, json_kind(text)));
             }
-            let items: Vec<&RawValue> =
-                serde_json::from_str(text).map_err(|e| format!("not a valid array: {e}"))?;
+            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| format!("not a valid array: {e}"))?;
             if let Some(max) = def.max_length {
                 if items.len() as u64 > max {
                     return Err(format!("has {} elements, at most {max} allowed", items.len()));
@@ -259,15 +254,23 @@ mod tests {
 
     #[test]
     fn valid_events_pass() {
-        let (ok, _, v, e) = check(r#"{"event":"item.viewed","env":"web","fields":{"item_id":1,"source":"feed","session_id":"s","price":3}}"#);
+        let (ok, _, v, e) = check(
+            r#"{"event":"item.viewed","env":"web","fields":{"item_id":1,"source":"feed","session_id":"s","price":3}}"#,
+        );
         assert!(ok, "{e:?}");
         assert_eq!(v, 2, "latest version when none given");
-        let (ok, _, v, e) = check(r#"{"event":"item.viewed","version":1,"env":"ios","fields":{"item_id":1,"device_id":"d","app_version":"1.0"}}"#);
+        let (ok, _, v, e) = check(
+            r#"{"event":"item.viewed","version":1,"env":"ios","fields":{"item_id":1,"device_id":"d","app_version":"1.0"}}"#,
+        );
         assert!(ok, "{e:?}");
         assert_eq!(v, 1);
-        let (ok, _, _, e) = check(r#"{"event":"user.registered","env":"backend","fields":{"user_id":"u","method":"email","registered_at":"2026-11-22T10:00:00Z"}}"#);
+        let (ok, _, _, e) = check(
+            r#"{"event":"user.registered","env":"backend","fields":{"user_id":"u","method":"email","registered_at":"2026-11-22T10:00:00Z"}}"#,
+        );
         assert!(ok, "{e:?}");
-        let (ok, _, _, e) = check(r#"{"event":"search.performed","env":"backend","fields":{"query":"bike","filters":["a","b"],"results_count":0}}"#);
+        let (ok, _, _, e) = check(
+            r#"{"event":"search.performed","env":"backend","fields":{"query":"bike","filters":["a","b"],"results_count":0}}"#,
+        );
         assert!(ok, "{e:?}");
     }
 
@@ -275,41 +278,113 @@ mod tests {
     #[test]
     fn each_rule_names_the_field() {
         let cases = [
-            (r#"{"event":"item.viewed","env":"mars","fields":{}}"#, "env: unknown environment \"mars\"", true),
+            (
+                r#"{"event":"item.viewed","env":"mars","fields":{}}"#,
+                "env: unknown environment \"mars\"",
+                true,
+            ),
             (r#"{"event":"item.viewed","fields":{}}"#, "env: missing", true),
-            (r#"{"event":"nope.seen","env":"web","fields":{}}"#, "event: unknown event \"nope.seen\"", false),
-            (r#"{"event":"item.viewed","version":9,"env":"web","fields":{}}"#, "version: event \"item.viewed\" has no version 9 (latest is 2)", false),
-            (r#"{"event":"user.registered","env":"web","fields":{"user_id":"u","method":"email","session_id":"s"}}"#, "env: environment \"web\" may not send user.registered version 1", false),
-            (r#"{"event":"item.viewed","env":"web","fields":{"source":"feed","session_id":"s"}}"#, "item_id: missing required field", false),
-            (r#"{"event":"item.viewed","env":"web","fields":{"item_id":1,"source":"feed"}}"#, "session_id: missing required field", false),
-            (r#"{"event":"item.viewed","env":"web","fields":{"item_id":1,"source":"feed","session_id":"s","colour":"red"}}"#, "colour: unknown field for item.viewed version 2", false),
-            (r#"{"event":"item.viewed","env":"web","fields":{"item_id":"1","source":"feed","session_id":"s"}}"#, "item_id: expected int, got string", false),
-            (r#"{"event":"item.viewed","env":"web","fields":{"item_id":1.5,"source":"feed","session_id":"s"}}"#, "item_id: expected int, got float", false),
-            (r#"{"event":"item.viewed","env":"web","fields":{"item_id":1,"source":"tv","session_id":"s"}}"#, "source: \"tv\" is not one of \"search\", \"feed\", \"recommendations\", \"direct\"", false),
-            (r#"{"event":"item.viewed","env":"web","fields":{"item_id":1,"source":"feed","session_id":"s","is_promoted":1}}"#, "is_promoted: expected bool, got int", false),
-            (r#"{"event":"item.viewed","env":"web","fields":{"item_id":1,"source":"feed","session_id":"s","price":"9"}}"#, "price: expected float, got string", false),
-            (r#"{"event":"search.performed","env":"backend","fields":{"query":"q","filters":"a"}}"#, "filters: expected array<string>, got string", true),
-            (r#"{"event":"search.performed","env":"backend","fields":{"query":"q","filters":["a",1]}}"#, "filters: element 1: expected string, got int", true),
-            (r#"{"event":"user.registered","env":"backend","fields":{"user_id":"u","method":"email","registered_at":"monday"}}"#, "registered_at: \"monday\" is not RFC 3339", true),
-            (r#"{"event":"item.viewed","env":"web","fields":{"item_id":99999999999999999999,"source":"feed","session_id":"s"}}"#, "item_id: out of range", false),
+            (
+                r#"{"event":"nope.seen","env":"web","fields":{}}"#,
+                "event: unknown event \"nope.seen\"",
+                false,
+            ),
+            (
+                r#"{"event":"item.viewed","version":9,"env":"web","fields":{}}"#,
+                "version: event \"item.viewed\" has no version 9 (latest is 2)",
+                false,
+            ),
+            (
+                r#"{"event":"user.registered","env":"web","fields":{"user_id":"u","method":"email","session_id":"s"}}"#,
+                "env: environment \"web\" may not send user.registered version 1",
+                false,
+            ),
+            (
+                r#"{"event":"item.viewed","env":"web","fields":{"source":"feed","session_id":"s"}}"#,
+                "item_id: missing required field",
+                false,
+            ),
+            (
+                r#"{"event":"item.viewed","env":"web","fields":{"item_id":1,"source":"feed"}}"#,
+                "session_id: missing required field",
+                false,
+            ),
+            (
+                r#"{"event":"item.viewed","env":"web","fields":{"item_id":1,"source":"feed","session_id":"s","colour":"red"}}"#,
+                "colour: unknown field for item.viewed version 2",
+                false,
+            ),
+            (
+                r#"{"event":"item.viewed","env":"web","fields":{"item_id":"1","source":"feed","session_id":"s"}}"#,
+                "item_id: expected int, got string",
+                false,
+            ),
+            (
+                r#"{"event":"item.viewed","env":"web","fields":{"item_id":1.5,"source":"feed","session_id":"s"}}"#,
+                "item_id: expected int, got float",
+                false,
+            ),
+            (
+                r#"{"event":"item.viewed","env":"web","fields":{"item_id":1,"source":"tv","session_id":"s"}}"#,
+                "source: \"tv\" is not one of \"search\", \"feed\", \"recommendations\", \"direct\"",
+                false,
+            ),
+            (
+                r#"{"event":"item.viewed","env":"web","fields":{"item_id":1,"source":"feed","session_id":"s","is_promoted":1}}"#,
+                "is_promoted: expected bool, got int",
+                false,
+            ),
+            (
+                r#"{"event":"item.viewed","env":"web","fields":{"item_id":1,"source":"feed","session_id":"s","price":"9"}}"#,
+                "price: expected float, got string",
+                false,
+            ),
+            (
+                r#"{"event":"search.performed","env":"backend","fields":{"query":"q","filters":"a"}}"#,
+                "filters: expected array<string>, got string",
+                true,
+            ),
+            (
+                r#"{"event":"search.performed","env":"backend","fields":{"query":"q","filters":["a",1]}}"#,
+                "filters: element 1: expected string, got int",
+                true,
+            ),
+            (
+                r#"{"event":"user.registered","env":"backend","fields":{"user_id":"u","method":"email","registered_at":"monday"}}"#,
+                "registered_at: \"monday\" is not RFC 3339",
+                true,
+            ),
+            (
+                r#"{"event":"item.viewed","env":"web","fields":{"item_id":99999999999999999999,"source":"feed","session_id":"s"}}"#,
+                "item_id: out of range",
+                false,
+            ),
         ];
         for (json, want, rejected) in cases {
             let (ok, rej, _, errors) = check(json);
             assert!(!ok, "{json} should be invalid");
-            assert!(errors.iter().any(|e| e.starts_with(want)), "{json}: want {want:?}, got {errors:?}");
+            assert!(
+                errors.iter().any(|e| e.starts_with(want)),
+                "{json}: want {want:?}, got {errors:?}"
+            );
             assert_eq!(rej, rejected, "{json}: rejected? {errors:?}");
         }
         let long = "x".repeat(257);
-        let (_, rej, _, errors) = check(&format!(r#"{{"event":"search.performed","env":"backend","fields":{{"query":"{long}"}}}}"#));
+        let (_, rej, _, errors) = check(&format!(
+            r#"{{"event":"search.performed","env":"backend","fields":{{"query":"{long}"}}}}"#
+        ));
         assert!(rej);
         assert_eq!(errors, vec!["query: is 257 characters long, at most 256 allowed"]);
     }
 
     #[test]
     fn ints_are_accepted_as_floats_and_nulls_as_absent() {
-        let (ok, _, _, e) = check(r#"{"event":"item.viewed","env":"web","fields":{"item_id":1,"source":"feed","session_id":"s","price":10,"position":null}}"#);
+        let (ok, _, _, e) = check(
+            r#"{"event":"item.viewed","env":"web","fields":{"item_id":1,"source":"feed","session_id":"s","price":10,"position":null}}"#,
+        );
         assert!(ok, "{e:?}");
-        let (ok, _, _, e) = check(r#"{"event":"item.viewed","env":"web","fields":{"item_id":null,"source":"feed","session_id":"s"}}"#);
+        let (ok, _, _, e) =
+            check(r#"{"event":"item.viewed","env":"web","fields":{"item_id":null,"source":"feed","session_id":"s"}}"#);
         assert!(!ok);
         assert_eq!(e, vec!["item_id: missing required field"]);
     }

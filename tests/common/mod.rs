@@ -1,0 +1,197 @@
+//! Helpers for tests that run the real `weir` binary as a process.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// The binary under test.
+pub fn weir() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+}
+
+/// The test catalog directory.
+pub fn fixture_catalog() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/catalog")
+}
+
+/// A running `weir up`.
+pub struct Up {
+    pub child: Child,
+    pub collector: String,
+    pub stdout: mpsc::Receiver<String>,
+    pub stderr_path: PathBuf,
+}
+
+impl Up {
+    /// Starts `weir up` on free ports with the given data dir and extra args/env.
+    pub fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Up {
+        let stderr_path = data_dir.with_extension("stderr.log");
+        let stderr = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .unwrap();
+        let mut cmd = weir();
+        cmd.arg("up")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env("WEIR_COLLECTOR_LISTEN", "127.0.0.1:0")
+            .env("WEIR_ROUTER_LISTEN", "127.0.0.1:0")
+            .env("WEIR_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn weir up");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let collector = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.trim().strip_prefix("collector") {
+                        let url = rest.split_whitespace().next().unwrap();
+                        break url.trim_end_matches("/v1/events").to_string();
+                    }
+                }
+                Err(_) => {
+                    let log = fs::read_to_string(&stderr_path).unwrap_or_default();
+                    panic!("weir up did not start within 30 s; stderr:\n{log}");
+                }
+            }
+        };
+        Up {
+            child,
+            collector,
+            stdout: rx,
+            stderr_path,
+        }
+    }
+
+    /// Sends `signal` (by name, e.g. "INT", "KILL") to the process.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// SIGINT, then waits (up to 60 s) for the exit.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal("INT");
+        wait(&mut self.child, Duration::from_secs(60))
+    }
+
+    /// SIGKILL, then reaps the process.
+    pub fn kill9(mut self) {
+        self.signal("KILL");
+        let _ = wait(&mut self.child, Duration::from_secs(10));
+    }
+
+    /// The process's stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+fn wait(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("weir did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// POSTs `body` and returns (status, body as JSON).
+pub fn post(url: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let mut req = ureq::post(url).timeout(Duration::from_secs(30));
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let resp = match req.send_bytes(body) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("POST {url}: {e}"),
+    };
+    let status = resp.status();
+    let text = resp.into_string().unwrap();
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, json)
+}
+
+/// POSTs JSON to a collector's /v1/events.
+pub fn post_events(collector: &str, body: &str) -> (u16, serde_json::Value) {
+    post(
+        &format!("{collector}/v1/events"),
+        body.as_bytes(),
+        &[("content-type", "application/json")],
+    )
+}
+
+/// Every Parquet file under `dir` (recursively), sorted.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(parquet_files(&p));
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Reads every record batch of a Parquet file.
+pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
+    let f = fs::File::open(path).unwrap();
+    ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+/// The string values of column `name` across batches.
+pub fn strings(batches: &[RecordBatch], name: &str) -> Vec<String> {
+    use arrow_array::cast::AsArray;
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name(name)
+                .unwrap()
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
