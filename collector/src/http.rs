@@ -92,12 +92,8 @@ async fn events(state: &State, req: Request<Incoming>, source: Source<'_>) -> Re
     let limit = state.max_body_bytes;
     let (parts, raw) = match h::read_body(req, limit).await {
         Ok(b) => b,
-        Err(e @ ReadError::TooLarge(_)) => {
-            return body_error(BodyError::TooLarge(match e {
-                ReadError::TooLarge(n) => n,
-                ReadError::Io(_) => limit,
-            }))
-        }
+        Err(ReadError::TooLarge(n)) => return body_error(BodyError::TooLarge(n)),
+        Err(e @ ReadError::Timeout(_)) => return h::error(StatusCode::REQUEST_TIMEOUT, e.to_string()),
         Err(ReadError::Io(msg)) => return h::error(StatusCode::BAD_REQUEST, msg),
     };
     let header = |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, StatusCode};
@@ -63,30 +63,64 @@ pub enum ReadError {
     /// Over the limit.
     #[error("body is larger than {0} bytes")]
     TooLarge(usize),
+    /// The client did not send the whole body in time.
+    #[error("the body did not arrive within {0} s")]
+    Timeout(u64),
     /// The connection failed mid-body.
     #[error("cannot read the body: {0}")]
     Io(String),
 }
 
-/// Reads a whole body, refusing more than `limit` bytes (checked against
-/// `Content-Length` first, so an oversized upload is refused before it is read).
+/// How long a client may take to send a body.
+pub const BODY_TIMEOUT_SECS: u64 = 60;
+
+/// Reads a whole body, refusing more than `limit` bytes.
+///
+/// A body somewhat over the limit is read to its end and thrown away, so that the client
+/// can finish sending and read the 413 (instead of a reset connection); one declared far
+/// larger (over 4× the limit, at least 1 MiB) is refused at once.
 pub async fn read_body(
     req: Request<Incoming>,
     limit: usize,
 ) -> Result<(hyper::http::request::Parts, Bytes), ReadError> {
-    let (parts, body) = req.into_parts();
+    let (parts, mut body) = req.into_parts();
     let declared = parts
         .headers
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    let drain_cap = (limit as u64).saturating_mul(4).max(1 << 20);
+    if declared.is_some_and(|n| n > drain_cap) {
         return Err(ReadError::TooLarge(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok((parts, c.to_bytes())),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ReadError::TooLarge(limit)),
-        Err(e) => Err(ReadError::Io(e.to_string())),
+    let read = async {
+        let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+        let mut seen = 0u64;
+        let mut too_large = declared.is_some_and(|n| n > limit as u64);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ReadError::Io(e.to_string()))?;
+            let Ok(data) = frame.into_data() else { continue };
+            seen += data.len() as u64;
+            if too_large || buf.len() + data.len() > limit {
+                too_large = true;
+                buf.clear();
+                if seen > drain_cap {
+                    break;
+                }
+                continue;
+            }
+            buf.extend_from_slice(&data);
+        }
+        if too_large {
+            Err(ReadError::TooLarge(limit))
+        } else {
+            Ok(buf.freeze())
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(BODY_TIMEOUT_SECS), read).await {
+        Ok(Ok(b)) => Ok((parts, b)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ReadError::Timeout(BODY_TIMEOUT_SECS)),
     }
 }
 

@@ -121,6 +121,7 @@ async fn batches(state: &State, req: Request<Incoming>) -> Response {
         Err(ReadError::TooLarge(n)) => {
             return h::error(StatusCode::PAYLOAD_TOO_LARGE, format!("batch is larger than {n} bytes"))
         }
+        Err(e @ ReadError::Timeout(_)) => return h::error(StatusCode::REQUEST_TIMEOUT, e.to_string()),
         Err(ReadError::Io(e)) => return h::error(StatusCode::BAD_REQUEST, e),
     };
     let zstd = parts
