@@ -54,23 +54,36 @@ pub fn make_loader(cfg: &Config, catalog: Catalog) -> Loader {
     }
 }
 
-/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGINT and SIGTERM, watched from the moment this is created: create it before
+/// starting anything, so a signal that arrives during startup still drains.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+        })
     }
-    tokio::spawn(async move {
+
+    /// Resolves on the first signal; a second one exits at once.
+    async fn wait(mut self) {
         tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-        eprintln!("second signal: exiting now; the spool and log keep everything acknowledged");
-        std::process::exit(130);
-    });
-    Ok(())
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = self.term.recv() => {}
+                _ = self.int.recv() => {}
+            }
+            eprintln!("second signal: exiting now; the spool and log keep everything acknowledged");
+            std::process::exit(130);
+        });
+    }
 }
 
 fn describe(catalog: &Catalog) -> String {
@@ -80,6 +93,7 @@ fn describe(catalog: &Catalog) -> String {
 
 /// `weir up`: router, collector and loader in one process.
 pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow::Result<()> {
+    let signals = Signals::install()?;
     init_tracing();
     let metrics = install_metrics();
     let data = cfg.data_dir();
@@ -130,7 +144,7 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    shutdown_signal().await?;
+    signals.wait().await;
     eprintln!("shutting down: draining the spool and the router log, then loading every buffered hour...");
     collector.shutdown().await;
     router.shutdown().await;
@@ -152,23 +166,25 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
 
 /// `weir collector`.
 pub async fn collector(cfg: Config, catalog: Catalog) -> anyhow::Result<()> {
+    let signals = Signals::install()?;
     init_tracing();
     let metrics = install_metrics();
     let shared = Arc::new(arc_swap::ArcSwap::from_pointee(catalog));
     let collector = Collector::start(&cfg.collector, &cfg.spool_dir(), shared, metrics).await?;
     tracing::info!(addr = %collector.addr, routers = ?cfg.collector.routers, "collector listening");
-    shutdown_signal().await?;
+    signals.wait().await;
     collector.shutdown().await;
     Ok(())
 }
 
 /// `weir router`.
 pub async fn router(cfg: Config) -> anyhow::Result<()> {
+    let signals = Signals::install()?;
     init_tracing();
     let metrics = install_metrics();
     let router = Router::start(&cfg.router, &cfg.router_paths(), metrics).await?;
     tracing::info!(addr = %router.addr, "router listening");
-    shutdown_signal().await?;
+    signals.wait().await;
     router.shutdown().await;
     Ok(())
 }

@@ -57,6 +57,9 @@ pub enum WalError {
     /// The writer thread has stopped (the process is shutting down).
     #[error("the log at {0} is closed")]
     Closed(PathBuf),
+    /// Another process has the log open.
+    #[error("{0} is in use by another weir process (two writers would corrupt it); stop that one or use another data directory")]
+    InUse(PathBuf),
 }
 
 /// How to open a log.
@@ -127,6 +130,28 @@ impl Wal {
             path: dir.clone(),
             source,
         })?;
+        let lock_path = dir.join(".lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| WalError::Io {
+                what: "cannot open",
+                path: lock_path.clone(),
+                source,
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(WalError::InUse(dir)),
+            Err(fs::TryLockError::Error(source)) => {
+                return Err(WalError::Io {
+                    what: "cannot lock",
+                    path: lock_path,
+                    source,
+                })
+            }
+        }
         let segments = list_segments(&dir)?;
         let mut total = 0u64;
         for (i, &seg) in segments.iter().enumerate() {
@@ -180,6 +205,7 @@ impl Wal {
         });
         let (tx, rx) = mpsc::channel(4096);
         let writer = Writer {
+            _lock: lock,
             shared: shared.clone(),
             file,
             path,
@@ -282,6 +308,8 @@ impl Wal {
 }
 
 struct Writer {
+    /// Held for as long as the writer runs: one process per log.
+    _lock: File,
     shared: Arc<Shared>,
     file: File,
     path: PathBuf,
@@ -545,13 +573,19 @@ mod tests {
         out
     }
 
+    /// Opens, waiting for an earlier handle's writer thread to let go of the lock.
     fn open(dir: &Path, segment_bytes: u64) -> Wal {
-        Wal::open(WalOptions {
-            dir: dir.to_path_buf(),
-            segment_bytes,
-            name: "test",
-        })
-        .unwrap()
+        for _ in 0..200 {
+            match Wal::open(WalOptions {
+                dir: dir.to_path_buf(),
+                segment_bytes,
+                name: "test",
+            }) {
+                Err(WalError::InUse(_)) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                other => return other.unwrap(),
+            }
+        }
+        panic!("log still in use");
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -598,7 +632,6 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&torn[..10]).unwrap();
         drop(f);
-        std::thread::sleep(std::time::Duration::from_millis(50));
         let wal = open(tmp.path(), 1 << 20);
         wal.append(framed(&[b"c"])).await.unwrap();
         let mut reader = wal.reader(wal.first_position().unwrap());
@@ -626,6 +659,21 @@ mod tests {
         assert_eq!(got[0].len(), 100_000);
         let got = tokio::task::block_in_place(|| reader.read(10, 1024)).unwrap();
         assert_eq!(&got[0][..], b"small");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_second_writer_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wal = open(tmp.path(), 1 << 20);
+        let err = Wal::open(WalOptions {
+            dir: tmp.path().to_path_buf(),
+            segment_bytes: 1,
+            name: "t",
+        })
+        .err()
+        .unwrap();
+        assert!(matches!(err, WalError::InUse(_)), "{err}");
+        drop(wal);
     }
 
     #[test]

@@ -96,8 +96,13 @@ impl Up {
     }
 
     /// SIGINT, then waits (up to 60 s) for the exit.
-    pub fn stop(mut self) -> ExitStatus {
-        self.signal("INT");
+    pub fn stop(self) -> ExitStatus {
+        self.stop_with("INT")
+    }
+
+    /// Sends `signal` (INT or TERM), then waits (up to 60 s) for the exit.
+    pub fn stop_with(mut self, signal: &str) -> ExitStatus {
+        self.signal(signal);
         wait(&mut self.child, Duration::from_secs(60))
     }
 
