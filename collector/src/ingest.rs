@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 use weir_proto::catalog::{Catalog, Checked};
-use weir_proto::event::{fields_json, EventRef, Incoming};
+use weir_proto::event::{EventRef, Incoming};
 use weir_proto::record;
 
 /// One refused or flagged event, by its index in the request.
@@ -98,7 +98,6 @@ pub fn ingest(catalog: &Catalog, items: &[&RawValue], source: Source<'_>, collec
         framed: Vec::with_capacity(items.iter().map(|i| i.get().len() + 96).sum()),
         ..Default::default()
     };
-    let mut scratch = Vec::with_capacity(512);
     for (index, raw) in items.iter().enumerate() {
         let ev = match Incoming::parse(raw) {
             Ok(ev) => ev,
@@ -152,7 +151,6 @@ pub fn ingest(catalog: &Catalog, items: &[&RawValue], source: Source<'_>, collec
                 &generated
             }
         };
-        fields_json(&ev.fields, &mut scratch);
         let event_ref = EventRef {
             id,
             event: ev.event.as_deref().unwrap_or(""),
@@ -161,7 +159,7 @@ pub fn ingest(catalog: &Catalog, items: &[&RawValue], source: Source<'_>, collec
             received_at: now,
             client_ts: ev.ts,
             collector,
-            fields: &scratch,
+            fields: ev.fields_json(),
             valid,
             errors: &checked.errors,
             raw: if valid { &[] } else { ev.raw.as_bytes() },

@@ -56,6 +56,8 @@ pub struct Incoming<'a> {
     pub ts: Option<i64>,
     /// `fields` as (name, raw JSON value), in the order sent.
     pub fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// The `fields` object exactly as sent, when it was an object.
+    pub fields_raw: Option<&'a RawValue>,
     /// Problems with the envelope itself (wrong types, unknown keys), each naming the key.
     pub problems: Vec<String>,
 }
@@ -80,6 +82,7 @@ impl<'a> Incoming<'a> {
             id: None,
             ts: None,
             fields: Vec::new(),
+            fields_raw: None,
             problems: Vec::new(),
         };
         de.deserialize_map(EnvelopeVisitor(&mut ev))
@@ -129,7 +132,10 @@ impl<'de, 'x> Visitor<'de> for EnvelopeVisitor<'x, 'de> {
                         let mut de = serde_json::Deserializer::from_str(text);
                         let mut fields = std::mem::take(&mut ev.fields);
                         match de.deserialize_map(FieldsVisitor(&mut fields)) {
-                            Ok(()) => ev.fields = fields,
+                            Ok(()) => {
+                                ev.fields = fields;
+                                ev.fields_raw = Some(value);
+                            }
                             Err(_) => ev.problems.push("fields: must be a JSON object".into()),
                         }
                     }
@@ -294,26 +300,12 @@ impl EventRef<'_> {
     }
 }
 
-/// Builds the stored `fields` JSON object from raw (name, value) pairs, dropping
-/// nulls, into `out` (cleared first).
-pub fn fields_json(fields: &[(Cow<'_, str>, &RawValue)], out: &mut Vec<u8>) {
-    out.clear();
-    out.push(b'{');
-    let mut first = true;
-    for (name, value) in fields {
-        if value.get() == "null" {
-            continue;
-        }
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        // Writing a str to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, name.as_ref());
-        out.push(b':');
-        out.extend_from_slice(value.get().as_bytes());
+impl Incoming<'_> {
+    /// The `fields` JSON object to store: the object as sent (`{}` when absent). Stored
+    /// as is, without re-serialising: a `null` value means absent everywhere.
+    pub fn fields_json(&self) -> &[u8] {
+        self.fields_raw.map_or(b"{}", |r| r.get().as_bytes())
     }
-    out.push(b'}');
 }
 
 #[cfg(test)]
@@ -403,13 +395,14 @@ mod tests {
     }
 
     #[test]
-    fn fields_json_drops_nulls_and_escapes_keys() {
-        let r = raw(r#"{"a":1,"b":null,"c\"":"x"}"#);
-        let ev = Incoming::parse(&raw(&format!(r#"{{"fields":{}}}"#, r.get()))).map(|e| {
-            let mut out = Vec::new();
-            fields_json(&e.fields, &mut out);
-            String::from_utf8(out).unwrap()
-        });
-        assert_eq!(ev.unwrap(), r#"{"a":1,"c\"":"x"}"#);
+    fn fields_json_is_the_object_as_sent() {
+        let r = raw(r#"{"event":"a","fields":{"a":1, "b":null,"c\"":"x"}}"#);
+        let ev = Incoming::parse(&r).unwrap();
+        assert_eq!(ev.fields_json(), br#"{"a":1, "b":null,"c\"":"x"}"#);
+        assert_eq!(ev.fields.len(), 3);
+        let none = raw(r#"{"event":"a"}"#);
+        assert_eq!(Incoming::parse(&none).unwrap().fields_json(), b"{}");
+        let bad = raw(r#"{"event":"a","fields":[1]}"#);
+        assert_eq!(Incoming::parse(&bad).unwrap().fields_json(), b"{}");
     }
 }
