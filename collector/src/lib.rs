@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weir_proto::Catalog;
@@ -67,16 +66,12 @@ impl Collector {
             return Err(StartError::NoRouters);
         }
         let spool = spool::Spool::open(spool_dir, cfg.spool_segment_bytes, cfg.spool_max_bytes)?;
-        let listener = TcpListener::bind(&cfg.listen)
+        let (listener, addr) = weir_proto::http::bind(&cfg.listen)
             .await
             .map_err(|source| StartError::Listen {
                 addr: cfg.listen.clone(),
                 source,
             })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: cfg.listen.clone(),
-            source,
-        })?;
         let name = cfg.node_name();
         let state = Arc::new(http::State {
             catalog,

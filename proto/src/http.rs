@@ -124,6 +124,13 @@ pub async fn read_body(
     }
 }
 
+/// Binds a TCP listener and tells the address it got (for `127.0.0.1:0`).
+pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, std::net::SocketAddr)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
 /// Serves HTTP/1.1 (keep-alive) on `listener` with `handler` until `shutdown` turns
 /// true; then stops accepting, lets requests in flight finish (up to 30 s), and returns.
 pub async fn serve<F, Fut>(listener: TcpListener, handler: F, mut shutdown: watch::Receiver<bool>)

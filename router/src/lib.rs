@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weir_proto::wal::{Wal, WalOptions};
@@ -101,16 +100,12 @@ impl Router {
             path: paths.buffer_dir.clone(),
             source,
         })?;
-        let listener = TcpListener::bind(&cfg.listen)
+        let (listener, addr) = weir_proto::http::bind(&cfg.listen)
             .await
             .map_err(|source| StartError::Listen {
                 addr: cfg.listen.clone(),
                 source,
             })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: cfg.listen.clone(),
-            source,
-        })?;
         let state = Arc::new(http::State {
             wal: wal.clone(),
             recent: http::RecentBatches::new(100_000),
