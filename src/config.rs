@@ -141,6 +141,16 @@ impl Config {
         self.data_dir.clone().unwrap_or_else(|| PathBuf::from("weir-data"))
     }
 
+    /// The collector config with its socket paths resolved against the data directory
+    /// (an empty path disables a socket).
+    pub fn collector(&self) -> CollectorConfig {
+        let mut c = self.collector.clone();
+        c.socket.get_or_insert_with(|| self.data_dir().join("collector.sock"));
+        c.datagram
+            .get_or_insert_with(|| self.data_dir().join("collector.dgram"));
+        c
+    }
+
     /// The collector's spool directory.
     pub fn spool_dir(&self) -> PathBuf {
         self.collector
@@ -195,6 +205,13 @@ data_dir = "weir-data"
 [collector]
 # HTTP API for local services: POST /v1/events, GET /healthz /readyz /metrics.
 listen = "127.0.0.1:8080"
+# The same HTTP API over a unix stream socket (mode 0660), and a unix datagram socket
+# taking one JSON event or NDJSON per datagram, no reply. "" disables one. A socket
+# may bind an environment, so its senders can leave `env` out.
+# socket = "weir-data/collector.sock"
+# socket_env = "backend"
+# datagram = "weir-data/collector.dgram"
+# datagram_env = "backend"
 # Routers the spool is forwarded to, tried in order (failover).
 routers = ["http://127.0.0.1:8081"]
 # Past this many spooled bytes, new events get 503 + Retry-After.

@@ -99,7 +99,7 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
     let data = cfg.data_dir();
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create the data directory {}", data.display()))?;
     let router = Router::start(&cfg.router, &cfg.router_paths(), metrics.clone()).await?;
-    let mut collector_cfg = cfg.collector.clone();
+    let mut collector_cfg = cfg.collector();
     collector_cfg.routers = vec![format!("http://{}", router.addr)];
     let shared = Arc::new(arc_swap::ArcSwap::from_pointee(catalog.clone()));
     let collector = Collector::start(&collector_cfg, &cfg.spool_dir(), shared, metrics).await?;
@@ -129,6 +129,12 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
         "  collector  http://{}/v1/events   (POST JSON, arrays or NDJSON)",
         collector.addr
     );
+    if let Some(p) = &collector.socket {
+        println!("  socket     {}   (HTTP over a unix socket)", p.display());
+    }
+    if let Some(p) = &collector.datagram {
+        println!("  datagram   {}   (one JSON event or NDJSON per datagram)", p.display());
+    }
     println!("  router     http://{}/v1/batches", router.addr);
     println!("  metrics    http://{}/metrics", collector.addr);
     println!("  catalog    {catalog_source}: {}", describe(&catalog));
@@ -170,7 +176,7 @@ pub async fn collector(cfg: Config, catalog: Catalog) -> anyhow::Result<()> {
     init_tracing();
     let metrics = install_metrics();
     let shared = Arc::new(arc_swap::ArcSwap::from_pointee(catalog));
-    let collector = Collector::start(&cfg.collector, &cfg.spool_dir(), shared, metrics).await?;
+    let collector = Collector::start(&cfg.collector(), &cfg.spool_dir(), shared, metrics).await?;
     tracing::info!(addr = %collector.addr, routers = ?cfg.collector.routers, "collector listening");
     signals.wait().await;
     collector.shutdown().await;

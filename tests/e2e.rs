@@ -349,3 +349,127 @@ fn kill_9_loses_no_acknowledged_event_and_stores_each_once() {
     assert_eq!(ids.len(), unique.len(), "an event was stored twice");
     assert_eq!(unique, acked, "every acknowledged event, nothing else");
 }
+
+/// Sends one HTTP/1.1 request over a unix stream socket and returns (status, body).
+fn post_unix(path: &Path, body: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    write!(
+        s,
+        "POST /v1/events HTTP/1.1\r\nHost: weir\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let json = resp.split("\r\n\r\n").nth(1).unwrap();
+    (status, serde_json::from_str(json).unwrap())
+}
+
+#[test]
+fn every_way_in_reaches_parquet_with_env_binding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let catalog = fixture_catalog();
+    let up = Up::start(
+        &data,
+        &["--catalog", catalog.to_str().unwrap()],
+        &[
+            ("WEIR_COLLECTOR_SOCKET_ENV", "backend"),
+            ("WEIR_COLLECTOR_DATAGRAM_ENV", "android"),
+        ],
+    );
+    let sock = data.join("collector.sock");
+    let dgram = data.join("collector.dgram");
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    for p in [&sock, &dgram] {
+        let meta = std::fs::metadata(p).unwrap();
+        assert!(meta.file_type().is_socket(), "{}", p.display());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    }
+    // TCP HTTP.
+    let (status, _) = post_events(
+        &up.collector,
+        r#"{"event":"cart.viewed","env":"web","id":"tcp-1","fields":{"items":1,"session_id":"s"}}"#,
+    );
+    assert_eq!(status, 202);
+    // HTTP over the unix socket, bound to backend: env may be left out...
+    let (status, body) = post_unix(
+        &sock,
+        r#"{"event":"order.completed","id":"unix-1","fields":{"order_id":"u1","amount":1}}"#,
+    );
+    assert_eq!((status, body["accepted"].clone()), (202, json!(1)));
+    // ...and another env is refused.
+    let (_, body) = post_unix(
+        &sock,
+        r#"{"event":"order.completed","env":"web","id":"unix-bad","fields":{"order_id":"u2","amount":1,"session_id":"s"}}"#,
+    );
+    assert_eq!(body["rejected"], 1);
+    assert_eq!(
+        body["errors"][0]["error"],
+        "env: this listener only takes events of environment \"backend\", not \"web\""
+    );
+    // Datagrams, bound to android: one event, NDJSON, garbage, a wrong env.
+    let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    client
+        .send_to(
+            br#"{"event":"cart.viewed","id":"dg-1","fields":{"items":2,"device_id":"d"}}"#,
+            &dgram,
+        )
+        .unwrap();
+    client
+        .send_to(b"{\"event\":\"cart.viewed\",\"id\":\"dg-2\",\"fields\":{\"items\":3,\"device_id\":\"d\"}}\n{\"event\":\"cart.viewed\",\"id\":\"dg-3\",\"fields\":{\"items\":4,\"device_id\":\"d\"}}\n", &dgram)
+        .unwrap();
+    client.send_to(b"not json at all", &dgram).unwrap();
+    client
+        .send_to(
+            br#"{"event":"cart.viewed","env":"web","id":"dg-bad","fields":{"items":2,"session_id":"s"}}"#,
+            &dgram,
+        )
+        .unwrap();
+    // Datagrams have no reply: wait until metrics show them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let m = ureq::get(&format!("{}/metrics", up.collector))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        let want = [
+            "weir_collector_events_accepted_total{env=\"android\",event=\"cart.viewed\"} 3",
+            // The garbage datagram, and the one from the wrong env.
+            "weir_collector_events_rejected_total{env=\"_unknown\",event=\"_unknown\"} 1",
+            "weir_collector_events_rejected_total{env=\"_unknown\",event=\"cart.viewed\"} 1",
+        ];
+        if want.iter().all(|w| m.contains(w)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "datagrams not counted:\n{m}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(up.stop().success());
+    assert!(!sock.exists() && !dgram.exists(), "sockets are removed on shutdown");
+
+    let warehouse = data.join("warehouse");
+    let carts = batches(&files_of(&warehouse, "event=cart.viewed/version=1"));
+    let mut got: Vec<(String, String)> = strings(&carts, "id").into_iter().zip(strings(&carts, "env")).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("dg-1", "android"),
+            ("dg-2", "android"),
+            ("dg-3", "android"),
+            ("tcp-1", "web")
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    let orders = batches(&files_of(&warehouse, "event=order.completed/version=1"));
+    assert_eq!(strings(&orders, "id"), ["unix-1"]);
+    assert_eq!(strings(&orders, "env"), ["backend"]);
+    assert!(
+        parquet_files(&warehouse.join("_invalid")).is_empty(),
+        "refused events are not stored anywhere"
+    );
+}

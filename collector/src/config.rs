@@ -12,9 +12,14 @@ pub struct CollectorConfig {
     pub listen: String,
     /// HTTP over a unix stream socket (default `<data>/collector.sock`).
     pub socket: Option<PathBuf>,
+    /// Environment the unix stream socket binds: its senders may omit `env`, and
+    /// may not send another.
+    pub socket_env: Option<String>,
     /// Unix datagram socket, one JSON event or NDJSON per datagram (default
     /// `<data>/collector.dgram`).
     pub datagram: Option<PathBuf>,
+    /// Environment the datagram socket binds.
+    pub datagram_env: Option<String>,
     /// Routers to forward to, tried in order (failover).
     pub routers: Vec<String>,
     /// The spool refuses new events (503) beyond this many bytes.
@@ -40,7 +45,9 @@ impl Default for CollectorConfig {
         CollectorConfig {
             listen: "127.0.0.1:8080".into(),
             socket: None,
+            socket_env: None,
             datagram: None,
+            datagram_env: None,
             routers: vec!["http://127.0.0.1:8081".into()],
             spool_max_bytes: 1 << 30,
             spool_dir: None,

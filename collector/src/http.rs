@@ -30,7 +30,10 @@ pub struct State {
 }
 
 /// Routes one request.
-pub async fn handle(state: Arc<State>, req: Request<Incoming>, source: Source<'static>) -> Response {
+pub async fn handle(state: Arc<State>, req: Request<Incoming>, bound_env: Option<Arc<str>>) -> Response {
+    let source = Source {
+        bound_env: bound_env.as_deref(),
+    };
     let resp = match (req.method(), req.uri().path()) {
         (&Method::POST, "/v1/events") => events(&state, req, source).await,
         (_, "/v1/events") => {

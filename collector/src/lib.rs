@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod config;
+pub mod datagram;
 pub mod forwarder;
 pub mod http;
 pub mod ingest;
@@ -41,17 +42,33 @@ pub enum StartError {
     /// No router is configured.
     #[error("collector.routers is empty: name at least one router URL")]
     NoRouters,
+    /// A unix socket could not be bound.
+    #[error("cannot bind the unix socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A running collector.
 pub struct Collector {
     /// Where the HTTP API listens.
     pub addr: SocketAddr,
+    /// The unix stream socket (HTTP), when enabled.
+    pub socket: Option<std::path::PathBuf>,
+    /// The unix datagram socket, when enabled.
+    pub datagram: Option<std::path::PathBuf>,
     state: Arc<http::State>,
     stop_http: watch::Sender<bool>,
     stop_forwarder: watch::Sender<bool>,
-    server: JoinHandle<()>,
+    servers: Vec<JoinHandle<()>>,
     forwarder: JoinHandle<()>,
+}
+
+fn enabled(path: &Option<std::path::PathBuf>) -> Option<&std::path::Path> {
+    path.as_deref().filter(|p| !p.as_os_str().is_empty())
 }
 
 impl Collector {
@@ -82,12 +99,45 @@ impl Collector {
         });
         let (stop_http, http_rx) = watch::channel(false);
         let (stop_forwarder, fwd_rx) = watch::channel(false);
+        let socket_err = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| StartError::Socket { path, source }
+        };
+        // Bind everything before spawning anything, so a failure leaves nothing running.
+        let unix = match enabled(&cfg.socket) {
+            Some(p) => Some((weir_proto::http::bind_unix(p).map_err(socket_err(p))?, p.to_path_buf())),
+            None => None,
+        };
+        let dgram = match enabled(&cfg.datagram) {
+            Some(p) => {
+                weir_proto::http::replace_stale_socket(p).map_err(socket_err(p))?;
+                let sock = tokio::net::UnixDatagram::bind(p).map_err(socket_err(p))?;
+                weir_proto::http::set_socket_mode(p).map_err(socket_err(p))?;
+                Some((sock, p.to_path_buf()))
+            }
+            None => None,
+        };
+        let mut servers = Vec::new();
         let handler_state = state.clone();
-        let server = tokio::spawn(weir_proto::http::serve(
+        servers.push(tokio::spawn(weir_proto::http::serve(
             listener,
-            move |req| http::handle(handler_state.clone(), req, ingest::Source::default()),
-            http_rx,
-        ));
+            move |req| http::handle(handler_state.clone(), req, None),
+            http_rx.clone(),
+        )));
+        let (socket, datagram) = (unix.as_ref().map(|u| u.1.clone()), dgram.as_ref().map(|d| d.1.clone()));
+        if let Some((unix, _)) = unix {
+            let handler_state = state.clone();
+            let env: Option<Arc<str>> = cfg.socket_env.as_deref().map(Arc::from);
+            servers.push(tokio::spawn(weir_proto::http::serve(
+                unix,
+                move |req| http::handle(handler_state.clone(), req, env.clone()),
+                http_rx.clone(),
+            )));
+        }
+        if let Some((sock, _)) = dgram {
+            let env: Option<Arc<str>> = cfg.datagram_env.as_deref().map(Arc::from);
+            servers.push(tokio::spawn(datagram::run(sock, state.clone(), env, http_rx.clone())));
+        }
         let forwarder = tokio::spawn(forwarder::run(
             spool,
             forwarder::ForwarderOptions {
@@ -101,10 +151,12 @@ impl Collector {
         ));
         Ok(Collector {
             addr,
+            socket,
+            datagram,
             state,
             stop_http,
             stop_forwarder,
-            server,
+            servers,
             forwarder,
         })
     }
@@ -118,7 +170,12 @@ impl Collector {
     /// the router (up to the drain timeout).
     pub async fn shutdown(self) {
         let _ = self.stop_http.send(true);
-        let _ = self.server.await;
+        for server in self.servers {
+            let _ = server.await;
+        }
+        for path in [&self.socket, &self.datagram].into_iter().flatten() {
+            let _ = std::fs::remove_file(path);
+        }
         let _ = self.stop_forwarder.send(true);
         let _ = self.forwarder.await;
     }

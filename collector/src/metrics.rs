@@ -12,6 +12,8 @@ pub const FLAGGED: &str = "weir_collector_events_flagged_total";
 pub const REJECTED: &str = "weir_collector_events_rejected_total";
 /// Events dropped (catalog `drop = true`, or spool full on datagrams), by env and event.
 pub const DROPPED: &str = "weir_collector_events_dropped_total";
+/// Datagram events dropped before the spool, by reason (`spool_full`, `spool_error`).
+pub const DATAGRAM_DROPPED: &str = "weir_collector_datagram_dropped_total";
 /// HTTP requests, by status code.
 pub const REQUESTS: &str = "weir_collector_http_requests_total";
 /// Bytes in the spool.

@@ -131,10 +131,85 @@ pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, std::net::SocketA
     Ok((listener, local))
 }
 
+/// Something connections are accepted from: a TCP or a unix stream listener.
+pub trait Listener: Send + 'static {
+    /// A connection.
+    type Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
+    /// Accepts one connection.
+    fn accept(&self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Io = TokioIo<tokio::net::TcpStream>;
+    async fn accept(&self) -> std::io::Result<Self::Io> {
+        let (stream, _) = TcpListener::accept(self).await?;
+        let _ = stream.set_nodelay(true);
+        Ok(TokioIo::new(stream))
+    }
+}
+
+impl Listener for tokio::net::UnixListener {
+    type Io = TokioIo<tokio::net::UnixStream>;
+    async fn accept(&self) -> std::io::Result<Self::Io> {
+        let (stream, _) = tokio::net::UnixListener::accept(self).await?;
+        Ok(TokioIo::new(stream))
+    }
+}
+
+/// Binds a unix stream socket at `path` with mode 0660. A stale socket file left by a
+/// crash is replaced; one another process still listens on is refused.
+pub fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    replace_stale_socket(path)?;
+    let listener = tokio::net::UnixListener::bind(path)?;
+    set_socket_mode(path)?;
+    Ok(listener)
+}
+
+/// Removes a socket file nobody listens on; refuses one that is in use.
+pub fn replace_stale_socket(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            let in_use = std::os::unix::net::UnixStream::connect(path).is_ok()
+                || std::os::unix::net::UnixDatagram::unbound()
+                    .and_then(|s| s.connect(path))
+                    .is_ok();
+            if in_use {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("{} is in use by another process", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)
+        }
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket; remove it or choose another path",
+                path.display()
+            ),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Gives a socket file mode 0660 (owner and group may send).
+pub fn set_socket_mode(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+}
+
 /// Serves HTTP/1.1 (keep-alive) on `listener` with `handler` until `shutdown` turns
 /// true; then stops accepting, lets requests in flight finish (up to 30 s), and returns.
-pub async fn serve<F, Fut>(listener: TcpListener, handler: F, mut shutdown: watch::Receiver<bool>)
+pub async fn serve<L, F, Fut>(listener: L, handler: F, mut shutdown: watch::Receiver<bool>)
 where
+    L: Listener,
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send + 'static,
 {
@@ -142,15 +217,14 @@ where
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(a) => a,
+                let io = match accepted {
+                    Ok(io) => io,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
                 let service = hyper::service::service_fn(move |req| {
                     let handler = handler.clone();
@@ -159,7 +233,7 @@ where
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(30))
-                    .serve_connection(TokioIo::new(stream), service);
+                    .serve_connection(io, service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = conn.await;
