@@ -55,7 +55,7 @@ pub enum ConfigError {
 }
 
 /// Variables starting with `WEIR_` that are not config keys.
-const RESERVED_ENV: &[&str] = &["WEIR_LOG"];
+const RESERVED_ENV: &[&str] = &["WEIR_LOG", "WEIR_BENCH_PINNED"];
 const SECTIONS: &[&str] = &["collector", "router", "loader"];
 
 impl Config {

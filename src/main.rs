@@ -1,5 +1,6 @@
 //! `weir`: one binary for every part of the pipeline.
 
+mod bench;
 mod config;
 mod run;
 
@@ -65,6 +66,18 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Load generators and benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Drive a collector over HTTP or its datagram socket and report events/s, latency,
+    /// CPU and peak RSS.
+    Collector(bench::CollectorBench),
 }
 
 #[derive(Subcommand)]
@@ -176,6 +189,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Loader { command } => loader(command),
+        Command::Bench {
+            command: BenchCommand::Collector(opts),
+        } => {
+            bench::run(opts)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Catalog {
             command: CatalogCommand::Check { previous, dir },
         } => catalog_check(previous.as_deref(), &dir),

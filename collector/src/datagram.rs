@@ -19,7 +19,7 @@ use crate::metrics as m;
 
 /// Largest datagram read (Linux caps unix datagrams near 208 KiB by default).
 pub const MAX_DATAGRAM: usize = 256 << 10;
-const BURST_BYTES: usize = 4 << 20;
+const BURST_BYTES: usize = 1 << 20;
 const IN_FLIGHT: usize = 8;
 
 /// Logs at most once per period, counting what it held back.

@@ -143,13 +143,10 @@ pub fn ingest(catalog: &Catalog, items: &[&RawValue], source: Source<'_>, collec
             continue;
         }
         let valid = checked.is_valid();
-        let generated;
+        let mut generated = [0u8; 36];
         let id = match ev.id.as_deref() {
             Some(id) => id,
-            None => {
-                generated = uuid::Uuid::now_v7().to_string();
-                &generated
-            }
+            None => weir_proto::event::uuid_v7(now, &mut generated),
         };
         let event_ref = EventRef {
             id,

@@ -209,6 +209,18 @@ pub fn format_micros(us: i64) -> String {
     }
 }
 
+/// A UUIDv7 (RFC 9562: 48-bit Unix milliseconds, then random bits) written as 36
+/// lowercase hex-and-dash characters into `out`. Random bits come from a fast
+/// thread-local generator, not a syscall per id: ids must be unique, not secret.
+pub fn uuid_v7(now_micros: i64, out: &mut [u8; 36]) -> &str {
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+    random[8..].copy_from_slice(&fastrand::u16(..).to_le_bytes());
+    let millis = (now_micros / 1000).max(0) as u64;
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+    id.hyphenated().encode_lower(out)
+}
+
 /// Microseconds since the epoch, now.
 pub fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
@@ -342,6 +354,22 @@ mod tests {
         }
         assert!(Incoming::parse(&raw("[1]")).is_err());
         assert!(Incoming::parse(&raw("3")).is_err());
+    }
+
+    #[test]
+    fn uuid_v7_is_time_ordered_and_unique() {
+        let mut a = [0u8; 36];
+        let mut b = [0u8; 36];
+        let first = uuid_v7(1_795_352_645_000_000, &mut a).to_string();
+        let second = uuid_v7(1_795_352_645_001_000, &mut b).to_string();
+        let parsed = uuid::Uuid::parse_str(&first).unwrap();
+        assert_eq!(parsed.get_version_num(), 7);
+        assert_eq!(parsed.get_timestamp().unwrap().to_unix().0, 1_795_352_645);
+        assert!(first < second, "ids sort by time");
+        let many: std::collections::HashSet<String> = (0..10_000)
+            .map(|_| uuid_v7(1_795_352_645_000_000, &mut a).to_string())
+            .collect();
+        assert_eq!(many.len(), 10_000);
     }
 
     #[test]

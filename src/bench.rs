@@ -1,0 +1,375 @@
+//! `weir bench collector`: a load generator for the collector.
+//!
+//! By default it starts its own `weir collector` (pinned to CPU 0 with `taskset` when
+//! available, one tokio worker), in a temporary data directory with no router listening,
+//! so what is measured is intake alone: parse, validate, stamp, spool with fsync. With
+//! `--with-router` a `weir router` runs too and the spool drains. `--target URL`
+//! measures a collector that is already running instead (CPU and RSS then need `--pid`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+
+/// How to load the collector.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CollectorBench {
+    /// `http` (keep-alive connections) or `datagram` (the unix datagram socket).
+    #[arg(long, default_value = "http")]
+    mode: String,
+    /// Concurrent connections (http) or sending sockets (datagram).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Events per request or datagram.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Target events per second overall; 0 = flat out.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Measure this running collector (base URL, e.g. http://127.0.0.1:8080) instead of
+    /// starting one.
+    #[arg(long)]
+    target: Option<String>,
+    /// With --target and --mode datagram: the datagram socket path.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// With --target: the collector's process id, for CPU and RSS figures.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Also start a router, so the spool drains while loading.
+    #[arg(long)]
+    with_router: bool,
+}
+
+struct Spawned {
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = Command::new("kill").arg("-KILL").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn spawn_weir(args: &[&str], cpu: Option<&str>, log: &Path) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("cannot find the weir binary")?;
+    let taskset = Path::new("/usr/bin/taskset").exists();
+    let mut cmd = match (cpu, taskset) {
+        (Some(cpu), true) => {
+            let mut c = Command::new("/usr/bin/taskset");
+            c.arg("-c").arg(cpu).arg(&exe);
+            c
+        }
+        _ => Command::new(&exe),
+    };
+    cmd.args(args)
+        .env("TOKIO_WORKER_THREADS", "1")
+        .env_remove("WEIR_BENCH_PINNED")
+        .env("WEIR_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?);
+    Ok(cmd.spawn()?)
+}
+
+fn start_collector(with_router: bool) -> anyhow::Result<(Spawned, String, PathBuf, u32)> {
+    let dir = tempfile::tempdir()?;
+    let (cport, rport) = (free_port()?, free_port()?);
+    // The demo catalog, written out for the collector.
+    let cat = dir.path().join("catalog");
+    std::fs::create_dir_all(&cat)?;
+    for (name, text) in weir_proto::catalog::DEMO_FILES {
+        std::fs::write(cat.join(name), text)?;
+    }
+    let cfg = dir.path().join("weir.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{d}\"\ncatalog = \"{c}\"\n[collector]\nlisten = \"127.0.0.1:{cport}\"\nrouters = [\"http://127.0.0.1:{rport}\"]\nspool_max_bytes = 68719476736\n[router]\nlisten = \"127.0.0.1:{rport}\"\n",
+            d = dir.path().join("data").display(),
+            c = cat.display()
+        ),
+    )?;
+    let cfg_s = cfg.to_string_lossy().into_owned();
+    let mut children = Vec::new();
+    let collector = spawn_weir(
+        &["collector", "--config", &cfg_s],
+        Some("0"),
+        &dir.path().join("collector.log"),
+    )?;
+    let pid = collector.id();
+    children.push(collector);
+    if with_router {
+        children.push(spawn_weir(
+            &["router", "--config", &cfg_s],
+            Some("1"),
+            &dir.path().join("router.log"),
+        )?);
+    }
+    let url = format!("http://127.0.0.1:{cport}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", cport)).is_err() {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.path().join("collector.log")).unwrap_or_default();
+            bail!("the collector did not start:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dgram = dir.path().join("data/collector.dgram");
+    // With taskset the pid is taskset's, which execs weir: same pid.
+    Ok((Spawned { children, _dir: dir }, url, dgram, pid))
+}
+
+/// CPU seconds (user + system) and peak RSS (bytes) of a process, from /proc.
+fn proc_usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()?;
+    Some((ticks / 100.0, hwm * 1024))
+}
+
+fn event_json(i: u64) -> String {
+    format!(
+        r#"{{"event":"item.viewed","version":2,"env":"web","fields":{{"item_id":{i},"source":"search","position":{p},"price":1299.5,"session_id":"s-{s}"}}}}"#,
+        p = i % 50,
+        s = i % 10_000
+    )
+}
+
+fn body(batch: usize, ndjson: bool) -> Bytes {
+    let events: Vec<String> = (0..batch as u64).map(event_json).collect();
+    if ndjson {
+        Bytes::from(events.join("\n"))
+    } else if batch == 1 {
+        Bytes::from(events.into_iter().next().unwrap_or_default())
+    } else {
+        Bytes::from(format!("[{}]", events.join(",")))
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[idx] as f64 / 1000.0
+}
+
+/// Re-runs this process under `taskset -c 1`, so the load generator stays off the
+/// collector's core. Returns only when that is not possible (or already done).
+fn pin_self_to_cpu1() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("WEIR_BENCH_PINNED").is_some() || !Path::new("/usr/bin/taskset").exists() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let err = Command::new("/usr/bin/taskset")
+        .arg("-c")
+        .arg("1")
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env("WEIR_BENCH_PINNED", "1")
+        .exec();
+    eprintln!("cannot pin the load generator to CPU 1 ({err}); running unpinned");
+}
+
+/// Runs the collector bench and prints its figures.
+pub fn run(opts: CollectorBench) -> anyhow::Result<()> {
+    if opts.target.is_none() {
+        pin_self_to_cpu1();
+    }
+    if opts.batch == 0 || opts.connections == 0 {
+        bail!("--batch and --connections must be at least 1");
+    }
+    let datagram = match opts.mode.as_str() {
+        "http" => false,
+        "datagram" => true,
+        other => bail!("--mode {other:?}: use http or datagram"),
+    };
+    let (spawned, url, dgram, pid) = match &opts.target {
+        Some(t) => (
+            None,
+            t.trim_end_matches('/').to_string(),
+            opts.socket.clone().unwrap_or_default(),
+            opts.pid.unwrap_or(0),
+        ),
+        None => {
+            let (s, u, d, p) = start_collector(opts.with_router)?;
+            (Some(s), u, d, p)
+        }
+    };
+    if datagram && dgram.as_os_str().is_empty() {
+        bail!("--mode datagram with --target needs --socket PATH");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let before = proc_usage(pid);
+    let started = Instant::now();
+    let result = rt.block_on(load(&opts, &url, &dgram, datagram));
+    let wall = started.elapsed().as_secs_f64();
+    let after = proc_usage(pid);
+    let (mut lat, requests) = result?;
+    lat.sort_unstable();
+    let events = requests * opts.batch as u64;
+    let what = if datagram { "datagrams" } else { "requests" };
+    println!(
+        "weir bench collector: {}, {} {}, {} events/{}, {} s, {}",
+        opts.mode,
+        opts.connections,
+        if datagram { "senders" } else { "connections" },
+        opts.batch,
+        if datagram { "datagram" } else { "request" },
+        opts.duration,
+        if opts.rate == 0 {
+            "flat out".to_string()
+        } else {
+            format!("target {} events/s", opts.rate)
+        }
+    );
+    println!("  {what}/s  {:>10.0}", requests as f64 / wall);
+    println!("  events/s    {:>10.0}", events as f64 / wall);
+    if !datagram {
+        println!(
+            "  latency     p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+            percentile(&lat, 0.50),
+            percentile(&lat, 0.99),
+            percentile(&lat, 1.0)
+        );
+    }
+    match (before, after) {
+        (Some((c0, _)), Some((c1, rss))) => println!(
+            "  collector   CPU {:.2} cores   peak RSS {:.1} MiB   (pid {pid}{})",
+            (c1 - c0) / wall,
+            rss as f64 / (1 << 20) as f64,
+            if spawned.is_some() && Path::new("/usr/bin/taskset").exists() {
+                ", pinned to CPU 0"
+            } else {
+                ""
+            }
+        ),
+        _ => println!("  collector   CPU/RSS unknown (pass --pid with --target)"),
+    }
+    if datagram {
+        let metrics = ureq_get(&rt, &format!("{url}/metrics"))?;
+        let accepted: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("weir_collector_events_accepted_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        println!("  accepted    {accepted:.0} of {events} sent (datagrams are not acknowledged)");
+    }
+    drop(spawned);
+    Ok(())
+}
+
+fn ureq_get(rt: &tokio::runtime::Runtime, url: &str) -> anyhow::Result<String> {
+    rt.block_on(async {
+        let uri: hyper::Uri = url.parse()?;
+        let addr = format!("{}:{}", uri.host().unwrap_or("127.0.0.1"), uri.port_u16().unwrap_or(80));
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = Request::get(uri.path())
+            .header("host", "weir")
+            .body(Full::new(Bytes::new()))?;
+        let resp = send.send_request(req).await?;
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    })
+}
+
+async fn load(opts: &CollectorBench, url: &str, dgram: &Path, datagram: bool) -> anyhow::Result<(Vec<u32>, u64)> {
+    let body = body(opts.batch, datagram);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let per_conn_rate = if opts.rate == 0 {
+        0.0
+    } else {
+        opts.rate as f64 / opts.batch as f64 / opts.connections as f64
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..opts.connections {
+        let (body, stop, sent) = (body.clone(), stop.clone(), sent.clone());
+        let url = url.to_string();
+        let dgram = dgram.to_path_buf();
+        tasks.push(tokio::spawn(async move {
+            let interval = (per_conn_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / per_conn_rate));
+            let mut tick = interval.map(|i| {
+                let mut t = tokio::time::interval(i);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
+            let mut lat = Vec::new();
+            if datagram {
+                let sock = tokio::net::UnixDatagram::unbound()?;
+                sock.connect(&dgram)?;
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(t) = tick.as_mut() {
+                        t.tick().await;
+                    }
+                    sock.send(&body).await?;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                return Ok::<_, anyhow::Error>(lat);
+            }
+            let uri: hyper::Uri = format!("{url}/v1/events").parse()?;
+            let addr = format!("{}:{}", uri.host().unwrap_or("127.0.0.1"), uri.port_u16().unwrap_or(80));
+            let stream = tokio::net::TcpStream::connect(&addr).await?;
+            stream.set_nodelay(true)?;
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                let req = Request::post(uri.path())
+                    .header("host", "weir")
+                    .header("content-type", "application/json")
+                    .body(Full::new(body.clone()))?;
+                let t0 = Instant::now();
+                let resp = send.send_request(req).await?;
+                let status = resp.status();
+                resp.into_body().collect().await?;
+                lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                if status.as_u16() != 202 {
+                    bail!("collector answered {status}");
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                send.ready().await?;
+            }
+            Ok(lat)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(opts.duration)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.context("load task failed")??);
+    }
+    Ok((all, sent.load(Ordering::Relaxed)))
+}
