@@ -162,6 +162,7 @@ impl Config {
     /// The router's paths.
     pub fn router_paths(&self) -> weir_router::RouterPaths {
         weir_router::RouterPaths {
+            catalog_dir: None,
             log_dir: self
                 .router
                 .log_dir
@@ -227,6 +228,9 @@ batch_max_events = 1000
 batch_max_wait_ms = 50
 # On shutdown, how long to keep trying to hand the spool to a router.
 drain_timeout_secs = 30
+# `weir collector` without a catalog directory pulls the catalog from its routers
+# (GET /v1/catalog) this often, and keeps the last good copy in <data_dir>/collector/.
+catalog_poll_secs = 30
 
 [router]
 # Collectors send batches here (POST /v1/batches).
@@ -240,6 +244,8 @@ grace_secs = 300
 # log_dir = "weir-data/router/log"
 log_segment_bytes = 67108864
 max_batch_bytes = 67108864
+# The catalog directory is re-read this often; a valid change applies without restart.
+catalog_watch_secs = 2
 
 [loader]
 # Parquet lands here (default <data_dir>/warehouse).

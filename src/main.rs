@@ -144,11 +144,11 @@ fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
     Ok(Config::load(arg.config.as_deref(), std::env::vars())?)
 }
 
-/// Loads the catalog a config names, or the demo one when `demo_ok`.
+/// Loads the catalog directory a config names, or the demo one when `demo_ok`.
 fn load_catalog(cfg: &Config, demo_ok: bool) -> anyhow::Result<(Catalog, String)> {
     match &cfg.catalog {
-        Some(dir) if dir.starts_with("http://") || dir.starts_with("https://") => anyhow::bail!(
-            "catalog = {dir:?}: pulling the catalog from a router is not available in this version; point `catalog` at a directory"
+        Some(url) if is_url(url) => anyhow::bail!(
+            "catalog = {url:?} is a URL: only `weir collector` pulls its catalog from a router; point `catalog` at a directory"
         ),
         Some(dir) => {
             let c = Catalog::load_dir(Path::new(dir)).map_err(|e| anyhow::anyhow!("invalid catalog:\n{e}"))?;
@@ -157,6 +157,10 @@ fn load_catalog(cfg: &Config, demo_ok: bool) -> anyhow::Result<(Catalog, String)
         None if demo_ok => Ok((Catalog::demo(), "built-in demo catalog".into())),
         None => anyhow::bail!("no catalog: set `catalog = \"DIR\"` in the config (or WEIR_CATALOG)"),
     }
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -179,13 +183,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Collector { config } => {
             let cfg = load_config(&config)?;
-            let (catalog, _) = load_catalog(&cfg, false)?;
-            run::runtime()?.block_on(run::collector(cfg, catalog))?;
+            // A directory is read once; otherwise the catalog is pulled from the routers
+            // (or the URL `catalog` names) and kept current.
+            let source = match &cfg.catalog {
+                Some(dir) if !is_url(dir) => run::CatalogSource::Local(load_catalog(&cfg, false)?.0),
+                Some(url) => run::CatalogSource::Remote(vec![url.clone()]),
+                None => run::CatalogSource::Remote(cfg.collector.routers.clone()),
+            };
+            run::runtime()?.block_on(run::collector(cfg, source))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Router { config } => {
             let cfg = load_config(&config)?;
-            run::runtime()?.block_on(run::router(cfg))?;
+            let (catalog, _) = load_catalog(&cfg, false)?;
+            run::runtime()?.block_on(run::router(cfg, catalog))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Loader { command } => loader(command),

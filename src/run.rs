@@ -91,6 +91,21 @@ fn describe(catalog: &Catalog) -> String {
     format!("{} events ({})", names.len(), names.join(", "))
 }
 
+/// Where `weir collector` gets its catalog.
+pub enum CatalogSource {
+    /// Read from a directory at start.
+    Local(Catalog),
+    /// Pulled from these router URLs and kept current.
+    Remote(Vec<String>),
+}
+
+/// The router paths plus the catalog directory to watch, if any.
+fn router_paths(cfg: &Config) -> weir_router::RouterPaths {
+    let mut paths = cfg.router_paths();
+    paths.catalog_dir = cfg.catalog.as_ref().map(std::path::PathBuf::from);
+    paths
+}
+
 /// `weir up`: router, collector and loader in one process.
 pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow::Result<()> {
     let signals = Signals::install()?;
@@ -98,23 +113,29 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
     let metrics = install_metrics();
     let data = cfg.data_dir();
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create the data directory {}", data.display()))?;
-    let router = Router::start(&cfg.router, &cfg.router_paths(), metrics.clone()).await?;
+    // One live catalog for all three: an edit of the catalog directory reaches the
+    // collector's validation, the router and the loader's schemas without a restart.
+    let shared = Arc::new(arc_swap::ArcSwap::from_pointee(catalog.clone()));
+    let router = Router::start(&cfg.router, &router_paths(&cfg), shared.clone(), metrics.clone()).await?;
     let mut collector_cfg = cfg.collector();
     collector_cfg.routers = vec![format!("http://{}", router.addr)];
-    let shared = Arc::new(arc_swap::ArcSwap::from_pointee(catalog.clone()));
-    let collector = Collector::start(&collector_cfg, &cfg.spool_dir(), shared, metrics).await?;
-    let loader = Arc::new(make_loader(&cfg, catalog.clone()));
+    let collector = Collector::start(&collector_cfg, &cfg.spool_dir(), shared.clone(), metrics).await?;
+    let loader_for = {
+        let cfg = cfg.clone();
+        let shared = shared.clone();
+        move || Arc::new(make_loader(&cfg, (**shared.load()).clone()))
+    };
     let (stop_loader, mut loader_stop) = tokio::sync::watch::channel(false);
     let interval = Duration::from_secs(cfg.loader.interval_secs.max(1));
     let periodic = {
-        let loader = loader.clone();
+        let loader_for = loader_for.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}
                     _ = loader_stop.changed() => return,
                 }
-                let l = loader.clone();
+                let l = loader_for();
                 match tokio::task::spawn_blocking(move || l.run(false)).await {
                     Ok(Err(e)) => tracing::error!(error = %e, "loading closed hours failed; will retry"),
                     Err(e) => tracing::error!(error = %e, "loader task failed"),
@@ -156,7 +177,7 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
     router.shutdown().await;
     let _ = stop_loader.send(true);
     let _ = periodic.await;
-    let l = loader.clone();
+    let l = loader_for();
     let reports = tokio::task::spawn_blocking(move || l.run(true))
         .await
         .context("loader task failed")??;
@@ -171,24 +192,45 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
 }
 
 /// `weir collector`.
-pub async fn collector(cfg: Config, catalog: Catalog) -> anyhow::Result<()> {
+pub async fn collector(cfg: Config, source: CatalogSource) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     init_tracing();
     let metrics = install_metrics();
+    let ccfg = cfg.collector();
+    let sync = match &source {
+        CatalogSource::Remote(urls) => Some(weir_collector::catalog_sync::SyncOptions {
+            urls: urls.clone(),
+            save_path: cfg.data_dir().join("collector").join("catalog.json"),
+            every: Duration::from_secs(ccfg.catalog_poll_secs.max(1)),
+        }),
+        CatalogSource::Local(_) => None,
+    };
+    let (catalog, from) = match (source, &sync) {
+        (CatalogSource::Local(c), _) => (c, "directory".to_string()),
+        (CatalogSource::Remote(_), Some(opts)) => {
+            std::fs::create_dir_all(cfg.data_dir().join("collector"))?;
+            weir_collector::catalog_sync::initial(opts).await
+        }
+        (CatalogSource::Remote(_), None) => (Catalog::empty(), String::new()),
+    };
     let shared = Arc::new(arc_swap::ArcSwap::from_pointee(catalog));
-    let collector = Collector::start(&cfg.collector(), &cfg.spool_dir(), shared, metrics).await?;
-    tracing::info!(addr = %collector.addr, routers = ?cfg.collector.routers, "collector listening");
+    let collector = Collector::start(&ccfg, &cfg.spool_dir(), shared, metrics).await?;
+    if let Some(opts) = sync {
+        collector.sync_catalog(opts);
+    }
+    tracing::info!(addr = %collector.addr, routers = ?ccfg.routers, catalog = %from, "collector listening");
     signals.wait().await;
     collector.shutdown().await;
     Ok(())
 }
 
 /// `weir router`.
-pub async fn router(cfg: Config) -> anyhow::Result<()> {
+pub async fn router(cfg: Config, catalog: Catalog) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     init_tracing();
     let metrics = install_metrics();
-    let router = Router::start(&cfg.router, &cfg.router_paths(), metrics).await?;
+    let shared = Arc::new(arc_swap::ArcSwap::from_pointee(catalog));
+    let router = Router::start(&cfg.router, &router_paths(&cfg), shared, metrics).await?;
     tracing::info!(addr = %router.addr, "router listening");
     signals.wait().await;
     router.shutdown().await;

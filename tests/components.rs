@@ -114,3 +114,125 @@ fn collector_spools_while_the_router_is_away_and_delivers_when_it_comes() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to load"));
 }
+
+fn write_config(path: &Path, text: String) -> String {
+    fs::write(path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn catalog_changes_on_the_router_reach_a_running_collector() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cport, rport) = (free_port(), free_port());
+    let catalog = tmp.path().join("catalog");
+    fs::create_dir_all(&catalog).unwrap();
+    let shop = fs::read_to_string(fixture_catalog().join("shop.toml")).unwrap();
+    fs::write(catalog.join("shop.toml"), &shop).unwrap();
+    let router_cfg = write_config(
+        &tmp.path().join("router.toml"),
+        format!(
+            "data_dir = \"{}\"\ncatalog = \"{}\"\n[router]\nlisten = \"127.0.0.1:{rport}\"\ncatalog_watch_secs = 1\n",
+            tmp.path().join("router-data").display(),
+            catalog.display()
+        ),
+    );
+    // No `catalog` for the collector: it pulls from its routers.
+    let collector_cfg = write_config(
+        &tmp.path().join("collector.toml"),
+        format!(
+            "data_dir = \"{}\"\n[collector]\nlisten = \"127.0.0.1:{cport}\"\nrouters = [\"http://127.0.0.1:{rport}\"]\ncatalog_poll_secs = 1\n",
+            tmp.path().join("collector-data").display()
+        ),
+    );
+    let router = spawn(&["router", "--config", &router_cfg], &tmp.path().join("router.log"));
+    let rurl = format!("http://127.0.0.1:{rport}");
+    wait_until("the router", || ureq::get(&format!("{rurl}/healthz")).call().is_ok());
+    // The router serves the catalog with an ETag and answers 304 to a current one.
+    let resp = ureq::get(&format!("{rurl}/v1/catalog")).call().unwrap();
+    let etag = resp.header("etag").unwrap().to_string();
+    let served: serde_json::Value = serde_json::from_str(&resp.into_string().unwrap()).unwrap();
+    assert_eq!(served["files"][0]["name"], "shop.toml");
+    let not_modified = ureq::get(&format!("{rurl}/v1/catalog"))
+        .set("if-none-match", &etag)
+        .call()
+        .unwrap();
+    assert_eq!(not_modified.status(), 304);
+
+    let collector = spawn(
+        &["collector", "--config", &collector_cfg],
+        &tmp.path().join("collector.log"),
+    );
+    let url = format!("http://127.0.0.1:{cport}");
+    wait_until("the collector to be ready", || {
+        ureq::get(&format!("{url}/readyz")).call().is_ok()
+    });
+    let cart = r#"{"event":"cart.viewed","env":"android","fields":{"items":1,"device_id":"d"}}"#;
+    let (status, body) = post_events(&url, cart);
+    assert_eq!((status, body["accepted"].clone()), (202, serde_json::json!(1)));
+
+    // An operator switches the noisy event off on the router: no collector restart.
+    let edited = shop.replace("[events.\"cart.viewed\"]\n", "[events.\"cart.viewed\"]\ndrop = true\n");
+    assert_ne!(edited, shop);
+    fs::write(catalog.join("shop.toml"), &edited).unwrap();
+    let changed = Instant::now();
+    wait_until("drop = true to reach the collector", || {
+        post_events(&url, cart).1["dropped"] == 1
+    });
+    assert!(
+        changed.elapsed() < Duration::from_secs(5),
+        "took {:?} (watch 1 s + poll 1 s)",
+        changed.elapsed()
+    );
+    let (_, body) = post_events(&url, cart);
+    assert_eq!(
+        body,
+        serde_json::json!({"accepted": 0, "flagged": 0, "rejected": 0, "dropped": 1, "errors": []})
+    );
+    let metrics = ureq::get(&format!("{url}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains("weir_collector_events_dropped_total{env=\"android\",event=\"cart.viewed\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("weir_collector_catalog_age_seconds"), "{metrics}");
+    // An invalid edit on the router is refused there; the collector keeps the last good one.
+    fs::write(catalog.join("shop.toml"), "this is [not toml").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(post_events(&url, cart).1["dropped"], 1);
+
+    // Without any router, a restarted collector runs on its saved copy.
+    stop(router);
+    stop(collector);
+    let collector = spawn(
+        &["collector", "--config", &collector_cfg],
+        &tmp.path().join("collector2.log"),
+    );
+    wait_until("the collector to be ready from its saved catalog", || {
+        ureq::get(&format!("{url}/readyz")).call().is_ok()
+    });
+    assert_eq!(post_events(&url, cart).1["dropped"], 1);
+    stop(collector);
+
+    // With no router and no saved copy it refuses events with 503 until a router answers.
+    let fresh_cfg = write_config(
+        &tmp.path().join("fresh.toml"),
+        format!(
+            "data_dir = \"{}\"\n[collector]\nlisten = \"127.0.0.1:{cport}\"\nrouters = [\"http://127.0.0.1:{rport}\"]\n",
+            tmp.path().join("fresh-data").display()
+        ),
+    );
+    let collector = spawn(
+        &["collector", "--config", &fresh_cfg],
+        &tmp.path().join("collector3.log"),
+    );
+    wait_until("the collector", || ureq::get(&format!("{url}/healthz")).call().is_ok());
+    let ready = ureq::get(&format!("{url}/readyz")).call();
+    assert!(matches!(ready, Err(ureq::Error::Status(503, _))));
+    let (status, body) = post_events(&url, cart);
+    assert_eq!(status, 503);
+    assert!(body["error"].as_str().unwrap().contains("no catalog yet"), "{body}");
+    stop(collector);
+}

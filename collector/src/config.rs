@@ -38,6 +38,9 @@ pub struct CollectorConfig {
     pub batch_max_wait_ms: u64,
     /// How long shutdown waits for the spool to drain to the router.
     pub drain_timeout_secs: u64,
+    /// How often the catalog is pulled from the routers (when `catalog` is not a
+    /// directory).
+    pub catalog_poll_secs: u64,
 }
 
 impl Default for CollectorConfig {
@@ -57,6 +60,7 @@ impl Default for CollectorConfig {
             batch_max_events: 1000,
             batch_max_wait_ms: 50,
             drain_timeout_secs: 30,
+            catalog_poll_secs: 30,
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct State {
     pub max_body_bytes: usize,
     /// Renders `/metrics`, when a recorder is installed.
     pub metrics: Option<PrometheusHandle>,
+    /// When (µs) the catalog was last confirmed current.
+    pub catalog_checked_at: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// Routes one request.
@@ -46,6 +48,9 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, bound_env: Option
         (&Method::GET, "/metrics") => match &state.metrics {
             Some(handle) => {
                 m::refresh_spool(&state.spool);
+                let checked = state.catalog_checked_at.load(std::sync::atomic::Ordering::Relaxed);
+                let age = (weir_proto::event::now_micros() - checked).max(0) as f64 / 1e6;
+                metrics::gauge!(m::CATALOG_AGE).set(age);
                 h::text(StatusCode::OK, handle.render())
             }
             None => h::text(StatusCode::OK, ""),
@@ -60,6 +65,12 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, bound_env: Option
 }
 
 fn readyz(state: &State) -> Response {
+    if !state.catalog.load().is_loaded() {
+        return h::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no catalog yet (no router answered, no saved copy)\n",
+        );
+    }
     let dir = state.spool.dir();
     let probe = dir.join(".readyz");
     match std::fs::write(&probe, b"ok") {
@@ -113,6 +124,9 @@ async fn events(state: &State, req: Request<Incoming>, source: Source<'_>) -> Re
         Err(e) => return body_error(e),
     };
     let catalog = state.catalog.load();
+    if !catalog.is_loaded() {
+        return unavailable("the collector has no catalog yet: no router answered and there is no saved copy".into());
+    }
     let now = weir_proto::event::now_micros();
     let ingested = ingest::ingest(&catalog, &items, source, &state.name, now);
     if ingested.records > 0 {

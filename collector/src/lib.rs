@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod body;
+pub mod catalog_sync;
 pub mod config;
 pub mod datagram;
 pub mod forwarder;
@@ -96,6 +97,7 @@ impl Collector {
             name: name.clone(),
             max_body_bytes: cfg.max_body_bytes,
             metrics,
+            catalog_checked_at: Arc::new(std::sync::atomic::AtomicI64::new(weir_proto::event::now_micros())),
         });
         let (stop_http, http_rx) = watch::channel(false);
         let (stop_forwarder, fwd_rx) = watch::channel(false);
@@ -159,6 +161,17 @@ impl Collector {
             servers,
             forwarder,
         })
+    }
+
+    /// Keeps the catalog pulled from the routers (see [`catalog_sync`]) until shutdown.
+    pub fn sync_catalog(&self, opts: catalog_sync::SyncOptions) {
+        let task = tokio::spawn(catalog_sync::run(
+            opts,
+            self.state.catalog.clone(),
+            self.state.catalog_checked_at.clone(),
+            self.stop_http.subscribe(),
+        ));
+        drop(task);
     }
 
     /// The spool.

@@ -14,6 +14,10 @@ pub const REJECTED: &str = "weir_collector_events_rejected_total";
 pub const DROPPED: &str = "weir_collector_events_dropped_total";
 /// Datagram events dropped before the spool, by reason (`spool_full`, `spool_error`).
 pub const DATAGRAM_DROPPED: &str = "weir_collector_datagram_dropped_total";
+/// 1 for the catalog revision in use (0 for earlier ones).
+pub const CATALOG_INFO: &str = "weir_collector_catalog_info";
+/// Seconds since a router last confirmed the catalog in use (or since it was loaded).
+pub const CATALOG_AGE: &str = "weir_collector_catalog_age_seconds";
 /// HTTP requests, by status code.
 pub const REQUESTS: &str = "weir_collector_http_requests_total";
 /// Bytes in the spool.

@@ -76,6 +76,8 @@ pub struct RouterConfig {
     pub log_segment_bytes: u64,
     /// Largest accepted batch body.
     pub max_batch_bytes: usize,
+    /// How often the catalog directory is checked for changes.
+    pub catalog_watch_secs: u64,
     /// Recipients by name.
     pub recipients: BTreeMap<String, RecipientConfig>,
 }
@@ -90,6 +92,7 @@ impl Default for RouterConfig {
             log_dir: None,
             log_segment_bytes: 64 << 20,
             max_batch_bytes: 64 << 20,
+            catalog_watch_secs: 2,
             recipients: BTreeMap::new(),
         }
     }

@@ -66,12 +66,15 @@ pub struct State {
     pub max_batch_bytes: usize,
     /// Renders `/metrics`.
     pub metrics: Option<PrometheusHandle>,
+    /// The catalog served to collectors.
+    pub catalog: Arc<arc_swap::ArcSwap<weir_proto::Catalog>>,
 }
 
 /// Routes one request.
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response {
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/v1/batches") => batches(&state, req).await,
+        (&Method::GET, "/v1/catalog") => catalog(&state, &req),
         (&Method::GET, "/healthz") => h::text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             let dir = state.wal.dir();
@@ -96,9 +99,28 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response {
         }
         _ => h::error(
             StatusCode::NOT_FOUND,
-            "no such endpoint: the router serves POST /v1/batches, GET /healthz, /readyz and /metrics",
+            "no such endpoint: the router serves POST /v1/batches, GET /v1/catalog, /healthz, /readyz and /metrics",
         ),
     }
+}
+
+fn catalog(state: &State, req: &Request<Incoming>) -> Response {
+    let catalog = state.catalog.load();
+    let etag = format!("\"{}\"", catalog.revision);
+    let matches = req
+        .headers()
+        .get(hyper::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut r = if matches {
+        h::bytes(StatusCode::NOT_MODIFIED, "application/json", Bytes::new())
+    } else {
+        h::bytes(StatusCode::OK, "application/json", Bytes::from(catalog.to_json()))
+    };
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        r.headers_mut().insert(hyper::header::ETAG, v);
+    }
+    r
 }
 
 fn bad(msg: String) -> Response {

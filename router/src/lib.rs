@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod buffer;
+pub mod catalog;
 pub mod config;
 pub mod http;
 pub mod metrics;
@@ -47,9 +48,11 @@ pub enum StartError {
     Unsupported(String),
 }
 
-/// Where a router keeps its files.
+/// Where a router keeps its files and finds its catalog.
 #[derive(Clone, Debug)]
 pub struct RouterPaths {
+    /// The catalog directory, watched for changes; `None` for a fixed catalog (the demo).
+    pub catalog_dir: Option<std::path::PathBuf>,
     /// The durable log.
     pub log_dir: std::path::PathBuf,
     /// The hourly file buffer.
@@ -60,6 +63,7 @@ pub struct RouterPaths {
 pub struct Router {
     /// Where the HTTP API listens.
     pub addr: SocketAddr,
+    watcher: Option<JoinHandle<()>>,
     wal: Wal,
     stop_http: watch::Sender<bool>,
     stop_buffer: watch::Sender<bool>,
@@ -72,6 +76,7 @@ impl Router {
     pub async fn start(
         cfg: &RouterConfig,
         paths: &RouterPaths,
+        catalog: Arc<arc_swap::ArcSwap<weir_proto::Catalog>>,
         metrics: Option<PrometheusHandle>,
     ) -> Result<Router, StartError> {
         if !cfg.recipients.is_empty() {
@@ -111,9 +116,18 @@ impl Router {
             recent: http::RecentBatches::new(100_000),
             max_batch_bytes: cfg.max_batch_bytes,
             metrics,
+            catalog: catalog.clone(),
         });
         let (stop_http, http_rx) = watch::channel(false);
         let (stop_buffer, buf_rx) = watch::channel(false);
+        let watcher = paths.catalog_dir.clone().map(|dir| {
+            tokio::spawn(catalog::watch_dir(
+                dir,
+                catalog.clone(),
+                Duration::from_secs(cfg.catalog_watch_secs.max(1)),
+                http_rx.clone(),
+            ))
+        });
         let server = tokio::spawn(weir_proto::http::serve(
             listener,
             move |req| http::handle(state.clone(), req),
@@ -128,6 +142,7 @@ impl Router {
         });
         Ok(Router {
             addr,
+            watcher,
             wal,
             stop_http,
             stop_buffer,
@@ -146,6 +161,9 @@ impl Router {
     pub async fn shutdown(self) {
         let _ = self.stop_http.send(true);
         let _ = self.server.await;
+        if let Some(w) = self.watcher {
+            let _ = w.await;
+        }
         let _ = self.stop_buffer.send(true);
         let _ = self.buffer.await;
     }

@@ -20,3 +20,5 @@ pub const HOURS_CLOSED: &str = "weir_router_buffer_hours_closed_total";
 pub const HOURS_EXPIRED: &str = "weir_router_buffer_hours_expired_total";
 /// Log records the buffer could not read (skipped, logged).
 pub const POISON: &str = "weir_router_buffer_unreadable_batches_total";
+/// Times the catalog was reloaded from its directory.
+pub const CATALOG_RELOADS: &str = "weir_router_catalog_reloads_total";

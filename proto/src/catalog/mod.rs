@@ -232,6 +232,18 @@ struct CatalogFile {
     events: BTreeMap<String, EventDef>,
 }
 
+#[derive(Serialize, Deserialize)]
+struct WireCatalog {
+    revision: String,
+    files: Vec<WireFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireFile {
+    name: String,
+    text: String,
+}
+
 /// One problem found in a catalog, naming where it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -306,8 +318,12 @@ pub struct Catalog {
     pub events: BTreeMap<String, EventDef>,
     /// Where each definition came from.
     pub sources: Sources,
-    /// A short fingerprint of the catalog's content (hex), for ETags and manifests.
+    /// A short fingerprint of the catalog's content (hex), for ETags and manifests;
+    /// empty for [`Catalog::empty`].
     pub revision: String,
+    /// The files it was read from, as (file name, TOML text), sorted by name: what the
+    /// router serves to collectors.
+    pub files: Vec<(String, String)>,
 }
 
 /// Whether `name` is a valid event name: `[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*`.
@@ -345,6 +361,57 @@ impl Catalog {
         Catalog::from_files(files)
     }
 
+    /// A catalog with nothing in it (revision empty): a collector that has no catalog
+    /// yet; every event would be refused, so the collector answers 503 instead.
+    pub fn empty() -> Catalog {
+        Catalog {
+            environments: BTreeMap::new(),
+            fields: BTreeMap::new(),
+            events: BTreeMap::new(),
+            sources: Sources::default(),
+            revision: String::new(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Whether this is a real catalog (not [`Catalog::empty`]).
+    pub fn is_loaded(&self) -> bool {
+        !self.revision.is_empty()
+    }
+
+    /// Parses the JSON form served by `GET /v1/catalog`.
+    pub fn from_json(data: &[u8]) -> Result<Catalog, CatalogError> {
+        let wire: WireCatalog = serde_json::from_slice(data).map_err(|e| CatalogError {
+            problems: vec![Problem {
+                file: PathBuf::from("<router>"),
+                place: String::new(),
+                message: format!("not a catalog: {e}"),
+            }],
+        })?;
+        Catalog::from_files(
+            wire.files
+                .into_iter()
+                .map(|f| (PathBuf::from(f.name), f.text))
+                .collect(),
+        )
+    }
+
+    /// The JSON form served by `GET /v1/catalog`: `{"revision", "files": [{"name", "text"}]}`.
+    pub fn to_json(&self) -> Vec<u8> {
+        let wire = WireCatalog {
+            revision: self.revision.clone(),
+            files: self
+                .files
+                .iter()
+                .map(|(n, t)| WireFile {
+                    name: n.clone(),
+                    text: t.clone(),
+                })
+                .collect(),
+        };
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
     /// The built-in demo catalog (`weir up` without `--catalog`).
     pub fn demo() -> Catalog {
         let files = DEMO_FILES
@@ -366,6 +433,7 @@ impl Catalog {
             events: BTreeMap::new(),
             sources: Sources::default(),
             revision: String::new(),
+            files: Vec::new(),
         };
         let mut problems = Vec::new();
         let mut hasher = crc32fast::Hasher::new();
@@ -409,6 +477,17 @@ impl Catalog {
             );
         }
         catalog.revision = format!("{:08x}", hasher.finalize());
+        catalog.files = files
+            .iter()
+            .map(|(p, t)| {
+                (
+                    p.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    t.clone(),
+                )
+            })
+            .collect();
         if problems.is_empty() {
             catalog.cross_check(&mut problems);
         }
@@ -671,6 +750,16 @@ mod tests {
         for env in ["web", "ios", "backend"] {
             assert!(c.environments.contains_key(env), "{env}");
         }
+    }
+
+    #[test]
+    fn json_form_round_trips() {
+        let c = Catalog::demo();
+        let back = Catalog::from_json(&c.to_json()).unwrap();
+        assert_eq!(back.revision, c.revision);
+        assert_eq!(back.events, c.events);
+        assert!(Catalog::from_json(b"nope").is_err());
+        assert!(!Catalog::empty().is_loaded());
     }
 
     #[test]
