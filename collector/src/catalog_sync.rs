@@ -45,7 +45,7 @@ fn catalog_url(base: &str) -> String {
 }
 
 enum Fetched {
-    New(Catalog, Bytes),
+    New(Box<Catalog>, Bytes),
     Unchanged,
 }
 
@@ -75,7 +75,7 @@ async fn fetch(client: &HttpClient, base: &str, current: &str) -> Result<Fetched
         return Err(format!("{url}: {status}"));
     }
     let catalog = Catalog::from_json(&body).map_err(|e| format!("{url}: invalid catalog: {e}"))?;
-    Ok(Fetched::New(catalog, body))
+    Ok(Fetched::New(Box::new(catalog), body))
 }
 
 fn save(path: &Path, body: &[u8]) {
@@ -102,7 +102,7 @@ pub async fn initial(opts: &SyncOptions) -> (Catalog, String) {
             Ok(Fetched::New(c, body)) => {
                 save(&opts.save_path, &body);
                 publish(&c, "");
-                return (c, format!("pulled from {}", catalog_url(url)));
+                return (*c, format!("pulled from {}", catalog_url(url)));
             }
             Ok(Fetched::Unchanged) => {}
             Err(e) => tracing::warn!(error = %e, "cannot pull the catalog"),
@@ -151,7 +151,7 @@ pub async fn run(
                     tracing::info!(revision = %c.revision, previous = %current, "catalog updated from the router");
                     save(&opts.save_path, &body);
                     publish(&c, &current);
-                    shared.store(Arc::new(c));
+                    shared.store(Arc::from(c));
                 }
             }
             Err(e) => {
