@@ -223,6 +223,8 @@ spool_segment_bytes = 33554432
 # name = "node-1"
 # Largest request body, also after gzip/zstd decompression (413 beyond).
 max_body_bytes = 5242880
+# Largest single event (its JSON); larger ones are rejected.
+max_event_bytes = 1048576
 # Batches to the router: at most this many events, or this old.
 batch_max_events = 1000
 batch_max_wait_ms = 50

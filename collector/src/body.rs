@@ -70,6 +70,41 @@ pub fn decode(encoding: Option<&str>, body: bytes::Bytes, limit: usize) -> Resul
     }
 }
 
+/// Deepest JSON nesting accepted (an event is an object of fields; arrays of scalars add
+/// one level): anything deeper is refused before it is parsed.
+pub const MAX_DEPTH: usize = 64;
+
+/// Checks the nesting depth of JSON text in one pass, without recursion.
+fn check_depth(text: &[u8]) -> Result<(), BodyError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(BodyError::Malformed(format!(
+                        "JSON is nested deeper than {MAX_DEPTH} levels"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Splits a body into one raw JSON value per event. Any structural problem refuses the
 /// whole body, so nothing of a malformed request is stored.
 pub fn split(body: &[u8], format: Format) -> Result<Vec<&RawValue>, BodyError> {
@@ -81,6 +116,7 @@ pub fn split(body: &[u8], format: Format) -> Result<Vec<&RawValue>, BodyError> {
             "empty body: send a JSON event, a JSON array or NDJSON".into(),
         ));
     }
+    check_depth(body)?;
     match format {
         Format::Json if trimmed.starts_with('[') => {
             let items: Vec<&RawValue> =

@@ -32,6 +32,8 @@ pub struct CollectorConfig {
     pub name: Option<String>,
     /// Largest accepted request body, also after decompression.
     pub max_body_bytes: usize,
+    /// Largest single event (its JSON); larger ones are rejected.
+    pub max_event_bytes: usize,
     /// Most events in one batch to the router.
     pub batch_max_events: usize,
     /// Longest a partial batch waits for more events before it is sent.
@@ -57,6 +59,7 @@ impl Default for CollectorConfig {
             spool_segment_bytes: 32 << 20,
             name: None,
             max_body_bytes: 5 << 20,
+            max_event_bytes: crate::ingest::DEFAULT_MAX_EVENT_BYTES,
             batch_max_events: 1000,
             batch_max_wait_ms: 50,
             drain_timeout_secs: 30,

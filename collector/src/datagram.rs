@@ -90,7 +90,7 @@ pub async fn run(
         let mut group = ingest::Ingested::default();
         let take = |data: &[u8], group: &mut ingest::Ingested| match split(data) {
             Ok(items) => {
-                let got = ingest::ingest(&catalog, &items, source, &state.name, now);
+                let got = ingest::ingest_limited(&catalog, &items, source, &state.name, now, state.max_event_bytes);
                 if got.summary.rejected > 0 {
                     if let (Some(held), Some(first)) = (log.allow(), got.summary.errors.first()) {
                         tracing::warn!(error = %first.error, rejected = got.summary.rejected, held_back = held, "datagram events rejected");

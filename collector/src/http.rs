@@ -25,6 +25,8 @@ pub struct State {
     pub name: String,
     /// Largest body, also decompressed.
     pub max_body_bytes: usize,
+    /// Largest single event.
+    pub max_event_bytes: usize,
     /// Renders `/metrics`, when a recorder is installed.
     pub metrics: Option<PrometheusHandle>,
     /// When (µs) the catalog was last confirmed current.
@@ -128,7 +130,7 @@ async fn events(state: &State, req: Request<Incoming>, source: Source<'_>) -> Re
         return unavailable("the collector has no catalog yet: no router answered and there is no saved copy".into());
     }
     let now = weir_proto::event::now_micros();
-    let ingested = ingest::ingest(&catalog, &items, source, &state.name, now);
+    let ingested = ingest::ingest_limited(&catalog, &items, source, &state.name, now, state.max_event_bytes);
     if ingested.records > 0 {
         if !state.spool.has_room(ingested.framed.len()) {
             return unavailable(

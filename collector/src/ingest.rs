@@ -91,14 +91,39 @@ pub struct Source<'a> {
     pub bound_env: Option<&'a str>,
 }
 
+/// Largest event (its JSON as sent) the collector keeps, by default.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
+
 /// Validates, stamps and encodes `items`. `now` (µs) becomes every event's
 /// `received_at`.
 pub fn ingest(catalog: &Catalog, items: &[&RawValue], source: Source<'_>, collector: &str, now: i64) -> Ingested {
+    ingest_limited(catalog, items, source, collector, now, DEFAULT_MAX_EVENT_BYTES)
+}
+
+/// [`ingest`] with a per-event size limit: larger events are rejected whatever their
+/// environment (keeping them flagged would keep the oversized JSON anyway).
+pub fn ingest_limited(
+    catalog: &Catalog,
+    items: &[&RawValue],
+    source: Source<'_>,
+    collector: &str,
+    now: i64,
+    max_event_bytes: usize,
+) -> Ingested {
     let mut out = Ingested {
         framed: Vec::with_capacity(items.iter().map(|i| i.get().len() + 96).sum()),
         ..Default::default()
     };
     for (index, raw) in items.iter().enumerate() {
+        if raw.get().len() > max_event_bytes {
+            out.summary.rejected += 1;
+            out.summary.errors.push(EventError {
+                index,
+                error: format!("event is {} bytes, at most {max_event_bytes} allowed", raw.get().len()),
+            });
+            out.tally.add("_unknown", "_unknown", Outcome::Rejected);
+            continue;
+        }
         let ev = match Incoming::parse(raw) {
             Ok(ev) => ev,
             Err(e) => {

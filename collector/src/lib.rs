@@ -96,6 +96,7 @@ impl Collector {
             spool: spool.clone(),
             name: name.clone(),
             max_body_bytes: cfg.max_body_bytes,
+            max_event_bytes: cfg.max_event_bytes,
             metrics,
             catalog_checked_at: Arc::new(std::sync::atomic::AtomicI64::new(weir_proto::event::now_micros())),
         });
