@@ -49,12 +49,13 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 #[test]
 fn collector_spools_while_the_router_is_away_and_delivers_when_it_comes() {
     let tmp = tempfile::tempdir().unwrap();
-    let (cport, rport) = (free_port(), free_port());
+    let (cport, rport, dead) = (free_port(), free_port(), free_port());
     let cfg = tmp.path().join("weir.toml");
+    // The first router never answers: the forwarder fails over to the second.
     fs::write(
         &cfg,
         format!(
-            "data_dir = \"{data}\"\ncatalog = \"{catalog}\"\n[collector]\nlisten = \"127.0.0.1:{cport}\"\nrouters = [\"http://127.0.0.1:{rport}\"]\nname = \"node-7\"\n[router]\nlisten = \"127.0.0.1:{rport}\"\n",
+            "data_dir = \"{data}\"\ncatalog = \"{catalog}\"\n[collector]\nlisten = \"127.0.0.1:{cport}\"\nrouters = [\"http://127.0.0.1:{dead}\", \"http://127.0.0.1:{rport}\"]\nname = \"node-7\"\n[router]\nlisten = \"127.0.0.1:{rport}\"\n",
             data = tmp.path().join("data").display(),
             catalog = fixture_catalog().display(),
         ),
@@ -235,4 +236,79 @@ fn catalog_changes_on_the_router_reach_a_running_collector() {
     assert_eq!(status, 503);
     assert!(body["error"].as_str().unwrap().contains("no catalog yet"), "{body}");
     stop(collector);
+}
+
+#[test]
+fn a_full_spool_answers_503_with_retry_after_and_recovers_once_drained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cport, rport) = (free_port(), free_port());
+    let cfg = write_config(
+        &tmp.path().join("weir.toml"),
+        format!(
+            "data_dir = \"{data}\"\ncatalog = \"{catalog}\"\n[collector]\nlisten = \"127.0.0.1:{cport}\"\nrouters = [\"http://127.0.0.1:{rport}\"]\nspool_max_bytes = 20000\n[router]\nlisten = \"127.0.0.1:{rport}\"\n",
+            data = tmp.path().join("data").display(),
+            catalog = fixture_catalog().display(),
+        ),
+    );
+    let collector = spawn(&["collector", "--config", &cfg], &tmp.path().join("collector.log"));
+    let url = format!("http://127.0.0.1:{cport}");
+    wait_until("the collector", || ureq::get(&format!("{url}/healthz")).call().is_ok());
+    let batch = |i: usize| {
+        let events: Vec<String> = (0..10)
+            .map(|j| format!(r#"{{"event":"order.completed","env":"backend","id":"f-{i}-{j}","fields":{{"order_id":"o","amount":1}}}}"#))
+            .collect();
+        format!("[{}]", events.join(","))
+    };
+    // No router: the spool fills up, then the collector says so.
+    let mut acked = BTreeSet::new();
+    let mut refused = None;
+    for i in 0..200 {
+        let resp = ureq::post(&format!("{url}/v1/events"))
+            .set("content-type", "application/json")
+            .send_string(&batch(i));
+        match resp {
+            Ok(r) => {
+                assert_eq!(r.status(), 202);
+                acked.extend((0..10).map(|j| format!("f-{i}-{j}")));
+            }
+            Err(ureq::Error::Status(503, r)) => {
+                refused = Some((r.header("retry-after").map(str::to_string), r.into_string().unwrap()));
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let (retry_after, body) = refused.expect("a 503 once 20000 bytes are spooled");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert!(body.contains("the spool is full"), "{body}");
+    assert!(!acked.is_empty());
+
+    // The router comes: the spool drains and the collector takes events again.
+    let router = spawn(&["router", "--config", &cfg], &tmp.path().join("router.log"));
+    let mut i = 1000;
+    wait_until("the collector to accept again", || {
+        i += 1;
+        match ureq::post(&format!("{url}/v1/events"))
+            .set("content-type", "application/json")
+            .send_string(&batch(i))
+        {
+            Ok(_) => {
+                acked.extend((0..10).map(|j| format!("f-{i}-{j}")));
+                true
+            }
+            Err(_) => false,
+        }
+    });
+    stop(collector);
+    stop(router);
+    let out = weir()
+        .args(["loader", "run", "--now", "--config", &cfg])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let files = parquet_files(&tmp.path().join("data/warehouse/event=order.completed"));
+    let ids: Vec<String> = files.iter().flat_map(|f| strings(&read_parquet(f), "id")).collect();
+    let unique: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), unique.len());
+    assert_eq!(unique, acked, "every acknowledged event, none of the refused ones");
 }
