@@ -225,6 +225,8 @@ spool_segment_bytes = 33554432
 max_body_bytes = 5242880
 # Largest single event (its JSON); larger ones are rejected.
 max_event_bytes = 1048576
+# Request bytes held in memory at once; past it requests wait (TCP backpressure).
+max_inflight_bytes = 67108864
 # Batches to the router: at most this many events, or this old.
 batch_max_events = 1000
 batch_max_wait_ms = 50

@@ -473,3 +473,45 @@ fn every_way_in_reaches_parquet_with_env_binding() {
         "refused events are not stored anywhere"
     );
 }
+
+#[test]
+fn a_small_memory_budget_queues_requests_and_loses_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let catalog = fixture_catalog();
+    // 64 KiB of request bodies in memory at once: 30 KB requests take turns.
+    let up = Up::start(
+        &data,
+        &["--catalog", catalog.to_str().unwrap()],
+        &[("WEIR_COLLECTOR_MAX_INFLIGHT_BYTES", "65536")],
+    );
+    let url = up.collector.clone();
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let events: Vec<String> = (0..300)
+                    .map(|j| format!(r#"{{"event":"cart.viewed","env":"web","id":"m-{t}-{j}","fields":{{"items":{j},"session_id":"s"}}}}"#))
+                    .collect();
+                let body = format!("[{}]", events.join(","));
+                assert!(body.len() > 20_000);
+                let (status, got) = if t % 4 == 0 {
+                    // Compressed: it claims the whole budget while it is read.
+                    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    std::io::Write::write_all(&mut gz, body.as_bytes()).unwrap();
+                    let gz = gz.finish().unwrap();
+                    post(&format!("{url}/v1/events"), &gz, &[("content-type", "application/json"), ("content-encoding", "gzip")])
+                } else {
+                    post_events(&url, &body)
+                };
+                assert_eq!((status, got["accepted"].clone()), (202, json!(300)));
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(up.stop().success());
+    let ids: BTreeSet<String> = all_ids(&data.join("warehouse")).into_iter().collect();
+    assert_eq!(ids.len(), 16 * 300);
+}

@@ -34,6 +34,9 @@ pub struct CollectorConfig {
     pub max_body_bytes: usize,
     /// Largest single event (its JSON); larger ones are rejected.
     pub max_event_bytes: usize,
+    /// Request bodies held in memory at once, in bytes; past it, requests wait to be
+    /// read (TCP backpressure), so memory stays bounded whatever the load.
+    pub max_inflight_bytes: usize,
     /// Most events in one batch to the router.
     pub batch_max_events: usize,
     /// Longest a partial batch waits for more events before it is sent.
@@ -60,6 +63,7 @@ impl Default for CollectorConfig {
             name: None,
             max_body_bytes: 5 << 20,
             max_event_bytes: crate::ingest::DEFAULT_MAX_EVENT_BYTES,
+            max_inflight_bytes: 64 << 20,
             batch_max_events: 1000,
             batch_max_wait_ms: 50,
             drain_timeout_secs: 30,

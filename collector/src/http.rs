@@ -27,6 +27,10 @@ pub struct State {
     pub max_body_bytes: usize,
     /// Largest single event.
     pub max_event_bytes: usize,
+    /// Budget of request bytes in memory, in KiB permits.
+    pub inflight_kib: Arc<tokio::sync::Semaphore>,
+    /// The whole budget, in KiB (one request never waits for more than all of it).
+    pub inflight_total_kib: u32,
     /// Renders `/metrics`, when a recorder is installed.
     pub metrics: Option<PrometheusHandle>,
     /// When (µs) the catalog was last confirmed current.
@@ -104,8 +108,31 @@ fn unavailable(msg: String) -> Response {
     r
 }
 
+/// KiB of the in-flight budget a request takes: its declared size, or the whole limit
+/// when compressed or of unknown size (what it may grow to in memory).
+fn budget_kib(req: &Request<Incoming>, limit: usize) -> u32 {
+    let headers = req.headers();
+    let encoded = headers
+        .get(hyper::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let declared = headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let bytes = match declared {
+        Some(n) if !encoded => n.min(limit),
+        _ => limit,
+    };
+    // Held twice: the body, and the spool records built from it.
+    (bytes.saturating_mul(2) / 1024 + 1).min(u32::MAX as usize) as u32
+}
+
 async fn events(state: &State, req: Request<Incoming>, source: Source<'_>) -> Response {
     let limit = state.max_body_bytes;
+    let want = budget_kib(&req, limit).min(state.inflight_total_kib);
+    let Ok(_budget) = state.inflight_kib.acquire_many(want).await else {
+        return unavailable("the collector is shutting down".into());
+    };
     let (parts, raw) = match h::read_body(req, limit).await {
         Ok(b) => b,
         Err(ReadError::TooLarge(n)) => return body_error(BodyError::TooLarge(n)),

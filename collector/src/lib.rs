@@ -68,6 +68,10 @@ pub struct Collector {
     forwarder: JoinHandle<()>,
 }
 
+fn inflight_kib(cfg: &CollectorConfig) -> usize {
+    (cfg.max_inflight_bytes / 1024).clamp(1, u32::MAX as usize >> 4)
+}
+
 fn enabled(path: &Option<std::path::PathBuf>) -> Option<&std::path::Path> {
     path.as_deref().filter(|p| !p.as_os_str().is_empty())
 }
@@ -97,6 +101,8 @@ impl Collector {
             name: name.clone(),
             max_body_bytes: cfg.max_body_bytes,
             max_event_bytes: cfg.max_event_bytes,
+            inflight_kib: Arc::new(tokio::sync::Semaphore::new(inflight_kib(cfg))),
+            inflight_total_kib: inflight_kib(cfg) as u32,
             metrics,
             catalog_checked_at: Arc::new(std::sync::atomic::AtomicI64::new(weir_proto::event::now_micros())),
         });
