@@ -74,22 +74,32 @@ pub fn decode(encoding: Option<&str>, body: bytes::Bytes, limit: usize) -> Resul
 /// one level): anything deeper is refused before it is parsed.
 pub const MAX_DEPTH: usize = 64;
 
-/// Checks the nesting depth of JSON text in one pass, without recursion.
+/// Checks the nesting depth of JSON text in one pass, without recursion. Strings are
+/// skipped with `memchr` (they are most of the bytes), so the cost is in the structure.
 fn check_depth(text: &[u8]) -> Result<(), BodyError> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in text {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+    let mut depth = 0usize;
+    let mut i = 0usize;
+    while i < text.len() {
+        match text[i] {
+            b'"' => {
+                // Skip to the closing quote, past escaped characters.
+                i += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &text[i..]) {
+                        Some(off) if text[i + off] == b'\\' => {
+                            i += off + 2;
+                            if i >= text.len() {
+                                return Ok(()); // ends inside a string: the JSON parser says so
+                            }
+                        }
+                        Some(off) => {
+                            i += off;
+                            break;
+                        }
+                        None => return Ok(()), // unterminated: the JSON parser says so
+                    }
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_DEPTH {
@@ -101,6 +111,7 @@ fn check_depth(text: &[u8]) -> Result<(), BodyError> {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     Ok(())
 }
@@ -206,6 +217,25 @@ mod tests {
             split(deep.as_bytes(), Format::Json),
             Err(BodyError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn nesting_depth_is_limited_without_recursion() {
+        // Brackets inside strings (escaped quotes included) do not count.
+        let ok = format!(r#"{{"a":"[[[[\"{{{{","b":{}1{}}}"#, "[".repeat(62), "]".repeat(62));
+        assert!(split(ok.as_bytes(), Format::Json).is_ok(), "{ok}");
+        let too_deep = format!(r#"{{"b":{}1{}}}"#, "[".repeat(64), "]".repeat(64));
+        assert_eq!(
+            split(too_deep.as_bytes(), Format::Json).unwrap_err().to_string(),
+            "JSON is nested deeper than 64 levels"
+        );
+        // A million levels: refused, no stack involved.
+        assert!(check_depth("[".repeat(1_000_000).as_bytes()).is_err());
+        // Bodies that end inside a string or right after an escape are left to the parser.
+        for tail in [&b"\"\\"[..], b"\"", b"\"ab\\", b"[\"\\\""] {
+            assert!(check_depth(tail).is_ok(), "{tail:?}");
+            assert!(split(tail, Format::Json).is_err());
+        }
     }
 
     #[test]
