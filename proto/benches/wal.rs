@@ -40,6 +40,16 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+    // One writer, one 16 KB request (≈ 100 events) at a time: the latency floor a
+    // request sees from the spool (write + fdatasync + thread handoff).
+    let mut one = Vec::new();
+    record::encode_into(&mut one, &[b'x'; 16_000]);
+    let mut g = c.benchmark_group("spool");
+    g.sample_size(50);
+    g.bench_function("append_one_16k_latency", |b| {
+        b.iter(|| rt.block_on(async { wal.append(one.clone()).await.unwrap() }))
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);
