@@ -21,8 +21,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 fn bad_inputs_get_exact_answers_and_nothing_is_stored() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let catalog = fixture_catalog();
-    let up = Up::start(&data, &["--catalog", catalog.to_str().unwrap()], &[]);
+    let up = Up::with_fixture(&data, &[]);
     let url = format!("{}/v1/events", up.collector);
     let json = [("content-type", "application/json")];
     let ndjson = [("content-type", "application/x-ndjson")];

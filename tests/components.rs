@@ -76,11 +76,7 @@ fn collector_spools_while_the_router_is_away_and_delivers_when_it_comes() {
         sent.insert(format!("r-{i}"));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let metrics = ureq::get(&format!("{url}/metrics"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = get_text(&format!("{url}/metrics"));
     assert!(
         metrics.contains("weir_collector_forward_retries_total"),
         "the forwarder retried:\n{metrics}"
@@ -189,11 +185,7 @@ fn catalog_changes_on_the_router_reach_a_running_collector() {
         body,
         serde_json::json!({"accepted": 0, "flagged": 0, "rejected": 0, "dropped": 1, "errors": []})
     );
-    let metrics = ureq::get(&format!("{url}/metrics"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = get_text(&format!("{url}/metrics"));
     assert!(
         metrics.contains("weir_collector_events_dropped_total{env=\"android\",event=\"cart.viewed\"}"),
         "{metrics}"

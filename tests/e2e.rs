@@ -32,12 +32,7 @@ fn batches(files: &[std::path::PathBuf]) -> Vec<RecordBatch> {
 fn events_reach_typed_parquet_and_bad_input_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let catalog = fixture_catalog();
-    let up = Up::start(
-        &data,
-        &["--catalog", catalog.to_str().unwrap()],
-        &[("WEIR_COLLECTOR_MAX_BODY_BYTES", "65536")],
-    );
+    let up = Up::with_fixture(&data, &[("WEIR_COLLECTOR_MAX_BODY_BYTES", "65536")]);
     let c = up.collector.clone();
 
     // Valid events: a frontend one with every type, a backend one, and NDJSON from mobile.
@@ -130,11 +125,7 @@ fn events_reach_typed_parquet_and_bad_input_is_refused() {
     );
     assert_eq!(ureq::get(&format!("{c}/healthz")).call().unwrap().status(), 200);
     assert_eq!(ureq::get(&format!("{c}/readyz")).call().unwrap().status(), 200);
-    let metrics = ureq::get(&format!("{c}/metrics"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = get_text(&format!("{c}/metrics"));
     assert!(
         metrics.contains("weir_collector_events_flagged_total{env=\"web\",event=\"order.completed\"} 1"),
         "{metrics}"
@@ -311,15 +302,13 @@ fn events_reach_typed_parquet_and_bad_input_is_refused() {
 fn kill_9_loses_no_acknowledged_event_and_stores_each_once() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let catalog = fixture_catalog();
-    let args = ["--catalog", catalog.to_str().unwrap()];
     // Long batch waits keep events in the spool at the moment of the kill; small
     // batches make others already sit in the router log or buffer.
     let env = [
         ("WEIR_COLLECTOR_BATCH_MAX_WAIT_MS", "2000"),
         ("WEIR_COLLECTOR_BATCH_MAX_EVENTS", "25"),
     ];
-    let up = Up::start(&data, &args, &env);
+    let up = Up::with_fixture(&data, &env);
     let mut acked = BTreeSet::new();
     for i in 0..40 {
         let events: Vec<String> = (0..7)
@@ -341,7 +330,7 @@ fn kill_9_loses_no_acknowledged_event_and_stores_each_once() {
     eprintln!("spool held {spooled} bytes at the kill");
 
     // Restart and stop at once with SIGTERM: a signal right after startup still drains.
-    let again = Up::start(&data, &args, &[]);
+    let again = Up::with_fixture(&data, &[]);
     let status = again.stop_with("TERM");
     assert!(status.success());
     let ids = all_ids(&data.join("warehouse"));
@@ -371,10 +360,8 @@ fn post_unix(path: &Path, body: &str) -> (u16, serde_json::Value) {
 fn every_way_in_reaches_parquet_with_env_binding() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let catalog = fixture_catalog();
-    let up = Up::start(
+    let up = Up::with_fixture(
         &data,
-        &["--catalog", catalog.to_str().unwrap()],
         &[
             ("WEIR_COLLECTOR_SOCKET_ENV", "backend"),
             ("WEIR_COLLECTOR_DATAGRAM_ENV", "android"),
@@ -431,11 +418,7 @@ fn every_way_in_reaches_parquet_with_env_binding() {
     // Datagrams have no reply: wait until metrics show them.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let m = ureq::get(&format!("{}/metrics", up.collector))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap();
+        let m = get_text(&format!("{}/metrics", up.collector));
         let want = [
             "weir_collector_events_accepted_total{env=\"android\",event=\"cart.viewed\"} 3",
             // The garbage datagram, and the one from the wrong env.
@@ -478,13 +461,8 @@ fn every_way_in_reaches_parquet_with_env_binding() {
 fn a_small_memory_budget_queues_requests_and_loses_none() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let catalog = fixture_catalog();
     // 64 KiB of request bodies in memory at once: 30 KB requests take turns.
-    let up = Up::start(
-        &data,
-        &["--catalog", catalog.to_str().unwrap()],
-        &[("WEIR_COLLECTOR_MAX_INFLIGHT_BYTES", "65536")],
-    );
+    let up = Up::with_fixture(&data, &[("WEIR_COLLECTOR_MAX_INFLIGHT_BYTES", "65536")]);
     let url = up.collector.clone();
     let threads: Vec<_> = (0..16)
         .map(|t| {

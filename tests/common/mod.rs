@@ -85,6 +85,12 @@ impl Up {
         }
     }
 
+    /// Starts `weir up` with the test catalog (tests/fixtures/catalog).
+    pub fn with_fixture(data_dir: &Path, env: &[(&str, &str)]) -> Up {
+        let catalog = fixture_catalog();
+        Up::start(data_dir, &["--catalog", catalog.to_str().unwrap()], env)
+    }
+
     /// Sends `signal` (by name, e.g. "INT", "KILL") to the process.
     pub fn signal(&self, signal: &str) {
         let ok = Command::new("kill")
@@ -147,6 +153,11 @@ pub fn post(url: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, serde_jso
     let text = resp.into_string().unwrap();
     let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
     (status, json)
+}
+
+/// GETs a URL and returns its body (panics on an error status).
+pub fn get_text(url: &str) -> String {
+    ureq::get(url).call().unwrap().into_string().unwrap()
 }
 
 /// POSTs JSON to a collector's /v1/events.
