@@ -78,6 +78,9 @@ enum BenchCommand {
     /// Drive a collector over HTTP or its datagram socket and report events/s, latency,
     /// CPU and peak RSS.
     Collector(bench::CollectorBench),
+    /// Load one hour of demo events from a buffer into Parquet and report rows/s,
+    /// peak RSS and Parquet size.
+    Loader(bench::LoaderBench),
 }
 
 #[derive(Subcommand)]
@@ -204,6 +207,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command: BenchCommand::Collector(opts),
         } => {
             bench::run(opts)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::Loader(opts),
+        } => {
+            bench::run_loader(opts)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Catalog {
