@@ -9,8 +9,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::SchemaRef;
 use serde_json::value::RawValue;
 use weir_proto::catalog::{Column, FieldType, Scalar};
-use weir_proto::event::{parse_fields, parse_timestamp, CowStr};
-use weir_proto::pb::Event;
+use weir_proto::event::{parse_fields_into, parse_timestamp, CowStr, EventView};
 
 fn ts_builder(cap: usize) -> TimestampMicrosecondBuilder {
     TimestampMicrosecondBuilder::with_capacity(cap).with_timezone("UTC")
@@ -150,12 +149,12 @@ impl Envelope {
         }
     }
 
-    fn append(&mut self, e: &Event) {
-        self.id.append_value(&e.id);
-        self.env.append_value(&e.env);
+    fn append(&mut self, e: &EventView<'_>) {
+        self.id.append_value(e.id);
+        self.env.append_value(e.env);
         self.received_at.append_value(e.received_at);
         self.client_ts.append_option(e.client_ts);
-        self.collector.append_value(&e.collector);
+        self.collector.append_value(e.collector);
     }
 
     fn finish(mut self) -> Vec<ArrayRef> {
@@ -179,29 +178,34 @@ pub struct BadRow {
 }
 
 /// Builds one record batch of an event version from its rows.
-pub fn event_batch(schema: &SchemaRef, columns: &[Column<'_>], rows: &[Event]) -> Result<RecordBatch, BadRow> {
+pub fn event_batch(schema: &SchemaRef, columns: &[Column<'_>], rows: &[EventView<'_>]) -> Result<RecordBatch, BadRow> {
     let mut env = Envelope::new(rows.len());
     let mut builders: Vec<Builder> = columns.iter().map(|c| Builder::new(c.def.ty, rows.len())).collect();
+    let mut fields = Vec::with_capacity(16);
     for (index, e) in rows.iter().enumerate() {
-        let text = std::str::from_utf8(&e.fields).map_err(|_| BadRow {
+        let text = std::str::from_utf8(e.fields).map_err(|_| BadRow {
             index,
             error: "fields: not UTF-8".into(),
         })?;
-        let fields = parse_fields(text).map_err(|err| BadRow {
+        parse_fields_into(text, &mut fields).map_err(|err| BadRow {
             index,
             error: format!("fields: {err}"),
         })?;
-        for (c, b) in columns.iter().zip(builders.iter_mut()) {
-            let v = fields
-                .iter()
-                .find(|(k, v)| k == c.name && v.get() != "null")
-                .map(|(_, v)| *v);
-            if v.is_none() && c.required {
+        // Check every column first, so a bad row leaves no half-appended values.
+        for c in columns {
+            let present = fields.iter().any(|(k, v)| k == c.name && v.get() != "null");
+            if !present && c.required {
                 return Err(BadRow {
                     index,
                     error: format!("{}: missing required field", c.name),
                 });
             }
+        }
+        for (c, b) in columns.iter().zip(builders.iter_mut()) {
+            let v = fields
+                .iter()
+                .find(|(k, v)| k == c.name && v.get() != "null")
+                .map(|(_, v)| *v);
             b.append(v).map_err(|err| BadRow {
                 index,
                 error: format!("{}: {err}", c.name),
@@ -218,11 +222,11 @@ pub fn event_batch(schema: &SchemaRef, columns: &[Column<'_>], rows: &[Event]) -
 }
 
 /// The raw JSON kept for an invalid event: as sent, or rebuilt from what was stored.
-pub fn raw_json(e: &Event) -> String {
+pub fn raw_json(e: &EventView<'_>) -> String {
     if !e.raw.is_empty() {
-        return String::from_utf8_lossy(&e.raw).into_owned();
+        return String::from_utf8_lossy(e.raw).into_owned();
     }
-    let fields = std::str::from_utf8(&e.fields)
+    let fields = std::str::from_utf8(e.fields)
         .ok()
         .filter(|f| !f.is_empty())
         .unwrap_or("{}");
@@ -231,19 +235,31 @@ pub fn raw_json(e: &Event) -> String {
     format!("{},\"fields\":{fields}}}", &head[..head.len() - 1])
 }
 
+/// An event for `_invalid/`, with any errors the loader itself found.
+pub struct InvalidRow<'a> {
+    /// The event.
+    pub view: EventView<'a>,
+    /// Errors found while loading (the event's own come first).
+    pub extra: Vec<String>,
+}
+
 /// Builds the record batch of `_invalid/` rows.
-pub fn invalid_batch(schema: &SchemaRef, rows: &[Event]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+pub fn invalid_batch(schema: &SchemaRef, rows: &[InvalidRow<'_>]) -> Result<RecordBatch, arrow_schema::ArrowError> {
     let mut env = Envelope::new(rows.len());
     let mut event = StringBuilder::new();
     let mut version = Int64Builder::new();
     let mut raw = StringBuilder::new();
     let mut errors = ListBuilder::new(StringBuilder::new());
-    for e in rows {
+    for r in rows {
+        let e = &r.view;
         env.append(e);
-        event.append_value(&e.event);
+        event.append_value(e.event);
         version.append_value(i64::from(e.version));
         raw.append_value(raw_json(e));
         for err in &e.errors {
+            errors.values().append_value(err);
+        }
+        for err in &r.extra {
             errors.values().append_value(err);
         }
         errors.append(true);

@@ -307,3 +307,69 @@ fn interrupted_commit_is_finished_by_the_next_run() {
     assert_eq!(now, manifest);
     assert!(!warehouse.join("_staging").exists());
 }
+
+#[test]
+fn a_row_that_does_not_fit_its_schema_moves_to_invalid_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let buffer = tmp.path().join("buffer");
+    let warehouse = tmp.path().join("w");
+    fs::create_dir_all(&buffer).unwrap();
+    let h = hour::parse("2026-11-22T11").unwrap();
+    let t0 = h * hour::HOUR_MICROS;
+    append(
+        &buffer,
+        h,
+        &[
+            ev("good", "page.viewed", 1, "web", t0, r#"{"url":"u","session_id":"s"}"#),
+            // Marked valid, but the stored fields do not fit the schema.
+            ev(
+                "misfit",
+                "page.viewed",
+                1,
+                "web",
+                t0 + 1,
+                r#"{"url":5,"session_id":"s"}"#,
+            ),
+            ev("no-url", "page.viewed", 1, "web", t0 + 2, r#"{"session_id":"s"}"#),
+            // A version the loader's catalog does not know.
+            ev("future", "page.viewed", 9, "web", t0 + 3, r#"{"url":"u"}"#),
+        ],
+    );
+    fs::write(closed_path(&buffer, h), "{}").unwrap();
+    let loader = Loader {
+        catalog: Arc::new(Catalog::demo()),
+        buffer_dir: buffer,
+        warehouse: warehouse.clone(),
+        row_group_rows: 10,
+    };
+    let m = loader.run(false).unwrap().remove(0).manifest;
+    assert_eq!((m.rows, m.invalid_rows), (1, 3));
+    let inv = read(&warehouse.join("_invalid/date=2026-11-22/hour=11/part-0.parquet"));
+    let ids: Vec<&str> = inv
+        .column_by_name("id")
+        .unwrap()
+        .as_string::<i32>()
+        .iter()
+        .map(|s| s.unwrap())
+        .collect();
+    assert_eq!(ids, ["misfit", "no-url", "future"]);
+    let errors: Vec<String> = (0..3)
+        .map(|i| {
+            inv.column_by_name("errors")
+                .unwrap()
+                .as_list::<i32>()
+                .value(i)
+                .as_string::<i32>()
+                .value(0)
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "loader: url: expected string, got 5",
+            "loader: url: missing required field",
+            "loader: this event version is not in the catalog"
+        ]
+    );
+}

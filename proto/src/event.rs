@@ -169,10 +169,15 @@ impl<'de, 'x> Visitor<'de> for FieldsVisitor<'x, 'de> {
 /// `text`.
 pub fn parse_fields(text: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, String> {
     let mut fields = Vec::new();
-    let mut de = serde_json::Deserializer::from_str(text);
-    de.deserialize_map(FieldsVisitor(&mut fields))
-        .map_err(|e| e.to_string())?;
+    parse_fields_into(text, &mut fields)?;
     Ok(fields)
+}
+
+/// [`parse_fields`] into a vector the caller reuses (cleared first).
+pub fn parse_fields_into<'a>(text: &'a str, out: &mut Vec<(Cow<'a, str>, &'a RawValue)>) -> Result<(), String> {
+    out.clear();
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.deserialize_map(FieldsVisitor(out)).map_err(|e| e.to_string())
 }
 
 /// Parses a timestamp given as RFC 3339 text or integer microseconds since the epoch.
@@ -320,6 +325,105 @@ impl Incoming<'_> {
     }
 }
 
+/// A stored event decoded without copying: every string borrows from the encoded bytes.
+/// The loader reads whole hours through views, so no event is ever allocated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventView<'a> {
+    /// See [`crate::pb::Event::id`].
+    pub id: &'a str,
+    /// See [`crate::pb::Event::event`].
+    pub event: &'a str,
+    /// See [`crate::pb::Event::version`].
+    pub version: u32,
+    /// See [`crate::pb::Event::env`].
+    pub env: &'a str,
+    /// See [`crate::pb::Event::received_at`].
+    pub received_at: i64,
+    /// See [`crate::pb::Event::client_ts`].
+    pub client_ts: Option<i64>,
+    /// See [`crate::pb::Event::collector`].
+    pub collector: &'a str,
+    /// See [`crate::pb::Event::fields`].
+    pub fields: &'a [u8],
+    /// See [`crate::pb::Event::valid`].
+    pub valid: bool,
+    /// See [`crate::pb::Event::errors`].
+    pub errors: Vec<&'a str>,
+    /// See [`crate::pb::Event::raw`].
+    pub raw: &'a [u8],
+    /// See [`crate::pb::Event::context`], in wire order.
+    pub context: Vec<(&'a str, &'a str)>,
+}
+
+/// Why encoded bytes are not a stored event.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("not a weir.v1.Event: {0}")]
+pub struct ViewError(&'static str);
+
+fn take_varint(buf: &mut &[u8]) -> Result<u64, ViewError> {
+    prost::encoding::decode_varint(buf).map_err(|_| ViewError("bad varint"))
+}
+
+fn take_bytes<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], ViewError> {
+    let len = take_varint(buf)? as usize;
+    if len > buf.len() {
+        return Err(ViewError("length past the end"));
+    }
+    let (head, rest) = buf.split_at(len);
+    *buf = rest;
+    Ok(head)
+}
+
+fn take_str<'a>(buf: &mut &'a [u8]) -> Result<&'a str, ViewError> {
+    std::str::from_utf8(take_bytes(buf)?).map_err(|_| ViewError("string is not UTF-8"))
+}
+
+impl<'a> EventView<'a> {
+    /// Decodes an encoded [`crate::pb::Event`]; unknown fields are skipped, as prost does.
+    pub fn decode(mut buf: &'a [u8]) -> Result<EventView<'a>, ViewError> {
+        let mut v = EventView::default();
+        while !buf.is_empty() {
+            let key = take_varint(&mut buf)?;
+            let (tag, wire) = (key >> 3, key & 7);
+            match (tag, wire) {
+                (1, 2) => v.id = take_str(&mut buf)?,
+                (2, 2) => v.event = take_str(&mut buf)?,
+                (3, 0) => v.version = take_varint(&mut buf)? as u32,
+                (4, 2) => v.env = take_str(&mut buf)?,
+                (5, 0) => v.received_at = take_varint(&mut buf)? as i64,
+                (6, 0) => v.client_ts = Some(take_varint(&mut buf)? as i64),
+                (7, 2) => v.collector = take_str(&mut buf)?,
+                (8, 2) => v.fields = take_bytes(&mut buf)?,
+                (9, 0) => v.valid = take_varint(&mut buf)? != 0,
+                (10, 2) => v.errors.push(take_str(&mut buf)?),
+                (11, 2) => v.raw = take_bytes(&mut buf)?,
+                (12, 2) => {
+                    let mut entry = take_bytes(&mut buf)?;
+                    let (mut k, mut val) = ("", "");
+                    while !entry.is_empty() {
+                        match take_varint(&mut entry)? {
+                            0x0a => k = take_str(&mut entry)?,
+                            0x12 => val = take_str(&mut entry)?,
+                            _ => return Err(ViewError("bad context entry")),
+                        }
+                    }
+                    v.context.push((k, val));
+                }
+                (_, 0) => {
+                    take_varint(&mut buf)?;
+                }
+                (_, 1) => buf = buf.get(8..).ok_or(ViewError("truncated"))?,
+                (_, 2) => {
+                    take_bytes(&mut buf)?;
+                }
+                (_, 5) => buf = buf.get(4..).ok_or(ViewError("truncated"))?,
+                _ => return Err(ViewError("unsupported wire type")),
+            }
+        }
+        Ok(v)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,6 +524,43 @@ mod tests {
         };
         assert_eq!(decoded, want);
         assert_eq!(buf, want.encode_to_vec());
+    }
+
+    #[test]
+    fn view_decodes_what_prost_encodes() {
+        let e = pb::Event {
+            id: "0192".into(),
+            event: "item.viewed".into(),
+            version: 2,
+            env: "web".into(),
+            received_at: 1_795_352_645_123_456,
+            client_ts: Some(-5),
+            collector: "node-1".into(),
+            fields: bytes::Bytes::from_static(br#"{"a":1}"#),
+            valid: false,
+            errors: vec!["a: x".into(), "b: y".into()],
+            raw: bytes::Bytes::from_static(b"{}"),
+            context: [("ip".to_string(), "10.0.0.1".to_string())].into_iter().collect(),
+        };
+        let buf = e.encode_to_vec();
+        let v = EventView::decode(&buf).unwrap();
+        assert_eq!((v.id, v.event, v.version, v.env), ("0192", "item.viewed", 2, "web"));
+        assert_eq!(
+            (v.received_at, v.client_ts, v.collector),
+            (1_795_352_645_123_456, Some(-5), "node-1")
+        );
+        assert_eq!((v.fields, v.valid, v.raw), (&br#"{"a":1}"#[..], false, &b"{}"[..]));
+        assert_eq!(v.errors, vec!["a: x", "b: y"]);
+        assert_eq!(v.context, vec![("ip", "10.0.0.1")]);
+        assert_eq!(
+            EventView::decode(&pb::Event::default().encode_to_vec()).unwrap(),
+            EventView::default()
+        );
+        assert!(EventView::decode(&buf[..buf.len() - 3]).is_err());
+        assert!(
+            EventView::decode(&[0x0a, 0x02, 0xff, 0xfe]).is_err(),
+            "invalid UTF-8 is refused"
+        );
     }
 
     #[test]
