@@ -96,6 +96,11 @@ enum LoaderCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Serve the warehouse over Arrow Flight (`loader.flight`, default 127.0.0.1:8815).
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Rebuild buffered hours, replacing what was loaded.
     Replay {
         /// First hour, like 2026-11-22T13 (UTC).
@@ -268,6 +273,12 @@ fn loader(command: LoaderCommand) -> anyhow::Result<ExitCode> {
                 }
                 std::thread::sleep(std::time::Duration::from_secs(cfg.loader.interval_secs.max(1)));
             }
+        }
+        LoaderCommand::Serve { config } => {
+            let cfg = load_config(&config)?;
+            let (catalog, _) = load_catalog(&cfg, true)?;
+            run::runtime()?.block_on(run::flight(cfg, catalog))?;
+            Ok(ExitCode::SUCCESS)
         }
         LoaderCommand::Replay { from, to, config } => {
             let cfg = load_config(&config)?;

@@ -13,6 +13,9 @@ use weir_router::Router;
 
 use crate::config::Config;
 
+/// How long Flight clients may take to finish once shutdown starts.
+const FLIGHT_GRACE: Duration = Duration::from_secs(5);
+
 /// The tokio runtime every long-running command uses.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -120,6 +123,15 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
     let mut collector_cfg = cfg.collector();
     collector_cfg.routers = vec![format!("http://{}", router.addr)];
     let collector = Collector::start(&collector_cfg, &cfg.spool_dir(), shared.clone(), metrics).await?;
+    let (flight_listener, flight_addr) = weir_proto::http::bind(&cfg.loader.flight).await.with_context(|| {
+        format!(
+            "cannot listen on {} for Arrow Flight (set loader.flight)",
+            cfg.loader.flight
+        )
+    })?;
+    let (stop_flight, flight_rx) = tokio::sync::watch::channel(false);
+    let flight_service = weir_loader::flight::WarehouseFlight::new(cfg.warehouse(), shared.clone());
+    let flight = tokio::spawn(weir_loader::flight::serve(flight_listener, flight_service, flight_rx));
     let loader_for = {
         let cfg = cfg.clone();
         let shared = shared.clone();
@@ -158,6 +170,7 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
     }
     println!("  router     http://{}/v1/batches", router.addr);
     println!("  metrics    http://{}/metrics", collector.addr);
+    println!("  flight     grpc://{flight_addr}   (Arrow Flight: loaded hours as record batches)");
     println!("  catalog    {catalog_source}: {}", describe(&catalog));
     println!("  data       {}", data.display());
     println!(
@@ -181,6 +194,10 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
     let reports = tokio::task::spawn_blocking(move || l.run(true))
         .await
         .context("loader task failed")??;
+    let _ = stop_flight.send(true);
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(FLIGHT_GRACE, flight).await {
+        tracing::warn!(error = %e, "Arrow Flight server stopped with an error");
+    }
     let rows: u64 = reports.iter().map(|r| r.manifest.rows).sum();
     let invalid: u64 = reports.iter().map(|r| r.manifest.invalid_rows).sum();
     eprintln!(
@@ -234,5 +251,30 @@ pub async fn router(cfg: Config, catalog: Catalog) -> anyhow::Result<()> {
     tracing::info!(addr = %router.addr, "router listening");
     signals.wait().await;
     router.shutdown().await;
+    Ok(())
+}
+
+/// `weir loader serve`: Arrow Flight over the warehouse until SIGINT/SIGTERM.
+pub async fn flight(cfg: Config, catalog: Catalog) -> anyhow::Result<()> {
+    let signals = Signals::install()?;
+    init_tracing();
+    let (listener, addr) = weir_proto::http::bind(&cfg.loader.flight).await.with_context(|| {
+        format!(
+            "cannot listen on {} for Arrow Flight (set loader.flight)",
+            cfg.loader.flight
+        )
+    })?;
+    let shared = Arc::new(arc_swap::ArcSwap::from_pointee(catalog));
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let service = weir_loader::flight::WarehouseFlight::new(cfg.warehouse(), shared);
+    let server = tokio::spawn(weir_loader::flight::serve(listener, service, rx));
+    println!("Arrow Flight on grpc://{addr}, serving {}", cfg.warehouse().display());
+    signals.wait().await;
+    let _ = stop.send(true);
+    // Clients get a grace period to finish; idle connections do not hold the exit.
+    match tokio::time::timeout(FLIGHT_GRACE, server).await {
+        Ok(joined) => joined.context("flight task failed")??,
+        Err(_) => tracing::warn!("Flight clients still connected after {FLIGHT_GRACE:?}; closing them"),
+    }
     Ok(())
 }

@@ -152,6 +152,7 @@ fn malformed_catalog_toml_names_file_and_line() {
         ])
         .env("WEIR_COLLECTOR_LISTEN", "127.0.0.1:0")
         .env("WEIR_ROUTER_LISTEN", "127.0.0.1:0")
+        .env("WEIR_LOADER_FLIGHT", "127.0.0.1:0")
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -10,6 +10,7 @@
 pub mod columns;
 pub mod commit;
 pub mod config;
+pub mod flight;
 pub mod schema;
 
 use std::collections::HashSet;

@@ -16,6 +16,15 @@ pub fn weir() -> Command {
     Command::new(env!("CARGO_BIN_EXE_weir"))
 }
 
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The test catalog directory.
 pub fn fixture_catalog() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/catalog")
@@ -45,6 +54,7 @@ impl Up {
             .args(args)
             .env("WEIR_COLLECTOR_LISTEN", "127.0.0.1:0")
             .env("WEIR_ROUTER_LISTEN", "127.0.0.1:0")
+            .env("WEIR_LOADER_FLIGHT", "127.0.0.1:0")
             .env("WEIR_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr);
