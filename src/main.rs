@@ -287,7 +287,13 @@ fn loader(command: LoaderCommand) -> anyhow::Result<ExitCode> {
             let to = weir_proto::hour::parse(&to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
             anyhow::ensure!(from <= to, "--from must not be after --to");
             let loader = run::make_loader(&cfg, catalog);
-            let reports = loader.replay(from, to, |done, total| eprintln!("replayed {done}/{total} hours"))?;
+            let bar = indicatif::ProgressBar::new((to - from + 1) as u64).with_style(
+                indicatif::ProgressStyle::with_template("replay {bar:40} {pos}/{len} hours, {elapsed} (eta {eta})")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let reports = loader.replay(from, to, |done, _| bar.set_position(done as u64));
+            bar.finish_and_clear();
+            let reports = reports?;
             for r in &reports {
                 println!(
                     "{}: {} rows, {} invalid",

@@ -373,3 +373,62 @@ fn a_row_that_does_not_fit_its_schema_moves_to_invalid_with_the_reason() {
         ]
     );
 }
+
+#[test]
+fn row_groups_hold_the_configured_number_of_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let buffer = tmp.path().join("buffer");
+    let warehouse = tmp.path().join("w");
+    fs::create_dir_all(&buffer).unwrap();
+    let h = hour::parse("2026-11-22T09").unwrap();
+    let t0 = h * hour::HOUR_MICROS;
+    let events: Vec<Event> = (0..35)
+        .map(|i| {
+            ev(
+                &format!("r-{i:02}"),
+                "page.viewed",
+                1,
+                "web",
+                t0 + i,
+                r#"{"url":"u","session_id":"s"}"#,
+            )
+        })
+        .collect();
+    append(&buffer, h, &events);
+    fs::write(closed_path(&buffer, h), "{}").unwrap();
+    let loader = Loader {
+        catalog: Arc::new(Catalog::demo()),
+        buffer_dir: buffer,
+        warehouse: warehouse.clone(),
+        row_group_rows: 10,
+    };
+    loader.run(false).unwrap();
+    let path = warehouse.join("event=page.viewed/version=1/date=2026-11-22/hour=09/part-0.parquet");
+    let meta = parquet::file::reader::SerializedFileReader::new(fs::File::open(&path).unwrap()).unwrap();
+    let groups: Vec<i64> = (0..parquet::file::reader::FileReader::metadata(&meta).num_row_groups())
+        .map(|i| {
+            parquet::file::reader::FileReader::metadata(&meta)
+                .row_group(i)
+                .num_rows()
+        })
+        .collect();
+    assert_eq!(groups, [10, 10, 10, 5]);
+    // Rows stay in received_at order across row groups, and statistics are written.
+    let md = parquet::file::reader::FileReader::metadata(&meta);
+    assert!(md.row_group(0).column(0).statistics().is_some(), "statistics on");
+    let f = fs::File::open(&path).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+    let ids: Vec<String> = reader
+        .flat_map(|b| {
+            b.unwrap()
+                .column_by_name("id")
+                .unwrap()
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let want: Vec<String> = (0..35).map(|i| format!("r-{i:02}")).collect();
+    assert_eq!(ids, want);
+}
