@@ -198,6 +198,10 @@ fn apply(warehouse: &Path, h: i64, pending: Pending) -> Result<(), LoadError> {
     let pending_file = pending_path(warehouse, h);
     fs::remove_file(&pending_file).map_err(io_err(&pending_file))?;
     let _ = fs::remove_dir_all(&staging);
+    // The `_staging` parent too, once no other hour is staged there.
+    if let Some(parent) = staging.parent() {
+        let _ = fs::remove_dir(parent);
+    }
     Ok(())
 }
 
