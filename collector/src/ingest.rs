@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 use weir_proto::catalog::{Catalog, Checked};
-use weir_proto::event::{EventRef, Incoming};
+use weir_proto::event::{EventView, Incoming};
 use weir_proto::record;
 
 /// One refused or flagged event, by its index in the request.
@@ -173,7 +173,7 @@ pub fn ingest_limited(
             Some(id) => id,
             None => weir_proto::event::uuid_v7(now, &mut generated),
         };
-        let event_ref = EventRef {
+        let stored = EventView {
             id,
             event: ev.event.as_deref().unwrap_or(""),
             version: checked.version,
@@ -183,11 +183,11 @@ pub fn ingest_limited(
             collector,
             fields: ev.fields_json(),
             valid,
-            errors: &checked.errors,
+            errors: checked.errors.iter().map(String::as_str).collect(),
             raw: if valid { &[] } else { ev.raw.as_bytes() },
-            context: &[],
+            context: Vec::new(),
         };
-        record::encode_with(&mut out.framed, |buf| event_ref.encode(buf));
+        record::encode_with(&mut out.framed, |buf| stored.encode(buf));
         out.records += 1;
         out.summary.accepted += 1;
         if valid {

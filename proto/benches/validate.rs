@@ -1,7 +1,7 @@
 //! Parse + validate + encode of one typical event: the collector's per-event hot path.
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::value::RawValue;
-use weir_proto::event::{EventRef, Incoming};
+use weir_proto::event::{EventView, Incoming};
 use weir_proto::Catalog;
 
 fn bench(c: &mut Criterion) {
@@ -22,7 +22,7 @@ fn bench(c: &mut Criterion) {
                 let checked = catalog.validate(&ev, ev.env.as_deref());
                 assert!(checked.is_valid());
                 weir_proto::record::encode_with(&mut out, |buf| {
-                    EventRef {
+                    EventView {
                         id: "0192f1c4-0000-7000-8000-000000000000",
                         event: ev.event.as_deref().unwrap_or(""),
                         version: checked.version,
@@ -32,9 +32,9 @@ fn bench(c: &mut Criterion) {
                         collector: "node-1",
                         fields: ev.fields_json(),
                         valid: true,
-                        errors: &[],
+                        errors: Vec::new(),
                         raw: &[],
-                        context: &[],
+                        context: Vec::new(),
                     }
                     .encode(buf)
                 });

@@ -2,7 +2,8 @@
 //!
 //! [`Incoming::parse`] reads one sent event without copying: names borrow from the
 //! request body and field values stay raw JSON until validation looks at them.
-//! [`EventRef::encode`] writes the stored form straight into a spool buffer.
+//! [`EventView`] is a stored event by reference: [`EventView::encode`] writes it straight
+//! into a spool buffer and [`EventView::decode`] reads it back without copying.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -231,36 +232,6 @@ pub fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-/// A stored event by reference: encodes to exactly the bytes of [`crate::pb::Event`]
-/// without allocating the message first.
-#[derive(Debug, Clone, Copy)]
-pub struct EventRef<'a> {
-    /// See [`crate::pb::Event::id`].
-    pub id: &'a str,
-    /// See [`crate::pb::Event::event`].
-    pub event: &'a str,
-    /// See [`crate::pb::Event::version`].
-    pub version: u32,
-    /// See [`crate::pb::Event::env`].
-    pub env: &'a str,
-    /// See [`crate::pb::Event::received_at`].
-    pub received_at: i64,
-    /// See [`crate::pb::Event::client_ts`].
-    pub client_ts: Option<i64>,
-    /// See [`crate::pb::Event::collector`].
-    pub collector: &'a str,
-    /// See [`crate::pb::Event::fields`].
-    pub fields: &'a [u8],
-    /// See [`crate::pb::Event::valid`].
-    pub valid: bool,
-    /// See [`crate::pb::Event::errors`].
-    pub errors: &'a [String],
-    /// See [`crate::pb::Event::raw`].
-    pub raw: &'a [u8],
-    /// See [`crate::pb::Event::context`] (sorted pairs).
-    pub context: &'a [(String, String)],
-}
-
 fn put_bytes(tag: u32, data: &[u8], buf: &mut impl BufMut) {
     if !data.is_empty() {
         encode_key(tag, WireType::LengthDelimited, buf);
@@ -277,8 +248,9 @@ fn bytes_len(tag: u32, data: &[u8]) -> usize {
     }
 }
 
-impl EventRef<'_> {
-    /// Appends the protobuf encoding of this event to `buf`.
+impl EventView<'_> {
+    /// Appends the protobuf encoding of this event to `buf`: exactly the bytes prost
+    /// gives for the same [`crate::pb::Event`], without building the message.
     pub fn encode(&self, buf: &mut impl BufMut) {
         put_bytes(1, self.id.as_bytes(), buf);
         put_bytes(2, self.event.as_bytes(), buf);
@@ -301,13 +273,13 @@ impl EventRef<'_> {
             encode_key(9, WireType::Varint, buf);
             encode_varint(1, buf);
         }
-        for e in self.errors {
+        for e in &self.errors {
             encode_key(10, WireType::LengthDelimited, buf);
             encode_varint(e.len() as u64, buf);
             buf.put_slice(e.as_bytes());
         }
         put_bytes(11, self.raw, buf);
-        for (k, v) in self.context {
+        for (k, v) in &self.context {
             let entry_len = bytes_len(1, k.as_bytes()) + bytes_len(2, v.as_bytes());
             encode_key(12, WireType::LengthDelimited, buf);
             encode_varint(entry_len as u64, buf);
@@ -325,8 +297,9 @@ impl Incoming<'_> {
     }
 }
 
-/// A stored event decoded without copying: every string borrows from the encoded bytes.
-/// The loader reads whole hours through views, so no event is ever allocated.
+/// A stored event by reference: every string borrows, from a request body when the
+/// collector encodes it, or from the encoded bytes when the loader decodes it, so no
+/// event is ever allocated on either path.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventView<'a> {
     /// See [`crate::pb::Event::id`].
@@ -488,10 +461,9 @@ mod tests {
     }
 
     #[test]
-    fn event_ref_encodes_like_prost() {
+    fn view_encodes_like_prost() {
         let errors = vec!["item_id: missing required field".to_string()];
-        let context = vec![("ip".to_string(), "10.0.0.1".to_string())];
-        let r = EventRef {
+        let r = EventView {
             id: "0192",
             event: "item.viewed",
             version: 2,
@@ -501,12 +473,17 @@ mod tests {
             collector: "node-1",
             fields: br#"{"a":1}"#,
             valid: false,
-            errors: &errors,
+            errors: vec!["item_id: missing required field"],
             raw: b"{}",
-            context: &context,
+            context: vec![("ip", "10.0.0.1")],
         };
         let mut buf = Vec::new();
         r.encode(&mut buf);
+        assert_eq!(
+            EventView::decode(&buf).unwrap(),
+            r,
+            "decode reads back what encode wrote"
+        );
         let decoded = pb::Event::decode(&buf[..]).unwrap();
         let want = pb::Event {
             id: "0192".into(),
