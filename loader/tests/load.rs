@@ -50,14 +50,39 @@ fn read(path: &Path) -> RecordBatch {
     batches[0].clone()
 }
 
-#[test]
-fn loads_typed_parquet_dedups_flags_and_reloads() {
+/// A temporary buffer and warehouse, and an hour (its start in µs too).
+struct Setup {
+    _tmp: tempfile::TempDir,
+    buffer: std::path::PathBuf,
+    warehouse: std::path::PathBuf,
+    h: i64,
+    t0: i64,
+}
+
+fn setup(hour_name: &str) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let buffer = tmp.path().join("buffer");
     let warehouse = tmp.path().join("warehouse");
     fs::create_dir_all(&buffer).unwrap();
-    let h = hour::parse("2026-11-22T13").unwrap();
-    let t0 = h * hour::HOUR_MICROS;
+    let h = hour::parse(hour_name).unwrap();
+    Setup {
+        buffer,
+        warehouse,
+        h,
+        t0: h * hour::HOUR_MICROS,
+        _tmp: tmp,
+    }
+}
+
+#[test]
+fn loads_typed_parquet_dedups_flags_and_reloads() {
+    let Setup {
+        buffer,
+        warehouse,
+        h,
+        t0,
+        _tmp,
+    } = setup("2026-11-22T13");
     let mut invalid = ev("bad-1", "page.viewed", 1, "web", t0 + 5, r#"{"session_id":"s"}"#);
     invalid.valid = false;
     invalid.errors = vec!["url: missing required field".into()];
@@ -249,12 +274,13 @@ fn open_hours_load_only_with_now() {
 
 #[test]
 fn interrupted_commit_is_finished_by_the_next_run() {
-    let tmp = tempfile::tempdir().unwrap();
-    let buffer = tmp.path().join("buffer");
-    let warehouse = tmp.path().join("w");
-    fs::create_dir_all(&buffer).unwrap();
-    let h = hour::parse("2026-11-22T10").unwrap();
-    let t0 = h * hour::HOUR_MICROS;
+    let Setup {
+        buffer,
+        warehouse,
+        h,
+        t0,
+        _tmp,
+    } = setup("2026-11-22T10");
     append(
         &buffer,
         h,
@@ -310,12 +336,13 @@ fn interrupted_commit_is_finished_by_the_next_run() {
 
 #[test]
 fn a_row_that_does_not_fit_its_schema_moves_to_invalid_with_the_reason() {
-    let tmp = tempfile::tempdir().unwrap();
-    let buffer = tmp.path().join("buffer");
-    let warehouse = tmp.path().join("w");
-    fs::create_dir_all(&buffer).unwrap();
-    let h = hour::parse("2026-11-22T11").unwrap();
-    let t0 = h * hour::HOUR_MICROS;
+    let Setup {
+        buffer,
+        warehouse,
+        h,
+        t0,
+        _tmp,
+    } = setup("2026-11-22T11");
     append(
         &buffer,
         h,
@@ -376,12 +403,13 @@ fn a_row_that_does_not_fit_its_schema_moves_to_invalid_with_the_reason() {
 
 #[test]
 fn row_groups_hold_the_configured_number_of_rows() {
-    let tmp = tempfile::tempdir().unwrap();
-    let buffer = tmp.path().join("buffer");
-    let warehouse = tmp.path().join("w");
-    fs::create_dir_all(&buffer).unwrap();
-    let h = hour::parse("2026-11-22T09").unwrap();
-    let t0 = h * hour::HOUR_MICROS;
+    let Setup {
+        buffer,
+        warehouse,
+        h,
+        t0,
+        _tmp,
+    } = setup("2026-11-22T09");
     let events: Vec<Event> = (0..35)
         .map(|i| {
             ev(
