@@ -510,3 +510,162 @@ pub fn run_loader(opts: LoaderBench) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// How to bench the router.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RouterBench {
+    /// Concurrent collectors (connections).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Events per batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+}
+
+/// Starts `weir router` pinned to CPU 0 and sends it zstd protobuf batches the way
+/// collectors do (no batch id, so none is deduplicated); prints events/s through intake
+/// (log fsync) and how far the hourly buffer kept up, with CPU and peak RSS.
+pub fn run_router(opts: RouterBench) -> anyhow::Result<()> {
+    use prost::Message;
+    pin_self_to_cpu1();
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let cfg = dir.path().join("weir.toml");
+    let cat = dir.path().join("catalog");
+    std::fs::create_dir_all(&cat)?;
+    for (name, text) in weir_proto::catalog::DEMO_FILES {
+        std::fs::write(cat.join(name), text)?;
+    }
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\ncatalog = \"{}\"\n[router]\nlisten = \"127.0.0.1:{port}\"\n",
+            dir.path().join("data").display(),
+            cat.display()
+        ),
+    )?;
+    let child = spawn_weir(
+        &["router", "--config", &cfg.to_string_lossy()],
+        Some("0"),
+        &dir.path().join("router.log"),
+    )?;
+    let pid = child.id();
+    let _guard = Spawned {
+        children: vec![child],
+        _dir: tempfile::tempdir()?,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("the router did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let now = weir_proto::event::now_micros();
+    let mut idbuf = [0u8; 36];
+    let events: Vec<weir_proto::pb::Event> = (0..opts.batch as u64)
+        .map(|i| weir_proto::pb::Event {
+            id: weir_proto::event::uuid_v7(now, &mut idbuf).to_string(),
+            event: "item.viewed".into(),
+            version: 2,
+            env: "web".into(),
+            received_at: now,
+            collector: "bench".into(),
+            fields: event_json(i).into_bytes().into(),
+            valid: true,
+            ..Default::default()
+        })
+        .collect();
+    let raw = weir_proto::pb::EventBatch {
+        batch_id: String::new(),
+        collector: "bench".into(),
+        events,
+    }
+    .encode_to_vec();
+    let body = Bytes::from(zstd::bulk::compress(&raw, 1)?);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let before = proc_usage(pid);
+    let started = Instant::now();
+    let (mut lat, requests) = rt.block_on(async {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for _ in 0..opts.connections {
+            let (body, stop) = (body.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                stream.set_nodelay(true)?;
+                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(conn);
+                let mut lat = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let req = Request::post("/v1/batches")
+                        .header("host", "weir")
+                        .header("content-type", "application/x-protobuf")
+                        .header("content-encoding", "zstd")
+                        .body(Full::new(body.clone()))?;
+                    let t0 = Instant::now();
+                    let resp = send.send_request(req).await?;
+                    let status = resp.status();
+                    resp.into_body().collect().await?;
+                    if status.as_u16() != 200 {
+                        bail!("router answered {status}");
+                    }
+                    lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    send.ready().await?;
+                }
+                Ok::<_, anyhow::Error>(lat)
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(opts.duration)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.context("load task failed")??);
+        }
+        let n = all.len() as u64;
+        Ok::<_, anyhow::Error>((all, n))
+    })?;
+    let wall = started.elapsed().as_secs_f64();
+    let after = proc_usage(pid);
+    lat.sort_unstable();
+    let metrics = ureq_get(&rt, &format!("http://127.0.0.1:{port}/metrics"))?;
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let events = requests * opts.batch as u64;
+    println!(
+        "weir bench router: {} connections, {} events/batch (zstd protobuf), {} s",
+        opts.connections, opts.batch, opts.duration
+    );
+    println!("  batches/s   {:>10.0}", requests as f64 / wall);
+    println!(
+        "  events/s    {:>10.0}   (acknowledged: in the fsynced log)",
+        events as f64 / wall
+    );
+    println!(
+        "  buffered    {:>10.0}   events in the hourly buffer when the load stopped ({:.0}%)",
+        metric("weir_router_buffer_events_total"),
+        100.0 * metric("weir_router_buffer_events_total") / events.max(1) as f64
+    );
+    println!(
+        "  latency     p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0)
+    );
+    if let (Some((c0, _)), Some((c1, rss))) = (before, after) {
+        println!(
+            "  router      CPU {:.2} cores   peak RSS {:.1} MiB   (pinned to CPU 0)",
+            (c1 - c0) / wall,
+            rss as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}

@@ -81,6 +81,9 @@ enum BenchCommand {
     /// Load one hour of demo events from a buffer into Parquet and report rows/s,
     /// peak RSS and Parquet size.
     Loader(bench::LoaderBench),
+    /// Send a router protobuf batches as collectors do: events/s through intake, log and
+    /// hourly buffer.
+    Router(bench::RouterBench),
 }
 
 #[derive(Subcommand)]
@@ -218,6 +221,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command: BenchCommand::Loader(opts),
         } => {
             bench::run_loader(opts)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::Router(opts),
+        } => {
+            bench::run_router(opts)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Catalog {
