@@ -89,10 +89,10 @@ fn spawn_weir(args: &[&str], cpu: Option<&str>, log: &Path) -> anyhow::Result<Ch
     Ok(cmd.spawn()?)
 }
 
-fn start_collector(with_router: bool) -> anyhow::Result<(Spawned, String, PathBuf, u32)> {
+/// A temporary directory holding the demo catalog and a config naming it (`data_dir`,
+/// `catalog`, then `extra`). Returns the directory and the config's path.
+fn bench_setup(extra: &str) -> anyhow::Result<(tempfile::TempDir, String)> {
     let dir = tempfile::tempdir()?;
-    let (cport, rport) = (free_port()?, free_port()?);
-    // The demo catalog, written out for the collector.
     let cat = dir.path().join("catalog");
     std::fs::create_dir_all(&cat)?;
     for (name, text) in weir_proto::catalog::DEMO_FILES {
@@ -102,12 +102,81 @@ fn start_collector(with_router: bool) -> anyhow::Result<(Spawned, String, PathBu
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = \"{d}\"\ncatalog = \"{c}\"\n[collector]\nlisten = \"127.0.0.1:{cport}\"\nrouters = [\"http://127.0.0.1:{rport}\"]\nspool_max_bytes = 68719476736\n[router]\nlisten = \"127.0.0.1:{rport}\"\n",
-            d = dir.path().join("data").display(),
-            c = cat.display()
+            "data_dir = \"{}\"\ncatalog = \"{}\"\n{extra}",
+            dir.path().join("data").display(),
+            cat.display()
         ),
     )?;
-    let cfg_s = cfg.to_string_lossy().into_owned();
+    let cfg = cfg.to_string_lossy().into_owned();
+    Ok((dir, cfg))
+}
+
+/// Waits (up to 20 s) until something listens on `port`; else fails with `log`.
+fn wait_for_port(port: u16, log: &Path, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("{what} did not start:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// The request a load loop repeats.
+#[derive(Clone, Copy)]
+struct Post {
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    /// The status every answer must have.
+    expect: u16,
+}
+
+/// POSTs `body` to 127.0.0.1:`port` over one keep-alive connection until `stop`, paced
+/// by `tick` when given; counts each answered request in `sent` and fails on any status
+/// but `post.expect`. Returns the latencies in µs.
+async fn post_loop(
+    port: u16,
+    post: Post,
+    body: Bytes,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    mut tick: Option<tokio::time::Interval>,
+) -> anyhow::Result<Vec<u32>> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.set_nodelay(true)?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut lat = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(t) = tick.as_mut() {
+            t.tick().await;
+        }
+        let mut req = Request::post(post.path).header("host", "weir");
+        for (k, v) in post.headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body.clone()))?;
+        let t0 = Instant::now();
+        let resp = send.send_request(req).await?;
+        let status = resp.status();
+        resp.into_body().collect().await?;
+        lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        if status.as_u16() != post.expect {
+            bail!("{} answered {status}", post.path);
+        }
+        sent.fetch_add(1, Ordering::Relaxed);
+        send.ready().await?;
+    }
+    Ok(lat)
+}
+
+fn start_collector(with_router: bool) -> anyhow::Result<(Spawned, String, PathBuf, u32)> {
+    let (cport, rport) = (free_port()?, free_port()?);
+    let (dir, cfg_s) = bench_setup(&format!(
+        "[collector]\nlisten = \"127.0.0.1:{cport}\"\nrouters = [\"http://127.0.0.1:{rport}\"]\nspool_max_bytes = 68719476736\n[router]\nlisten = \"127.0.0.1:{rport}\"\n"
+    ))?;
     let mut children = Vec::new();
     let collector = spawn_weir(
         &["collector", "--config", &cfg_s],
@@ -124,14 +193,7 @@ fn start_collector(with_router: bool) -> anyhow::Result<(Spawned, String, PathBu
         )?);
     }
     let url = format!("http://127.0.0.1:{cport}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", cport)).is_err() {
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(dir.path().join("collector.log")).unwrap_or_default();
-            bail!("the collector did not start:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_port(cport, &dir.path().join("collector.log"), "the collector")?;
     let dgram = dir.path().join("data/collector.dgram");
     // With taskset the pid is taskset's, which execs weir: same pid.
     Ok((Spawned { children, _dir: dir }, url, dgram, pid))
@@ -324,7 +386,6 @@ async fn load(opts: &CollectorBench, url: &str, dgram: &Path, datagram: bool) ->
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 t
             });
-            let mut lat = Vec::new();
             if datagram {
                 let sock = tokio::net::UnixDatagram::unbound()?;
                 sock.connect(&dgram)?;
@@ -335,34 +396,18 @@ async fn load(opts: &CollectorBench, url: &str, dgram: &Path, datagram: bool) ->
                     sock.send(&body).await?;
                     sent.fetch_add(1, Ordering::Relaxed);
                 }
-                return Ok::<_, anyhow::Error>(lat);
+                return Ok::<_, anyhow::Error>(Vec::new());
             }
-            let uri: hyper::Uri = format!("{url}/v1/events").parse()?;
-            let addr = format!("{}:{}", uri.host().unwrap_or("127.0.0.1"), uri.port_u16().unwrap_or(80));
-            let stream = tokio::net::TcpStream::connect(&addr).await?;
-            stream.set_nodelay(true)?;
-            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(t) = tick.as_mut() {
-                    t.tick().await;
-                }
-                let req = Request::post(uri.path())
-                    .header("host", "weir")
-                    .header("content-type", "application/json")
-                    .body(Full::new(body.clone()))?;
-                let t0 = Instant::now();
-                let resp = send.send_request(req).await?;
-                let status = resp.status();
-                resp.into_body().collect().await?;
-                lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                if status.as_u16() != 202 {
-                    bail!("collector answered {status}");
-                }
-                sent.fetch_add(1, Ordering::Relaxed);
-                send.ready().await?;
-            }
-            Ok(lat)
+            let port = url
+                .parse::<hyper::Uri>()?
+                .port_u16()
+                .context("the collector URL needs a port, like http://127.0.0.1:8080")?;
+            let post = Post {
+                path: "/v1/events",
+                headers: &[("content-type", "application/json")],
+                expect: 202,
+            };
+            post_loop(port, post, body, stop, sent, tick).await
         }));
     }
     tokio::time::sleep(Duration::from_secs(opts.duration)).await;
@@ -531,39 +576,16 @@ pub struct RouterBench {
 pub fn run_router(opts: RouterBench) -> anyhow::Result<()> {
     use prost::Message;
     pin_self_to_cpu1();
-    let dir = tempfile::tempdir()?;
     let port = free_port()?;
-    let cfg = dir.path().join("weir.toml");
-    let cat = dir.path().join("catalog");
-    std::fs::create_dir_all(&cat)?;
-    for (name, text) in weir_proto::catalog::DEMO_FILES {
-        std::fs::write(cat.join(name), text)?;
-    }
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = \"{}\"\ncatalog = \"{}\"\n[router]\nlisten = \"127.0.0.1:{port}\"\n",
-            dir.path().join("data").display(),
-            cat.display()
-        ),
-    )?;
-    let child = spawn_weir(
-        &["router", "--config", &cfg.to_string_lossy()],
-        Some("0"),
-        &dir.path().join("router.log"),
-    )?;
+    let (dir, cfg) = bench_setup(&format!("[router]\nlisten = \"127.0.0.1:{port}\"\n"))?;
+    let log = dir.path().join("router.log");
+    let child = spawn_weir(&["router", "--config", &cfg], Some("0"), &log)?;
     let pid = child.id();
     let _guard = Spawned {
         children: vec![child],
-        _dir: tempfile::tempdir()?,
+        _dir: dir,
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("the router did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_port(port, &log, "the router")?;
     let now = weir_proto::event::now_micros();
     let mut idbuf = [0u8; 36];
     let events: Vec<weir_proto::pb::Event> = (0..opts.batch as u64)
@@ -591,33 +613,16 @@ pub fn run_router(opts: RouterBench) -> anyhow::Result<()> {
     let started = Instant::now();
     let (mut lat, requests) = rt.block_on(async {
         let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
         for _ in 0..opts.connections {
             let (body, stop) = (body.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-                stream.set_nodelay(true)?;
-                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(conn);
-                let mut lat = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let req = Request::post("/v1/batches")
-                        .header("host", "weir")
-                        .header("content-type", "application/x-protobuf")
-                        .header("content-encoding", "zstd")
-                        .body(Full::new(body.clone()))?;
-                    let t0 = Instant::now();
-                    let resp = send.send_request(req).await?;
-                    let status = resp.status();
-                    resp.into_body().collect().await?;
-                    if status.as_u16() != 200 {
-                        bail!("router answered {status}");
-                    }
-                    lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                    send.ready().await?;
-                }
-                Ok::<_, anyhow::Error>(lat)
-            }));
+            let post = Post {
+                path: "/v1/batches",
+                headers: &[("content-type", "application/x-protobuf"), ("content-encoding", "zstd")],
+                expect: 200,
+            };
+            tasks.push(tokio::spawn(post_loop(port, post, body, stop, sent.clone(), None)));
         }
         tokio::time::sleep(Duration::from_secs(opts.duration)).await;
         stop.store(true, Ordering::Relaxed);

@@ -460,6 +460,24 @@ mod tests {
         assert_eq!(format_micros(1_795_352_645_123_456), "2026-11-22T13:04:05.123456Z");
     }
 
+    /// An event with every field set.
+    fn sample() -> pb::Event {
+        pb::Event {
+            id: "0192".into(),
+            event: "item.viewed".into(),
+            version: 2,
+            env: "web".into(),
+            received_at: 1_795_352_645_123_456,
+            client_ts: Some(-5),
+            collector: "node-1".into(),
+            fields: bytes::Bytes::from_static(br#"{"a":1}"#),
+            valid: false,
+            errors: Vec::new(),
+            raw: bytes::Bytes::from_static(b"{}"),
+            context: [("ip".to_string(), "10.0.0.1".to_string())].into_iter().collect(),
+        }
+    }
+
     #[test]
     fn view_encodes_like_prost() {
         let errors = vec!["item_id: missing required field".to_string()];
@@ -485,20 +503,7 @@ mod tests {
             "decode reads back what encode wrote"
         );
         let decoded = pb::Event::decode(&buf[..]).unwrap();
-        let want = pb::Event {
-            id: "0192".into(),
-            event: "item.viewed".into(),
-            version: 2,
-            env: "web".into(),
-            received_at: 1_795_352_645_123_456,
-            client_ts: Some(-5),
-            collector: "node-1".into(),
-            fields: bytes::Bytes::from_static(br#"{"a":1}"#),
-            valid: false,
-            errors,
-            raw: bytes::Bytes::from_static(b"{}"),
-            context: [("ip".to_string(), "10.0.0.1".to_string())].into_iter().collect(),
-        };
+        let want = pb::Event { errors, ..sample() };
         assert_eq!(decoded, want);
         assert_eq!(buf, want.encode_to_vec());
     }
@@ -506,18 +511,8 @@ mod tests {
     #[test]
     fn view_decodes_what_prost_encodes() {
         let e = pb::Event {
-            id: "0192".into(),
-            event: "item.viewed".into(),
-            version: 2,
-            env: "web".into(),
-            received_at: 1_795_352_645_123_456,
-            client_ts: Some(-5),
-            collector: "node-1".into(),
-            fields: bytes::Bytes::from_static(br#"{"a":1}"#),
-            valid: false,
             errors: vec!["a: x".into(), "b: y".into()],
-            raw: bytes::Bytes::from_static(b"{}"),
-            context: [("ip".to_string(), "10.0.0.1".to_string())].into_iter().collect(),
+            ..sample()
         };
         let buf = e.encode_to_vec();
         let v = EventView::decode(&buf).unwrap();
