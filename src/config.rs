@@ -169,6 +169,11 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| self.data_dir().join("router").join("log")),
             buffer_dir: self.buffer_dir(),
+            dead_letter_dir: self
+                .router
+                .dead_letter_dir
+                .clone()
+                .unwrap_or_else(|| self.data_dir().join("router").join("dead-letters")),
         }
     }
 

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +17,11 @@ use weir_proto::record;
 use weir_proto::wal::{self, Wal, WalError, WalReader};
 
 use crate::batch;
+use crate::cursors::{cursor_path, LogCursors};
 use crate::metrics as m;
+
+/// The warehouse buffer's name among the log's consumers (its cursor file).
+pub const NAME: &str = "warehouse";
 
 /// Hourly buffer files in one directory.
 pub struct FileBuffer {
@@ -198,13 +203,11 @@ impl Consumer {
 pub async fn run(
     wal: Wal,
     buffer: FileBuffer,
-    cursor: PathBuf,
+    cursors: Arc<LogCursors>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), WalError> {
-    let start = match wal::load_cursor(&cursor)? {
-        Some(p) => p,
-        None => wal.first_position()?,
-    };
+    let cursor = cursor_path(wal.dir(), NAME);
+    let start = cursors.register(NAME, wal.first_position()?, u64::MAX)?;
     let mut consumer = Some(Consumer {
         reader: wal.reader(start),
         buffer,
@@ -246,11 +249,8 @@ pub async fn run(
             }
             Ok(_) => {
                 backoff = Duration::from_millis(100);
-                if let Err(e) = wal::save_cursor(&cursor, pos) {
-                    tracing::error!(error = %e, "cannot save the buffer cursor");
-                }
-                if let Err(e) = wal.release_before(pos) {
-                    tracing::error!(error = %e, "cannot delete consumed log segments");
+                if let Err(e) = cursors.advance(NAME, pos) {
+                    tracing::error!(error = %e, "cannot save the buffer cursor or delete consumed log segments");
                 }
                 metrics::gauge!(m::LOG_BYTES).set(wal.bytes() as f64);
             }

@@ -32,8 +32,20 @@ pub enum RecipientConfig {
     Rabbitmq {
         /// AMQP URL.
         url: String,
-        /// Topic exchange.
+        /// Durable topic exchange (declared when missing).
+        #[serde(default = "default_exchange")]
         exchange: String,
+        /// Larger messages are dead-lettered instead of sent (RabbitMQ's own default
+        /// limit is 128 MiB).
+        #[serde(default = "default_max_message")]
+        max_message_bytes: usize,
+        /// Once this much of the router log waits for this recipient, intake answers 503
+        /// (collectors keep spooling) until it catches up.
+        #[serde(default = "default_max_backlog")]
+        max_backlog_bytes: u64,
+        /// Most events sent to the server in one go.
+        #[serde(default = "default_batch_events")]
+        batch_events: usize,
     },
     /// A MongoDB collection per template.
     Mongo {
@@ -43,6 +55,13 @@ pub enum RecipientConfig {
         db: String,
         /// Collection template (`{event}`, `{event_ident}`).
         collection: String,
+        /// Once this much of the router log waits for this recipient, intake answers 503
+        /// (collectors keep spooling) until it catches up.
+        #[serde(default = "default_max_backlog")]
+        max_backlog_bytes: u64,
+        /// Most events sent to the server in one go.
+        #[serde(default = "default_batch_events")]
+        batch_events: usize,
     },
     /// A Kafka topic per template.
     Kafka {
@@ -51,7 +70,81 @@ pub enum RecipientConfig {
         /// Topic template (`{event}`, `{event_ident}`).
         #[serde(default = "default_topic")]
         topic: String,
+        /// Extra librdkafka producer settings (`"queue.buffering.max.ms" = "10"`).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        options: BTreeMap<String, String>,
+        /// Once this much of the router log waits for this recipient, intake answers 503
+        /// (collectors keep spooling) until it catches up.
+        #[serde(default = "default_max_backlog")]
+        max_backlog_bytes: u64,
+        /// Most events sent to the server in one go.
+        #[serde(default = "default_batch_events")]
+        batch_events: usize,
     },
+}
+
+impl RecipientConfig {
+    /// `(max_backlog_bytes, batch_events)`, which every kind has.
+    pub fn limits(&self) -> (u64, usize) {
+        match self {
+            RecipientConfig::Rabbitmq {
+                max_backlog_bytes,
+                batch_events,
+                ..
+            }
+            | RecipientConfig::Mongo {
+                max_backlog_bytes,
+                batch_events,
+                ..
+            }
+            | RecipientConfig::Kafka {
+                max_backlog_bytes,
+                batch_events,
+                ..
+            } => (*max_backlog_bytes, *batch_events),
+        }
+    }
+
+    /// The kind, as written in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RecipientConfig::Rabbitmq { .. } => "rabbitmq",
+            RecipientConfig::Mongo { .. } => "mongo",
+            RecipientConfig::Kafka { .. } => "kafka",
+        }
+    }
+
+    /// Checks what deserialization cannot: templates and limits. The error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let template = match self {
+            RecipientConfig::Mongo { collection, .. } => Some(("collection", collection)),
+            RecipientConfig::Kafka { topic, .. } => Some(("topic", topic)),
+            RecipientConfig::Rabbitmq { .. } => None,
+        };
+        if let Some((key, t)) = template {
+            crate::recipient::check_template(t).map_err(|e| format!("{key}: {e}"))?;
+        }
+        if self.limits().1 == 0 {
+            return Err("batch_events: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+fn default_max_backlog() -> u64 {
+    4 << 30
+}
+
+fn default_batch_events() -> usize {
+    500
+}
+
+fn default_exchange() -> String {
+    "weir.events".into()
+}
+
+fn default_max_message() -> usize {
+    128 << 20
 }
 
 fn default_topic() -> String {
@@ -72,12 +165,17 @@ pub struct RouterConfig {
     pub grace_secs: u64,
     /// Durable log directory (default `<data>/router/log`).
     pub log_dir: Option<PathBuf>,
+    /// Dead-letter store (default `<data>/router/dead-letters`).
+    pub dead_letter_dir: Option<PathBuf>,
     /// Log segment size.
     pub log_segment_bytes: u64,
     /// Largest accepted batch body.
     pub max_batch_bytes: usize,
     /// How often the catalog directory is checked for changes.
     pub catalog_watch_secs: u64,
+    /// How long shutdown waits for recipients to catch up before leaving the rest in the
+    /// log for the next start.
+    pub drain_secs: u64,
     /// Recipients by name.
     pub recipients: BTreeMap<String, RecipientConfig>,
 }
@@ -90,9 +188,11 @@ impl Default for RouterConfig {
             retention_days: 3,
             grace_secs: 300,
             log_dir: None,
+            dead_letter_dir: None,
             log_segment_bytes: 64 << 20,
             max_batch_bytes: 64 << 20,
             catalog_watch_secs: 2,
+            drain_secs: 10,
             recipients: BTreeMap::new(),
         }
     }

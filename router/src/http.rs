@@ -58,6 +58,8 @@ impl RecentBatches {
 
 /// What the handlers share.
 pub struct State {
+    /// The log consumers' cursors (a full backlog refuses intake).
+    pub cursors: Arc<crate::cursors::LogCursors>,
     /// The durable log.
     pub wal: Wal,
     /// Recently stored batch ids.
@@ -175,6 +177,18 @@ async fn batches(state: &State, req: Request<Incoming>) -> Response {
         return bad(format!("event {i} has no id or received_at: collectors stamp both"));
     }
     let count = batch.events.len() as u64;
+    if state.cursors.is_full() {
+        if let Some(name) = state.cursors.refresh() {
+            metrics::counter!(m::BACKLOG_FULL).increment(1);
+            let mut r = h::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("recipient {name} has a full backlog (max_backlog_bytes); collectors keep spooling until it catches up"),
+            );
+            r.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return r;
+        }
+    }
     if !batch.batch_id.is_empty() && !state.recent.insert(&batch.batch_id) {
         metrics::counter!(m::DUPLICATE_BATCHES).increment(1);
         return ack(&BatchAck {
@@ -197,6 +211,7 @@ async fn batches(state: &State, req: Request<Incoming>) -> Response {
     }
     metrics::counter!(m::BATCHES).increment(1);
     metrics::counter!(m::EVENTS).increment(count);
+    state.cursors.add_appended(count);
     ack(&BatchAck {
         batch_id: batch.batch_id,
         accepted: count,

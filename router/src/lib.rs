@@ -1,16 +1,20 @@
 //! weir's router: takes batches from collectors into a durable log, acknowledges them
-//! once durable, and moves every event into the hourly warehouse buffer.
+//! once durable, moves every event into the hourly warehouse buffer, and fans events out
+//! to the recipients the catalog names (RabbitMQ, MongoDB, Kafka), each with its own
+//! cursor over the log, retries and dead letters.
 #![warn(missing_docs)]
 
 pub mod batch;
 pub mod buffer;
 pub mod catalog;
 pub mod config;
+pub mod cursors;
+pub mod dead_letter;
 pub mod http;
 pub mod metrics;
+pub mod recipient;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +50,9 @@ pub enum StartError {
     /// A configured feature is not available in this build.
     #[error("{0}")]
     Unsupported(String),
+    /// A setting is wrong; the message names the key.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Where a router keeps its files and finds its catalog.
@@ -57,6 +64,8 @@ pub struct RouterPaths {
     pub log_dir: std::path::PathBuf,
     /// The hourly file buffer.
     pub buffer_dir: std::path::PathBuf,
+    /// Where recipients keep what they could never deliver.
+    pub dead_letter_dir: std::path::PathBuf,
 }
 
 /// A running router.
@@ -69,6 +78,7 @@ pub struct Router {
     stop_buffer: watch::Sender<bool>,
     server: JoinHandle<()>,
     buffer: JoinHandle<()>,
+    recipients: Vec<JoinHandle<()>>,
 }
 
 impl Router {
@@ -79,12 +89,9 @@ impl Router {
         catalog: Arc<arc_swap::ArcSwap<weir_proto::Catalog>>,
         metrics: Option<PrometheusHandle>,
     ) -> Result<Router, StartError> {
-        if !cfg.recipients.is_empty() {
-            let names: Vec<&str> = cfg.recipients.keys().map(|s| s.as_str()).collect();
-            return Err(StartError::Unsupported(format!(
-                "router.recipients ({}) are not delivered by this version yet; remove them to run with the warehouse buffer only",
-                names.join(", ")
-            )));
+        for (name, r) in &cfg.recipients {
+            r.validate()
+                .map_err(|e| StartError::Config(format!("router.recipients.{name}.{e}")))?;
         }
         if let config::BufferConfig::Mongo { .. } = cfg.buffer {
             return Err(StartError::Unsupported(
@@ -111,7 +118,56 @@ impl Router {
                 addr: cfg.listen.clone(),
                 source,
             })?;
+        let cursors = cursors::LogCursors::new(wal.clone(), cfg.log_segment_bytes);
+        let end_at_start = wal.durable();
+        let (stop_buffer, buf_rx) = watch::channel(false);
+        let mut recipients = Vec::new();
+        for (name, rc) in &cfg.recipients {
+            let (max_backlog, batch_events) = rc.limits();
+            // A new recipient starts with what arrives from now on.
+            let start = cursors.register(name, end_at_start, max_backlog)?;
+            let run_cfg = recipient::runner::RunnerConfig {
+                name: name.clone(),
+                route: recipient::runner::Route::Catalog(catalog.clone()),
+                batch_events,
+                dead_letters: dead_letter::DeadLetters::new(&paths.dead_letter_dir, name),
+                start,
+                end_at_start,
+                drain: Duration::from_secs(cfg.drain_secs),
+            };
+            let (w, c, rx) = (wal.clone(), cursors.clone(), buf_rx.clone());
+            tracing::info!(recipient = %name, kind = rc.kind(), "recipient started");
+            recipients.push(match rc {
+                config::RecipientConfig::Rabbitmq {
+                    url,
+                    exchange,
+                    max_message_bytes,
+                    ..
+                } => {
+                    let sink = recipient::rabbitmq::RabbitSink::new(url, exchange, *max_message_bytes);
+                    tokio::spawn(recipient::runner::run(sink, w, c, run_cfg, rx))
+                }
+                config::RecipientConfig::Mongo {
+                    url, db, collection, ..
+                } => {
+                    let sink = recipient::mongo::MongoSink::new(url, db, collection);
+                    tokio::spawn(recipient::runner::run(sink, w, c, run_cfg, rx))
+                }
+                config::RecipientConfig::Kafka {
+                    brokers,
+                    topic,
+                    options,
+                    ..
+                } => {
+                    let sink =
+                        recipient::kafka::KafkaSink::new(recipient::kafka::producer_config(brokers, options), topic);
+                    tokio::spawn(recipient::runner::run(sink, w, c, run_cfg, rx))
+                }
+            });
+        }
+        warn_unknown_recipients(&catalog.load(), cfg);
         let state = Arc::new(http::State {
+            cursors: cursors.clone(),
             wal: wal.clone(),
             recent: http::RecentBatches::new(100_000),
             max_batch_bytes: cfg.max_batch_bytes,
@@ -119,7 +175,6 @@ impl Router {
             catalog: catalog.clone(),
         });
         let (stop_http, http_rx) = watch::channel(false);
-        let (stop_buffer, buf_rx) = watch::channel(false);
         let watcher = paths.catalog_dir.clone().map(|dir| {
             tokio::spawn(catalog::watch_dir(
                 dir,
@@ -133,10 +188,9 @@ impl Router {
             move |req| http::handle(state.clone(), req),
             http_rx,
         ));
-        let cursor = cursor_path(&paths.log_dir, "warehouse");
         let buffer_wal = wal.clone();
         let buffer = tokio::spawn(async move {
-            if let Err(e) = buffer::run(buffer_wal, file_buffer, cursor, buf_rx).await {
+            if let Err(e) = buffer::run(buffer_wal, file_buffer, cursors, buf_rx).await {
                 tracing::error!(error = %e, "the hourly buffer stopped; events stay in the router log");
             }
         });
@@ -148,6 +202,7 @@ impl Router {
             stop_buffer,
             server,
             buffer,
+            recipients,
         })
     }
 
@@ -166,9 +221,24 @@ impl Router {
         }
         let _ = self.stop_buffer.send(true);
         let _ = self.buffer.await;
+        for r in self.recipients {
+            let _ = r.await;
+        }
     }
 }
 
-fn cursor_path(log_dir: &Path, recipient: &str) -> std::path::PathBuf {
-    log_dir.join(format!("{recipient}.cursor"))
+/// Logs the recipients the catalog names that the config does not define: their events
+/// reach the warehouse only.
+pub fn warn_unknown_recipients(catalog: &weir_proto::Catalog, cfg: &RouterConfig) {
+    let mut unknown = std::collections::BTreeSet::new();
+    for (event, def) in &catalog.events {
+        for r in &def.recipients {
+            if !cfg.recipients.contains_key(r) {
+                unknown.insert((r.as_str(), event.as_str()));
+            }
+        }
+    }
+    for (r, event) in unknown {
+        tracing::warn!(recipient = r, event, "the catalog routes this event to a recipient that router.recipients does not define; it reaches the warehouse only");
+    }
 }

@@ -22,3 +22,21 @@ pub const HOURS_EXPIRED: &str = "weir_router_buffer_hours_expired_total";
 pub const POISON: &str = "weir_router_buffer_unreadable_batches_total";
 /// Times the catalog was reloaded from its directory.
 pub const CATALOG_RELOADS: &str = "weir_router_catalog_reloads_total";
+/// Events a recipient's server confirmed (label `recipient`).
+pub const RECIPIENT_DELIVERED: &str = "weir_router_recipient_delivered_events_total";
+/// Event deliveries that failed and will be tried again.
+pub const RECIPIENT_RETRIED: &str = "weir_router_recipient_retried_events_total";
+/// Events put into the recipient's dead-letter store.
+pub const RECIPIENT_DEAD: &str = "weir_router_recipient_dead_lettered_events_total";
+/// Events of the log the recipient has not passed yet.
+pub const RECIPIENT_BACKLOG_EVENTS: &str = "weir_router_recipient_backlog_events";
+/// Bytes of the log the recipient has not passed yet (intake answers 503 past `max_backlog_bytes`).
+pub const RECIPIENT_BACKLOG_BYTES: &str = "weir_router_recipient_backlog_bytes";
+/// Age of the oldest event the recipient has not delivered yet (0 when caught up).
+pub const RECIPIENT_BACKLOG_AGE: &str = "weir_router_recipient_backlog_oldest_age_seconds";
+/// Time from `received_at` to the recipient's confirmation.
+pub const RECIPIENT_LATENCY: &str = "weir_router_recipient_delivery_latency_seconds";
+/// 1 while the recipient's last delivery succeeded, 0 while it is failing.
+pub const RECIPIENT_UP: &str = "weir_router_recipient_up";
+/// Batches refused with 503 because a recipient's backlog is full.
+pub const BACKLOG_FULL: &str = "weir_router_backlog_full_rejections_total";

@@ -1,0 +1,176 @@
+//! Every consumer of the router log (the warehouse buffer and each recipient) keeps its
+//! own cursor. This is the shared book of them: it saves each cursor, deletes log segments
+//! that every consumer has passed, and says when a consumer's backlog is over its bound so
+//! that intake can push back.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use weir_proto::wal::{self, Position, Wal, WalError};
+
+/// One consumer's entry.
+struct Entry {
+    position: Position,
+    max_backlog_bytes: u64,
+}
+
+/// The cursors of every consumer of one log.
+pub struct LogCursors {
+    wal: Wal,
+    dir: PathBuf,
+    segment_bytes: u64,
+    entries: Mutex<BTreeMap<String, Entry>>,
+    full: AtomicBool,
+    appended_events: AtomicU64,
+}
+
+/// Where a consumer's cursor file lives.
+pub fn cursor_path(log_dir: &Path, consumer: &str) -> PathBuf {
+    log_dir.join(format!("{consumer}.cursor"))
+}
+
+impl LogCursors {
+    /// A book for `wal`, whose segments are about `segment_bytes` long.
+    pub fn new(wal: Wal, segment_bytes: u64) -> Arc<LogCursors> {
+        Arc::new(LogCursors {
+            dir: wal.dir().to_path_buf(),
+            wal,
+            segment_bytes: segment_bytes.max(1),
+            entries: Mutex::new(BTreeMap::new()),
+            full: AtomicBool::new(false),
+            appended_events: AtomicU64::new(0),
+        })
+    }
+
+    /// Registers a consumer and returns where it starts: its saved cursor, else
+    /// `default` (which is saved at once, so a crash before its first delivery does not
+    /// move it).
+    pub fn register(&self, name: &str, default: Position, max_backlog_bytes: u64) -> Result<Position, WalError> {
+        let path = cursor_path(&self.dir, name);
+        let start = match wal::load_cursor(&path)? {
+            Some(p) => p,
+            None => {
+                wal::save_cursor(&path, default)?;
+                default
+            }
+        };
+        // A cursor older than the oldest segment (deleted while this consumer was not
+        // configured) starts at the oldest data still there.
+        let first = self.wal.first_position()?;
+        let start = start.max(first);
+        self.lock().insert(
+            name.to_string(),
+            Entry {
+                position: start,
+                max_backlog_bytes,
+            },
+        );
+        Ok(start)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        // A panic elsewhere while holding the lock leaves plain data behind; keep going.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Saves `name`'s cursor at `pos` and deletes the segments every consumer has passed.
+    pub fn advance(&self, name: &str, pos: Position) -> Result<(), WalError> {
+        wal::save_cursor(&cursor_path(&self.dir, name), pos)?;
+        let min = {
+            let mut entries = self.lock();
+            if let Some(e) = entries.get_mut(name) {
+                e.position = pos;
+            }
+            entries.values().map(|e| e.position).min().unwrap_or(pos)
+        };
+        self.wal.release_before(min)?;
+        self.refresh();
+        Ok(())
+    }
+
+    /// Bytes of the log `name` has not passed yet (an estimate across segments).
+    pub fn backlog_bytes(&self, name: &str) -> u64 {
+        let end = self.wal.durable();
+        self.lock().get(name).map_or(0, |e| self.distance(e.position, end))
+    }
+
+    fn distance(&self, from: Position, to: Position) -> u64 {
+        if to.segment > from.segment {
+            (to.segment - from.segment - 1) * self.segment_bytes
+                + self.segment_bytes.saturating_sub(from.offset)
+                + to.offset
+        } else {
+            to.offset.saturating_sub(from.offset)
+        }
+    }
+
+    /// Re-evaluates whether some consumer's backlog is over its bound; returns the first
+    /// such consumer's name.
+    pub fn refresh(&self) -> Option<String> {
+        let end = self.wal.durable();
+        let over = self
+            .lock()
+            .iter()
+            .find(|(_, e)| self.distance(e.position, end) > e.max_backlog_bytes)
+            .map(|(n, _)| n.clone());
+        self.full.store(over.is_some(), Ordering::Relaxed);
+        over
+    }
+
+    /// True while some consumer's backlog is over its bound (intake answers 503).
+    pub fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    /// Counts events appended to the log by intake.
+    pub fn add_appended(&self, events: u64) {
+        self.appended_events.fetch_add(events, Ordering::Relaxed);
+    }
+
+    /// Events appended since this router started.
+    pub fn appended(&self) -> u64 {
+        self.appended_events.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_proto::wal::WalOptions;
+
+    #[tokio::test]
+    async fn segments_go_only_when_every_consumer_passed_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wal = Wal::open(WalOptions {
+            dir: tmp.path().into(),
+            segment_bytes: 64,
+            name: "t",
+        })
+        .unwrap();
+        let cursors = LogCursors::new(wal.clone(), 64);
+        let first = wal.first_position().unwrap();
+        assert_eq!(cursors.register("a", first, 1 << 20).unwrap(), first);
+        cursors.register("b", first, 100).unwrap();
+        let mut end = first;
+        for _ in 0..10 {
+            let mut framed = Vec::new();
+            weir_proto::record::encode_into(&mut framed, &[7u8; 40]);
+            end = wal.append(framed).await.unwrap();
+        }
+        let segments = wal.segments();
+        assert!(segments > 3);
+        cursors.advance("a", end).unwrap();
+        assert_eq!(wal.segments(), segments, "b still needs them");
+        assert_eq!(cursors.refresh().as_deref(), Some("b"), "b is over its 100-byte bound");
+        assert!(cursors.is_full());
+        cursors.advance("b", end).unwrap();
+        assert!(wal.segments() < segments);
+        assert!(!cursors.is_full());
+        assert_eq!(cursors.backlog_bytes("b"), 0);
+        // A registered consumer resumes from its saved cursor.
+        let again = LogCursors::new(wal.clone(), 64);
+        assert_eq!(again.register("b", first, 100).unwrap(), end);
+    }
+}

@@ -1,0 +1,152 @@
+//! The Kafka recipient: produces each event to a topic (a template, default
+//! `weir.{event}`) with the event id as key, the stored event as JSON as value, headers
+//! `event`, `version`, `env` and `id`; `acks=all` and the idempotent producer, so a broker
+//! failover neither loses nor duplicates a send. Extra librdkafka settings come from the
+//! recipient's `options` table.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use weir_proto::event::EventView;
+
+use super::{render_template, retry_all, Outcome, Sink};
+
+/// Produces to one Kafka cluster.
+pub struct KafkaSink {
+    config: ClientConfig,
+    topic: String,
+    producer: Option<FutureProducer>,
+}
+
+/// The producer settings weir insists on, then the operator's `options` on top.
+pub fn producer_config(brokers: &str, options: &BTreeMap<String, String>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "15000")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("client.id", "weir-router");
+    for (k, v) in options {
+        c.set(k, v);
+    }
+    c
+}
+
+impl KafkaSink {
+    /// A sink producing to `topic` (a template) through `config`.
+    pub fn new(config: ClientConfig, topic: &str) -> KafkaSink {
+        KafkaSink {
+            config,
+            topic: topic.to_string(),
+            producer: None,
+        }
+    }
+}
+
+/// Errors that no retry can fix: the message itself is refused.
+fn permanent(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::InvalidMessage
+            | C::InvalidTopic
+            | C::MessageBatchTooLarge
+            | C::InvalidRecord
+            | C::BadMessage
+            | C::InvalidArgument
+    )
+}
+
+fn outcome(e: &KafkaError) -> Outcome {
+    match e.rdkafka_error_code() {
+        Some(code) if permanent(code) => Outcome::Refuse(format!("Kafka refused the message: {e}")),
+        _ => Outcome::Retry(format!("Kafka: {e}")),
+    }
+}
+
+impl Sink for KafkaSink {
+    async fn deliver(&mut self, events: &[Bytes]) -> Vec<Outcome> {
+        if self.producer.is_none() {
+            match self.config.create::<FutureProducer>() {
+                Ok(p) => self.producer = Some(p),
+                Err(e) => return retry_all(events.len(), &format!("cannot create the Kafka producer: {e}")),
+            }
+        }
+        let Some(producer) = self.producer.as_ref() else {
+            return retry_all(events.len(), "no Kafka producer");
+        };
+        let mut out = vec![Outcome::Delivered; events.len()];
+        let mut pending = Vec::with_capacity(events.len());
+        let mut body = Vec::new();
+        for (i, ev) in events.iter().enumerate() {
+            let view = match EventView::decode(ev) {
+                Ok(v) => v,
+                Err(e) => {
+                    out[i] = Outcome::Refuse(format!("unreadable event: {e}"));
+                    continue;
+                }
+            };
+            body.clear();
+            view.write_json(&mut body);
+            let version = view.version.to_string();
+            let headers = OwnedHeaders::new_with_capacity(4)
+                .insert(Header {
+                    key: "event",
+                    value: Some(view.event),
+                })
+                .insert(Header {
+                    key: "version",
+                    value: Some(&version),
+                })
+                .insert(Header {
+                    key: "env",
+                    value: Some(view.env),
+                })
+                .insert(Header {
+                    key: "id",
+                    value: Some(view.id),
+                });
+            let topic = render_template(&self.topic, view.event);
+            let record = FutureRecord::to(&topic)
+                .key(view.id)
+                .payload(&body)
+                .headers(headers)
+                .timestamp(view.received_at / 1000);
+            // The local queue is bounded (queue.buffering.max.messages); wait for room.
+            let mut record = record;
+            loop {
+                match producer.send_result(record) {
+                    Ok(f) => {
+                        pending.push((i, f));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => {
+                        out[i] = outcome(&e);
+                        break;
+                    }
+                }
+            }
+        }
+        for (i, f) in pending {
+            out[i] = match f.await {
+                Ok(Ok(_)) => Outcome::Delivered,
+                Ok(Err((e, _))) => outcome(&e),
+                Err(_) => Outcome::Retry("the Kafka producer dropped the message".into()),
+            };
+        }
+        out
+    }
+}

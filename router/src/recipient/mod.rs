@@ -1,0 +1,88 @@
+//! Recipients: the systems the router fans events out to (RabbitMQ, MongoDB, Kafka, and
+//! the Mongo hourly buffer). Each one follows the router log with its own cursor in its
+//! own task ([`runner`]), so a slow or dead recipient never holds up the others or intake.
+//!
+//! A recipient is a [`Sink`]: given a run of encoded events it answers, per event,
+//! delivered, retry later, or refused for good (dead-lettered with the reason).
+
+pub mod kafka;
+pub mod mongo;
+pub mod rabbitmq;
+pub mod runner;
+
+use std::future::Future;
+
+use bytes::Bytes;
+
+/// What became of one event handed to a sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The recipient has it (confirmed by the server).
+    Delivered,
+    /// Not taken this time (server down, timeout, throttled); try again later.
+    Retry(String),
+    /// The recipient can never take it (the server refused it, or it cannot be rendered);
+    /// it goes to the dead-letter store with this reason.
+    Refuse(String),
+}
+
+/// A recipient's delivery side.
+pub trait Sink: Send + 'static {
+    /// Delivers `events` (each an encoded `weir.v1.Event`) and returns one outcome per
+    /// event, in order. Must not panic on any event.
+    fn deliver(&mut self, events: &[Bytes]) -> impl Future<Output = Vec<Outcome>> + Send;
+
+    /// Called about once a second while the recipient runs (hour closing for the buffer).
+    fn tick(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// Renders a name template: `{event}` as the event name, `{event_ident}` with dots as
+/// underscores.
+pub fn render_template(template: &str, event: &str) -> String {
+    if !template.contains('{') {
+        return template.to_string();
+    }
+    let ident = event.replace('.', "_");
+    template.replace("{event_ident}", &ident).replace("{event}", event)
+}
+
+/// Checks a template's placeholders; returns the unknown one.
+pub fn check_template(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start..].find('}') else {
+            return Err(format!("unclosed '{{' in {template:?}"));
+        };
+        let name = &rest[start + 1..start + len];
+        if name != "event" && name != "event_ident" {
+            return Err(format!(
+                "unknown placeholder {{{name}}} in {template:?}; use {{event}} or {{event_ident}}"
+            ));
+        }
+        rest = &rest[start + len + 1..];
+    }
+    Ok(())
+}
+
+/// Every outcome `Retry(reason)`: the whole run failed the same way.
+pub fn retry_all(n: usize, reason: &str) -> Vec<Outcome> {
+    vec![Outcome::Retry(reason.to_string()); n]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates() {
+        assert_eq!(render_template("weir.{event}", "item.viewed"), "weir.item.viewed");
+        assert_eq!(render_template("{event_ident}_v", "item.viewed"), "item_viewed_v");
+        assert_eq!(render_template("fixed", "item.viewed"), "fixed");
+        assert!(check_template("weir.{event}").is_ok());
+        assert!(check_template("{event_ident}").is_ok());
+        assert!(check_template("{evnt}").unwrap_err().contains("{evnt}"));
+        assert!(check_template("{event").is_err());
+    }
+}

@@ -1,0 +1,159 @@
+//! The RabbitMQ recipient: publishes to a durable topic exchange with the event name as
+//! routing key (a model binds `item.*`), persistent messages, publisher confirms; the body
+//! is the stored event as JSON and the headers carry `event`, `version`, `env` and `id`.
+//! A lost connection is dropped and made again on the next attempt.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use weir_proto::event::EventView;
+
+use super::{retry_all, Outcome, Sink};
+
+/// How long a connect or a confirm may take before the attempt counts as failed.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Publishes to one exchange.
+pub struct RabbitSink {
+    url: String,
+    exchange: String,
+    max_message_bytes: usize,
+    conn: Option<(Connection, Channel)>,
+    body: Vec<u8>,
+}
+
+impl RabbitSink {
+    /// A sink for `exchange` at `url`; connects on first delivery.
+    pub fn new(url: &str, exchange: &str, max_message_bytes: usize) -> RabbitSink {
+        RabbitSink {
+            url: url.to_string(),
+            exchange: exchange.to_string(),
+            max_message_bytes,
+            conn: None,
+            body: Vec::new(),
+        }
+    }
+
+    async fn channel(&mut self) -> Result<Channel, String> {
+        if let Some((conn, ch)) = &self.conn {
+            if conn.status().connected() && ch.status().connected() {
+                return Ok(ch.clone());
+            }
+        }
+        self.conn = None;
+        let connect = async {
+            let conn = Connection::connect(&self.url, ConnectionProperties::default()).await?;
+            let ch = conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            ch.exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+            Ok::<_, lapin::Error>((conn, ch))
+        };
+        match tokio::time::timeout(TIMEOUT, connect).await {
+            Ok(Ok((conn, ch))) => {
+                tracing::info!(exchange = %self.exchange, "connected to RabbitMQ");
+                self.conn = Some((conn, ch.clone()));
+                Ok(ch)
+            }
+            Ok(Err(e)) => Err(format!("cannot connect to RabbitMQ: {e}")),
+            Err(_) => Err(format!(
+                "cannot connect to RabbitMQ: no answer in {}s",
+                TIMEOUT.as_secs()
+            )),
+        }
+    }
+}
+
+fn header(s: &str) -> AMQPValue {
+    AMQPValue::LongString(s.into())
+}
+
+impl Sink for RabbitSink {
+    async fn deliver(&mut self, events: &[Bytes]) -> Vec<Outcome> {
+        let ch = match self.channel().await {
+            Ok(ch) => ch,
+            Err(e) => return retry_all(events.len(), &e),
+        };
+        let mut out = vec![Outcome::Delivered; events.len()];
+        let mut confirms = Vec::with_capacity(events.len());
+        for (i, ev) in events.iter().enumerate() {
+            let view = match EventView::decode(ev) {
+                Ok(v) => v,
+                Err(e) => {
+                    out[i] = Outcome::Refuse(format!("unreadable event: {e}"));
+                    continue;
+                }
+            };
+            self.body.clear();
+            view.write_json(&mut self.body);
+            if self.body.len() > self.max_message_bytes {
+                out[i] = Outcome::Refuse(format!(
+                    "message of {} bytes is over max_message_bytes ({})",
+                    self.body.len(),
+                    self.max_message_bytes
+                ));
+                continue;
+            }
+            let mut headers = FieldTable::default();
+            headers.insert("event".into(), header(view.event));
+            headers.insert("version".into(), AMQPValue::LongLongInt(i64::from(view.version)));
+            headers.insert("env".into(), header(view.env));
+            headers.insert("id".into(), header(view.id));
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id(view.id.into())
+                .with_timestamp((view.received_at / 1_000_000).max(0) as u64)
+                .with_headers(headers);
+            match ch
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    view.event.into(),
+                    BasicPublishOptions::default(),
+                    &self.body,
+                    props,
+                )
+                .await
+            {
+                Ok(confirm) => confirms.push((i, confirm)),
+                Err(e) => {
+                    // The channel is gone: everything not yet confirmed is retried.
+                    self.conn = None;
+                    let reason = format!("publish failed: {e}");
+                    for o in out.iter_mut().skip(i) {
+                        if *o == Outcome::Delivered {
+                            *o = Outcome::Retry(reason.clone());
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        for (i, confirm) in confirms {
+            match tokio::time::timeout(TIMEOUT, confirm).await {
+                Ok(Ok(c)) if c.is_ack() => {}
+                Ok(Ok(_)) => out[i] = Outcome::Retry("RabbitMQ nacked the message".into()),
+                Ok(Err(e)) => {
+                    self.conn = None;
+                    out[i] = Outcome::Retry(format!("no confirm: {e}"));
+                }
+                Err(_) => {
+                    self.conn = None;
+                    out[i] = Outcome::Retry(format!("no confirm in {}s", TIMEOUT.as_secs()));
+                }
+            }
+        }
+        out
+    }
+}
