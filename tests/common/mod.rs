@@ -221,3 +221,35 @@ pub fn strings(batches: &[RecordBatch], name: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// A server address that `scripts/services` exported (`TEST_WEIR_AMQP`, `TEST_WEIR_MONGO`,
+/// `TEST_WEIR_KAFKA`, ...). Tests of recipients talk to real servers; `./scripts/test`
+/// starts them.
+pub fn service(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the tests with ./scripts/test, which starts RabbitMQ, nx-27017 and tansu and exports it")
+    })
+}
+
+/// A name no other test run uses (lowercase letters and digits).
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}{}x{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics after `limit` with `what`.
+pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?}: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,416 @@
+//! Fan-out against real servers: RabbitMQ (the machine's own), MongoDB (nx-27017) and
+//! Kafka (tansu), all started by `scripts/services`. Real consumers read back exactly the
+//! events the catalog routes to each recipient.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use mongodb::bson::{doc, Document};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::Message;
+
+/// A catalog routing `item.viewed` to all three recipients, `item.liked` to RabbitMQ
+/// only, and `signup` to none (warehouse only).
+pub fn write_catalog(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("items.toml"),
+        r#"
+[environments.web]
+kind = "frontend"
+
+[environments.backend]
+kind = "backend"
+
+[fields.item_id]
+type = "int"
+
+[fields.note]
+type = "string"
+
+[events."item.viewed"]
+owner = "search"
+recipients = ["models", "store", "stream"]
+
+[[events."item.viewed".versions]]
+version = 1
+environments = ["web", "backend"]
+required = ["item_id"]
+optional = ["note"]
+
+[events."item.liked"]
+owner = "search"
+recipients = ["models"]
+
+[[events."item.liked".versions]]
+version = 1
+environments = ["web"]
+required = ["item_id"]
+
+[events.signup]
+owner = "growth"
+
+[[events.signup.versions]]
+version = 1
+environments = ["web"]
+"#,
+    )
+    .unwrap();
+}
+
+fn ev(event: &str, id: &str, item: i64) -> String {
+    format!(r#"{{"event":"{event}","env":"web","id":"{id}","fields":{{"item_id":{item}}}}}"#)
+}
+
+async fn bind_queue(amqp: &str, exchange: &str, queue: &str, key: &str) -> (Connection, lapin::Channel) {
+    let conn = Connection::connect(amqp, ConnectionProperties::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        exchange.into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    (conn, ch)
+}
+
+/// Reads `n` messages from `queue`, acking each; returns (routing key, headers, body).
+async fn consume(ch: &lapin::Channel, queue: &str, n: usize) -> Vec<(String, FieldTable, serde_json::Value)> {
+    let mut consumer = ch
+        .basic_consume(queue.into(), "test".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} RabbitMQ messages arrived", out.len()))
+            .unwrap()
+            .unwrap();
+        d.ack(BasicAckOptions::default()).await.unwrap();
+        let headers = d.properties.headers().clone().unwrap_or_default();
+        out.push((
+            d.routing_key.to_string(),
+            headers,
+            serde_json::from_slice(&d.data).unwrap(),
+        ));
+    }
+    // Nothing more than that.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), consumer.next()).await.is_err(),
+        "more messages than routed"
+    );
+    out
+}
+
+fn header_str(h: &FieldTable, key: &str) -> String {
+    match h.inner().get(key) {
+        Some(AMQPValue::LongString(s)) => s.to_string(),
+        Some(AMQPValue::LongLongInt(i)) => i.to_string(),
+        other => panic!("header {key}: {other:?}"),
+    }
+}
+
+pub fn kafka_consumer(brokers: &str, topic: &str) -> StreamConsumer {
+    let c: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("g"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    c
+}
+
+/// Reads `n` records: (key, headers as pairs, JSON value).
+pub async fn kafka_read(c: &StreamConsumer, n: usize) -> Vec<(String, Vec<(String, String)>, serde_json::Value)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = match tokio::time::timeout(Duration::from_secs(60), c.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} Kafka records arrived", out.len()))
+        {
+            Ok(m) => m,
+            // Subscribed before the router's first send created the topic.
+            Err(rdkafka::error::KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+            )) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => panic!("Kafka consumer: {e}"),
+        };
+        let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push((key, headers, serde_json::from_slice(m.payload().unwrap()).unwrap()));
+    }
+    out
+}
+
+pub async fn mongo_ids(url: &str, db: &str, coll: &str) -> Vec<String> {
+    let client = mongodb::Client::with_uri_str(url).await.unwrap();
+    let mut cur = client.database(db).collection::<Document>(coll).find(doc! {}).await.unwrap();
+    let mut ids = Vec::new();
+    while let Some(d) = cur.next().await {
+        ids.push(d.unwrap().get_str("_id").unwrap().to_string());
+    }
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_recipient_gets_exactly_the_events_routed_to_it() {
+    let amqp = service("TEST_WEIR_AMQP");
+    let mongo = service("TEST_WEIR_MONGO");
+    let kafka = service("TEST_WEIR_KAFKA");
+    let u = unique("fan");
+    let tmp = tempfile::tempdir().unwrap();
+    let catalog = tmp.path().join("catalog");
+    write_catalog(&catalog);
+    let exchange = format!("weir.test.{u}");
+    let config = tmp.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[router.recipients.models]
+kind = "rabbitmq"
+url = "{amqp}"
+exchange = "{exchange}"
+
+[router.recipients.store]
+kind = "mongo"
+url = "{mongo}"
+db = "{u}"
+collection = "{{event_ident}}"
+
+[router.recipients.stream]
+kind = "kafka"
+brokers = "{kafka}"
+topic = "{u}.{{event}}"
+"#
+        ),
+    )
+    .unwrap();
+    // A model subscribes to every item.* event before anything is sent.
+    let queue = format!("{u}.models");
+    let (_conn, ch) = bind_queue(&amqp, &exchange, &queue, "item.*").await;
+
+    let data = tmp.path().join("data");
+    let up = Up::start(
+        &data,
+        &["--catalog", catalog.to_str().unwrap(), "--config", config.to_str().unwrap()],
+        &[],
+    );
+    let mut body = String::new();
+    let viewed: Vec<String> = (0..5).map(|i| format!("v{i}-{u}")).collect();
+    let liked: Vec<String> = (0..3).map(|i| format!("l{i}-{u}")).collect();
+    for (i, id) in viewed.iter().enumerate() {
+        body.push_str(&ev("item.viewed", id, i as i64));
+        body.push('\n');
+    }
+    for (i, id) in liked.iter().enumerate() {
+        body.push_str(&ev("item.liked", id, 100 + i as i64));
+        body.push('\n');
+    }
+    body.push_str(&format!(r#"{{"event":"signup","env":"web","id":"s-{u}","fields":{{}}}}"#));
+    body.push('\n');
+    // Kept with valid=false (frontend env): reaches the warehouse's invalid area only.
+    body.push_str(&format!(
+        r#"{{"event":"item.viewed","env":"web","id":"bad-{u}","fields":{{"item_id":"nope"}}}}"#
+    ));
+    body.push('\n');
+    let (status, reply) = post(
+        &format!("{}/v1/events", up.collector),
+        body.as_bytes(),
+        &[("content-type", "application/x-ndjson")],
+    );
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(reply["accepted"], 10);
+    assert_eq!(reply["flagged"], 1);
+
+    // RabbitMQ: the eight item.* events, with the documented headers.
+    let got = consume(&ch, &queue, 8).await;
+    let mut ids = BTreeSet::new();
+    for (key, headers, body) in &got {
+        let id = body["id"].as_str().unwrap().to_string();
+        assert_eq!(key, body["event"].as_str().unwrap(), "routing key = event name");
+        assert_eq!(header_str(headers, "event"), *key);
+        assert_eq!(header_str(headers, "version"), "1");
+        assert_eq!(header_str(headers, "env"), "web");
+        assert_eq!(header_str(headers, "id"), id);
+        assert_eq!(body["valid"], true);
+        assert!(body["received_at"].as_str().unwrap().ends_with('Z'));
+        assert!(body["fields"]["item_id"].is_i64());
+        ids.insert(id);
+    }
+    let want: BTreeSet<String> = viewed.iter().chain(&liked).cloned().collect();
+    assert_eq!(ids, want);
+
+    // MongoDB: item.viewed only, _id = event id.
+    let mut want_viewed = viewed.clone();
+    want_viewed.sort();
+    let got_mongo = {
+        let (mongo, u) = (mongo.clone(), u.clone());
+        let mut got = Vec::new();
+        for _ in 0..300 {
+            got = mongo_ids(&mongo, &u, "item_viewed").await;
+            if got.len() >= want_viewed.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        got
+    };
+    assert_eq!(got_mongo, want_viewed);
+    let client = mongodb::Client::with_uri_str(&mongo).await.unwrap();
+    let names = client.database(&u).list_collection_names().await.unwrap();
+    assert_eq!(names, vec!["item_viewed".to_string()], "nothing else was routed to Mongo");
+    let one = client
+        .database(&u)
+        .collection::<Document>("item_viewed")
+        .find_one(doc! {"_id": &viewed[2]})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(one.get_str("event").unwrap(), "item.viewed");
+    assert_eq!(one.get_document("fields").unwrap().get("item_id").and_then(|v| v.as_i64().or(v.as_i32().map(i64::from))), Some(2));
+
+    // Kafka: item.viewed only, key = event id, headers as documented.
+    let consumer = kafka_consumer(&kafka, &format!("{u}.item.viewed"));
+    let records = kafka_read(&consumer, 5).await;
+    let mut keys: Vec<String> = records.iter().map(|r| r.0.clone()).collect();
+    keys.sort();
+    assert_eq!(keys, want_viewed);
+    for (key, headers, body) in &records {
+        assert_eq!(body["id"], key.as_str());
+        let h: std::collections::BTreeMap<_, _> = headers.iter().cloned().collect();
+        assert_eq!(h["event"], "item.viewed");
+        assert_eq!(h["version"], "1");
+        assert_eq!(h["env"], "web");
+        assert_eq!(&h["id"], key);
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await.is_err(),
+        "nothing but item.viewed on the topic"
+    );
+
+    // Metrics per recipient.
+    let router_metrics = up_metrics(&up);
+    for r in ["models", "store", "stream"] {
+        assert!(
+            router_metrics.contains(&format!("weir_router_recipient_delivered_events_total{{recipient=\"{r}\"}}")),
+            "{router_metrics}"
+        );
+    }
+    assert!(router_metrics.contains("weir_router_recipient_backlog_events{recipient=\"models\"}"));
+    assert!(up.stop().success());
+}
+
+/// The router's /metrics, found through the collector's.
+fn up_metrics(up: &Up) -> String {
+    // `weir up` serves one /metrics registry for all components.
+    get_text(&format!("{}/metrics", up.collector))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_is_dead_lettered_with_its_reason_and_the_rest_flow() {
+    let kafka = service("TEST_WEIR_KAFKA");
+    let u = unique("poison");
+    let tmp = tempfile::tempdir().unwrap();
+    let catalog = tmp.path().join("catalog");
+    write_catalog(&catalog);
+    let config = tmp.path().join("weir.toml");
+    // The producer refuses messages over 1000 bytes, as a broker refuses one over its
+    // message.max.bytes.
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[router.recipients.stream]
+kind = "kafka"
+brokers = "{kafka}"
+topic = "{u}.{{event}}"
+options = {{ "message.max.bytes" = "1000" }}
+"#
+        ),
+    )
+    .unwrap();
+    let data = tmp.path().join("data");
+    let up = Up::start(
+        &data,
+        &["--catalog", catalog.to_str().unwrap(), "--config", config.to_str().unwrap()],
+        &[],
+    );
+    let big = "x".repeat(3000);
+    let body = format!(
+        "{}\n{}\n{}\n",
+        ev("item.viewed", &format!("ok1-{u}"), 1),
+        format_args!(r#"{{"event":"item.viewed","env":"web","id":"big-{u}","fields":{{"item_id":2,"note":"{big}"}}}}"#),
+        ev("item.viewed", &format!("ok2-{u}"), 3),
+    );
+    let (status, reply) = post(
+        &format!("{}/v1/events", up.collector),
+        body.as_bytes(),
+        &[("content-type", "application/x-ndjson")],
+    );
+    assert_eq!(status, 202, "{reply}");
+    let consumer = kafka_consumer(&kafka, &format!("{u}.item.viewed"));
+    let records = kafka_read(&consumer, 2).await;
+    let keys: BTreeSet<String> = records.into_iter().map(|r| r.0).collect();
+    assert_eq!(keys, [format!("ok1-{u}"), format!("ok2-{u}")].into_iter().collect());
+    let dead_dir = data.join("router/dead-letters/stream");
+    let line = eventually(Duration::from_secs(20), "a dead letter", || {
+        let file = std::fs::read_dir(&dead_dir).ok()?.next()?.ok()?.path();
+        std::fs::read_to_string(file).ok().filter(|t| !t.is_empty())
+    });
+    assert_eq!(line.lines().count(), 1, "{line}");
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(v["recipient"], "stream");
+    assert_eq!(v["event"]["id"], format!("big-{u}"));
+    assert_eq!(v["event"]["fields"]["note"], big);
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.to_lowercase().contains("size"), "{reason}");
+    let m = up_metrics(&up);
+    assert!(
+        m.contains("weir_router_recipient_dead_lettered_events_total{recipient=\"stream\"} 1"),
+        "{m}"
+    );
+    assert!(up.stop().success());
+}
