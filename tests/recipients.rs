@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use common::*;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use mongodb::bson::{doc, Document};
@@ -72,7 +74,9 @@ fn ev(event: &str, id: &str, item: i64) -> String {
 }
 
 async fn bind_queue(amqp: &str, exchange: &str, queue: &str, key: &str) -> (Connection, lapin::Channel) {
-    let conn = Connection::connect(amqp, ConnectionProperties::default()).await.unwrap();
+    let conn = Connection::connect(amqp, ConnectionProperties::default())
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
     ch.exchange_declare(
         exchange.into(),
@@ -95,16 +99,27 @@ async fn bind_queue(amqp: &str, exchange: &str, queue: &str, key: &str) -> (Conn
     )
     .await
     .unwrap();
-    ch.queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
-        .await
-        .unwrap();
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     (conn, ch)
 }
 
 /// Reads `n` messages from `queue`, acking each; returns (routing key, headers, body).
 async fn consume(ch: &lapin::Channel, queue: &str, n: usize) -> Vec<(String, FieldTable, serde_json::Value)> {
     let mut consumer = ch
-        .basic_consume(queue.into(), "test".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.into(),
+            "test".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let mut out = Vec::new();
@@ -124,7 +139,9 @@ async fn consume(ch: &lapin::Channel, queue: &str, n: usize) -> Vec<(String, Fie
     }
     // Nothing more than that.
     assert!(
-        tokio::time::timeout(Duration::from_millis(500), consumer.next()).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(500), consumer.next())
+            .await
+            .is_err(),
         "more messages than routed"
     );
     out
@@ -174,7 +191,12 @@ pub async fn kafka_read(c: &StreamConsumer, n: usize) -> Vec<(String, Vec<(Strin
             .headers()
             .map(|h| {
                 h.iter()
-                    .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
+                    .map(|x| {
+                        (
+                            x.key.to_string(),
+                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -185,7 +207,12 @@ pub async fn kafka_read(c: &StreamConsumer, n: usize) -> Vec<(String, Vec<(Strin
 
 pub async fn mongo_ids(url: &str, db: &str, coll: &str) -> Vec<String> {
     let client = mongodb::Client::with_uri_str(url).await.unwrap();
-    let mut cur = client.database(db).collection::<Document>(coll).find(doc! {}).await.unwrap();
+    let mut cur = client
+        .database(db)
+        .collection::<Document>(coll)
+        .find(doc! {})
+        .await
+        .unwrap();
     let mut ids = Vec::new();
     while let Some(d) = cur.next().await {
         ids.push(d.unwrap().get_str("_id").unwrap().to_string());
@@ -235,7 +262,12 @@ topic = "{u}.{{event}}"
     let data = tmp.path().join("data");
     let up = Up::start(
         &data,
-        &["--catalog", catalog.to_str().unwrap(), "--config", config.to_str().unwrap()],
+        &[
+            "--catalog",
+            catalog.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
         &[],
     );
     let mut body = String::new();
@@ -249,7 +281,9 @@ topic = "{u}.{{event}}"
         body.push_str(&ev("item.liked", id, 100 + i as i64));
         body.push('\n');
     }
-    body.push_str(&format!(r#"{{"event":"signup","env":"web","id":"s-{u}","fields":{{}}}}"#));
+    body.push_str(&format!(
+        r#"{{"event":"signup","env":"web","id":"s-{u}","fields":{{}}}}"#
+    ));
     body.push('\n');
     // Kept with valid=false (frontend env): reaches the warehouse's invalid area only.
     body.push_str(&format!(
@@ -301,7 +335,11 @@ topic = "{u}.{{event}}"
     assert_eq!(got_mongo, want_viewed);
     let client = mongodb::Client::with_uri_str(&mongo).await.unwrap();
     let names = client.database(&u).list_collection_names().await.unwrap();
-    assert_eq!(names, vec!["item_viewed".to_string()], "nothing else was routed to Mongo");
+    assert_eq!(
+        names,
+        vec!["item_viewed".to_string()],
+        "nothing else was routed to Mongo"
+    );
     let one = client
         .database(&u)
         .collection::<Document>("item_viewed")
@@ -310,7 +348,13 @@ topic = "{u}.{{event}}"
         .unwrap()
         .unwrap();
     assert_eq!(one.get_str("event").unwrap(), "item.viewed");
-    assert_eq!(one.get_document("fields").unwrap().get("item_id").and_then(|v| v.as_i64().or(v.as_i32().map(i64::from))), Some(2));
+    assert_eq!(
+        one.get_document("fields")
+            .unwrap()
+            .get("item_id")
+            .and_then(|v| v.as_i64().or(v.as_i32().map(i64::from))),
+        Some(2)
+    );
 
     // Kafka: item.viewed only, key = event id, headers as documented.
     let consumer = kafka_consumer(&kafka, &format!("{u}.item.viewed"));
@@ -327,7 +371,9 @@ topic = "{u}.{{event}}"
         assert_eq!(&h["id"], key);
     }
     assert!(
-        tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await.is_err(),
+        tokio::time::timeout(Duration::from_secs(1), consumer.recv())
+            .await
+            .is_err(),
         "nothing but item.viewed on the topic"
     );
 
@@ -335,7 +381,9 @@ topic = "{u}.{{event}}"
     let router_metrics = up_metrics(&up);
     for r in ["models", "store", "stream"] {
         assert!(
-            router_metrics.contains(&format!("weir_router_recipient_delivered_events_total{{recipient=\"{r}\"}}")),
+            router_metrics.contains(&format!(
+                "weir_router_recipient_delivered_events_total{{recipient=\"{r}\"}}"
+            )),
             "{router_metrics}"
         );
     }
@@ -375,7 +423,12 @@ options = {{ "message.max.bytes" = "1000" }}
     let data = tmp.path().join("data");
     let up = Up::start(
         &data,
-        &["--catalog", catalog.to_str().unwrap(), "--config", config.to_str().unwrap()],
+        &[
+            "--catalog",
+            catalog.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
         &[],
     );
     let big = "x".repeat(3000);

@@ -250,6 +250,23 @@ impl Wal {
         self.shared.bytes.load(Ordering::Relaxed)
     }
 
+    /// Bytes of the log from `from` up to `to` (what a reader at `from` has left to read
+    /// when the log ends at `to`), from the segment files' sizes.
+    pub fn distance(&self, from: Position, to: Position) -> u64 {
+        if to <= from {
+            return 0;
+        }
+        if to.segment == from.segment {
+            return to.offset - from.offset;
+        }
+        let size = |seg: u64| fs::metadata(segment_path(&self.shared.dir, seg)).map_or(0, |m| m.len());
+        let mut total = size(from.segment).saturating_sub(from.offset) + to.offset;
+        for seg in from.segment + 1..to.segment {
+            total += size(seg);
+        }
+        total
+    }
+
     /// Number of segment files.
     pub fn segments(&self) -> u64 {
         self.shared.segments.load(Ordering::Relaxed)

@@ -118,7 +118,7 @@ impl Router {
                 addr: cfg.listen.clone(),
                 source,
             })?;
-        let cursors = cursors::LogCursors::new(wal.clone(), cfg.log_segment_bytes);
+        let cursors = cursors::LogCursors::new(wal.clone());
         let end_at_start = wal.durable();
         let (stop_buffer, buf_rx) = watch::channel(false);
         let mut recipients = Vec::new();

@@ -134,6 +134,16 @@ impl Up {
     }
 }
 
+impl Drop for Up {
+    /// A test that failed half-way leaves no `weir up` behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn wait(child: &mut Child, limit: Duration) -> ExitStatus {
     let deadline = Instant::now() + limit;
     loop {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use weir_proto::event::EventView;
 
 use super::{render_template, retry_all, Outcome, Sink};
@@ -20,7 +20,50 @@ use super::{render_template, retry_all, Outcome, Sink};
 pub struct KafkaSink {
     config: ClientConfig,
     topic: String,
-    producer: Option<FutureProducer>,
+    producer: Option<FutureProducer<QuietContext>>,
+}
+
+/// Passes librdkafka's own log and error callbacks to `tracing`, at most one line per
+/// 30 s: a broker that is down makes librdkafka report every reconnect attempt, and the
+/// runner already reports the failing delivery.
+#[derive(Default)]
+pub struct QuietContext {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl QuietContext {
+    fn allow(&self) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|l| now.duration_since(l) < Duration::from_secs(30)) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
+
+impl rdkafka::ClientContext for QuietContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
+                if self.allow() {
+                    tracing::warn!(
+                        facility = fac,
+                        "librdkafka: {log_message} (repeats are suppressed for 30 s)"
+                    );
+                }
+            }
+            _ => tracing::debug!(facility = fac, "librdkafka: {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if self.allow() {
+            tracing::warn!(error = %error, "Kafka client: {reason} (repeats are suppressed for 30 s)");
+        }
+    }
 }
 
 /// The producer settings weir insists on, then the operator's `options` on top.
@@ -76,7 +119,10 @@ fn outcome(e: &KafkaError) -> Outcome {
 impl Sink for KafkaSink {
     async fn deliver(&mut self, events: &[Bytes]) -> Vec<Outcome> {
         if self.producer.is_none() {
-            match self.config.create::<FutureProducer>() {
+            match self
+                .config
+                .create_with_context::<_, FutureProducer<QuietContext>>(QuietContext::default())
+            {
                 Ok(p) => self.producer = Some(p),
                 Err(e) => return retry_all(events.len(), &format!("cannot create the Kafka producer: {e}")),
             }
@@ -146,6 +192,15 @@ impl Sink for KafkaSink {
                 Ok(Err((e, _))) => outcome(&e),
                 Err(_) => Outcome::Retry("the Kafka producer dropped the message".into()),
             };
+        }
+        // An idempotent producer can get stuck or turn fatal when the broker lost its
+        // state (a restarted broker without its data); a new producer sends again. Its
+        // queue is empty here (every send above has an outcome), so nothing is lost.
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            tracing::warn!(?code, %reason, "the Kafka producer failed fatally; making a new one");
+            self.producer = None;
+        } else if out.iter().any(|o| matches!(o, Outcome::Retry(_))) {
+            self.producer = None;
         }
         out
     }

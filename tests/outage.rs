@@ -1,0 +1,430 @@
+//! A recipient's server goes down while events flow: intake keeps accepting, the other
+//! recipients keep delivering, and after the restart the backlog drains with nothing
+//! lost. MongoDB (nx-27017) and Kafka (tansu) are private servers this test starts on
+//! free ports and stops by PID; RabbitMQ is the machine's own, stopped with
+//! `rabbitmqctl stop_app` and started again with `start_app`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use mongodb::bson::{doc, Document};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+
+/// The tests stop shared or private servers; one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Starts the machine's RabbitMQ again however the test ends.
+struct StartAppOnDrop;
+
+impl Drop for StartAppOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").args(["-q", "start_app"]).status();
+    }
+}
+
+/// A server process this test owns.
+struct Private {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    kind: &'static str,
+}
+
+impl Private {
+    fn start(kind: &'static str, dir: &Path) -> Private {
+        let mut p = Private {
+            child: None,
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            kind,
+        };
+        p.up();
+        p
+    }
+
+    fn up(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .unwrap();
+        let port = self.port.to_string();
+        let mut cmd = match self.kind {
+            "mongo" => {
+                let mut c = Command::new(service("TEST_WEIR_NX27017_BIN"));
+                c.args(["--host", "127.0.0.1", "-p", &port, "--data-dir"])
+                    .arg(self.dir.join("db"))
+                    .arg("--pid-file")
+                    .arg(self.dir.join("nx-27017.pid"));
+                c
+            }
+            _ => {
+                let url = format!("tcp://127.0.0.1:{port}");
+                let mut c = Command::new(service("TEST_WEIR_TANSU_BIN"));
+                c.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                    .args(["--storage-engine", "memory://tansu/"]);
+                c
+            }
+        };
+        let child = cmd
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        eventually(
+            Duration::from_secs(30),
+            &format!("{} to listen on {addr}", self.kind),
+            || std::net::TcpStream::connect(&addr).ok(),
+        );
+    }
+
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let addr = format!("127.0.0.1:{}", self.port);
+        eventually(Duration::from_secs(10), "the server to close its port", || {
+            std::net::TcpStream::connect(&addr).err().map(|_| ())
+        });
+    }
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn catalog(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("c.toml"),
+        r#"
+[environments.web]
+kind = "frontend"
+
+[fields.n]
+type = "int"
+
+[events."item.viewed"]
+owner = "search"
+recipients = ["models", "store", "stream"]
+
+[[events."item.viewed".versions]]
+version = 1
+environments = ["web"]
+required = ["n"]
+"#,
+    )
+    .unwrap();
+}
+
+fn send(up: &Up, ids: &[String]) {
+    let body: String = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            format!("{{\"event\":\"item.viewed\",\"env\":\"web\",\"id\":\"{id}\",\"fields\":{{\"n\":{i}}}}}\n")
+        })
+        .collect();
+    let (status, reply) = post(
+        &format!("{}/v1/events", up.collector),
+        body.as_bytes(),
+        &[("content-type", "application/x-ndjson")],
+    );
+    assert_eq!(status, 202, "intake keeps accepting: {reply}");
+    assert_eq!(reply["accepted"], ids.len());
+}
+
+struct Rabbit {
+    amqp: String,
+    exchange: String,
+    queue: String,
+}
+
+impl Rabbit {
+    async fn channel(&self) -> (Connection, lapin::Channel) {
+        let conn = Connection::connect(&self.amqp, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.exchange_declare(
+            self.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_declare(
+            self.queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            self.queue.as_str().into(),
+            self.exchange.as_str().into(),
+            "item.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        (conn, ch)
+    }
+
+    /// Reads exactly `n` ids from the queue (waiting up to a minute).
+    async fn read(&self, n: usize) -> BTreeSet<String> {
+        let (_conn, ch) = self.channel().await;
+        let mut consumer = ch
+            .basic_consume(
+                self.queue.as_str().into(),
+                "t".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut ids = BTreeSet::new();
+        while ids.len() < n {
+            let d = tokio::time::timeout(Duration::from_secs(60), consumer.next())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {n} RabbitMQ messages", ids.len()))
+                .unwrap()
+                .unwrap();
+            d.ack(BasicAckOptions::default()).await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+            ids.insert(v["id"].as_str().unwrap().to_string());
+        }
+        ids
+    }
+}
+
+async fn mongo_ids(url: &str, db: &str) -> BTreeSet<String> {
+    let Ok(client) = mongodb::Client::with_uri_str(url).await else {
+        return BTreeSet::new();
+    };
+    let Ok(mut cur) = client
+        .database(db)
+        .collection::<Document>("item_viewed")
+        .find(doc! {})
+        .await
+    else {
+        return BTreeSet::new();
+    };
+    let mut ids = BTreeSet::new();
+    while let Some(Ok(d)) = cur.next().await {
+        ids.insert(d.get_str("_id").unwrap().to_string());
+    }
+    ids
+}
+
+async fn mongo_wait(url: &str, db: &str, want: &BTreeSet<String>) {
+    for _ in 0..600 {
+        if mongo_ids(url, db).await == *want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "MongoDB has {:?}, want {} ids",
+        mongo_ids(url, db).await.len(),
+        want.len()
+    );
+}
+
+/// Reads the topic from the start with a new group until it holds `want`.
+async fn kafka_wait(brokers: &str, topic: &str, want: &BTreeSet<String>) {
+    let c: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("g"))
+        .set("auto.offset.reset", "earliest")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let mut got = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while !want.is_subset(&got) {
+        match tokio::time::timeout_at(deadline, c.recv()).await {
+            Ok(Ok(m)) => {
+                got.insert(String::from_utf8(m.key().unwrap().to_vec()).unwrap());
+            }
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) => panic!("Kafka has {} of {} ids", want.intersection(&got).count(), want.len()),
+        }
+    }
+}
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+fn set(a: &[String]) -> BTreeSet<String> {
+    a.iter().cloned().collect()
+}
+
+async fn outage(which: &str) {
+    let _serial = SERIAL.lock().await;
+    let _restart_rabbit = StartAppOnDrop;
+    let amqp = service("TEST_WEIR_AMQP");
+    let u = unique(which);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mongo = Private::start("mongo", &tmp.path().join("mongo"));
+    let mut kafka = Private::start("kafka", &tmp.path().join("kafka"));
+    let mongo_url = format!("mongodb://127.0.0.1:{}", mongo.port);
+    let brokers = format!("127.0.0.1:{}", kafka.port);
+    let rabbit = Rabbit {
+        amqp: amqp.clone(),
+        exchange: format!("weir.outage.{u}"),
+        queue: format!("{u}.q"),
+    };
+    drop(rabbit.channel().await);
+    let cat = tmp.path().join("catalog");
+    catalog(&cat);
+    let config = tmp.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[router.recipients.models]
+kind = "rabbitmq"
+url = "{amqp}"
+exchange = "{}"
+
+[router.recipients.store]
+kind = "mongo"
+url = "{mongo_url}"
+db = "{u}"
+collection = "{{event_ident}}"
+
+[router.recipients.stream]
+kind = "kafka"
+brokers = "{brokers}"
+topic = "{u}.{{event}}"
+"#,
+            rabbit.exchange
+        ),
+    )
+    .unwrap();
+    let up = Up::start(
+        &tmp.path().join("data"),
+        &["--catalog", cat.to_str().unwrap(), "--config", config.to_str().unwrap()],
+        &[],
+    );
+    let topic = format!("{u}.item.viewed");
+    let before = ids("before", 20);
+    send(&up, &before);
+    assert_eq!(rabbit.read(20).await, set(&before));
+    mongo_wait(&mongo_url, &u, &set(&before)).await;
+    kafka_wait(&brokers, &topic, &set(&before)).await;
+
+    // The outage.
+    match which {
+        "rabbitmq" => {
+            let ok = Command::new("rabbitmqctl").args(["-q", "stop_app"]).status().unwrap();
+            assert!(ok.success());
+        }
+        "mongo" => mongo.down(),
+        _ => kafka.down(),
+    }
+    let during = ids("during", 30);
+    for chunk in during.chunks(10) {
+        send(&up, chunk);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let all = set(&before).union(&set(&during)).cloned().collect::<BTreeSet<_>>();
+    // The others keep delivering.
+    if which != "rabbitmq" {
+        assert_eq!(rabbit.read(30).await, set(&during));
+    }
+    if which != "mongo" {
+        mongo_wait(&mongo_url, &u, &all).await;
+    }
+    if which != "kafka" {
+        kafka_wait(&brokers, &topic, &set(&during)).await;
+    }
+    let failing = match which {
+        "rabbitmq" => "models",
+        "mongo" => "store",
+        _ => "stream",
+    };
+    // The failing recipient shows in metrics (a Kafka send fails only after the
+    // producer's message.timeout.ms, 15 s).
+    eventually(Duration::from_secs(40), "the failing recipient's up gauge at 0", || {
+        let m = get_text(&format!("{}/metrics", up.collector));
+        m.contains(&format!("weir_router_recipient_up{{recipient=\"{failing}\"}} 0"))
+            .then_some(())
+    });
+
+    // Back up: the backlog drains, nothing lost.
+    match which {
+        "rabbitmq" => {
+            let ok = Command::new("rabbitmqctl").args(["-q", "start_app"]).status().unwrap();
+            assert!(ok.success());
+            assert_eq!(rabbit.read(30).await, set(&during));
+        }
+        "mongo" => {
+            mongo.up();
+            mongo_wait(&mongo_url, &u, &all).await;
+        }
+        _ => {
+            // tansu keeps topics in memory: the restarted broker has only what the
+            // router re-sent from its backlog.
+            kafka.up();
+            kafka_wait(&brokers, &topic, &set(&during)).await;
+        }
+    }
+    let backlog = eventually(Duration::from_secs(30), "the backlog gauge back at 0", || {
+        let m = get_text(&format!("{}/metrics", up.collector));
+        m.contains(&format!(
+            "weir_router_recipient_backlog_events{{recipient=\"{failing}\"}} 0"
+        ))
+        .then_some(m)
+    });
+    assert!(backlog.contains(&format!("weir_router_recipient_up{{recipient=\"{failing}\"}} 1")));
+    assert!(up.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_down_while_events_flow() {
+    outage("rabbitmq").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_down_while_events_flow() {
+    outage("mongo").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_down_while_events_flow() {
+    outage("kafka").await;
+}
