@@ -467,3 +467,77 @@ options = {{ "message.max.bytes" = "1000" }}
     );
     assert!(up.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_mid_stream_loses_nothing_acknowledged_and_mongo_has_no_duplicates() {
+    let mongo = service("TEST_WEIR_MONGO");
+    let u = unique("kill");
+    let tmp = tempfile::tempdir().unwrap();
+    let catalog = tmp.path().join("catalog");
+    write_catalog(&catalog);
+    let config = tmp.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[router.recipients.store]
+kind = "mongo"
+url = "{mongo}"
+db = "{u}"
+collection = "{{event_ident}}"
+batch_events = 50
+"#
+        ),
+    )
+    .unwrap();
+    let data = tmp.path().join("data");
+    let args = ["--catalog", catalog.to_str().unwrap(), "--config", config.to_str().unwrap()];
+    let up = Up::start(&data, &args, &[]);
+    let url = format!("{}/v1/events", up.collector);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let (stop, u) = (stop.clone(), u.clone());
+        std::thread::spawn(move || {
+            let (mut acked, mut sent) = (BTreeSet::new(), BTreeSet::new());
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ids: Vec<String> = (0..20).map(|i| format!("k{n}-{i}-{u}")).collect();
+                n += 1;
+                let body: String = ids.iter().map(|id| ev("item.viewed", id, 1) + "\n").collect();
+                sent.extend(ids.iter().cloned());
+                let ok = ureq::post(&url)
+                    .set("content-type", "application/x-ndjson")
+                    .send_string(&body)
+                    .is_ok_and(|r| r.status() == 202);
+                if ok {
+                    acked.extend(ids);
+                } else {
+                    break;
+                }
+            }
+            (acked, sent)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    up.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, sent) = sender.join().unwrap();
+    assert!(acked.len() >= 100, "the stream was flowing: {} acknowledged", acked.len());
+    let up = Up::start(&data, &args, &[]);
+    let client = mongodb::Client::with_uri_str(&mongo).await.unwrap();
+    let coll = client.database(&u).collection::<Document>("item_viewed");
+    let mut ids = Vec::new();
+    for _ in 0..600 {
+        ids = mongo_ids(&mongo, &u, "item_viewed").await;
+        if acked.iter().all(|id| ids.binary_search(id).is_ok()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let missing = acked.iter().filter(|id| ids.binary_search(id).is_err()).count();
+    assert_eq!(missing, 0, "every acknowledged event reached Mongo after the restart");
+    assert!(ids.iter().all(|id| sent.contains(id)), "only events that were sent");
+    let count = coll.count_documents(doc! {}).await.unwrap();
+    assert_eq!(count as usize, ids.len(), "no duplicates");
+    assert!(up.stop().success());
+}
