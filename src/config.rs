@@ -177,14 +177,27 @@ impl Config {
         }
     }
 
-    /// The hourly buffer directory (router writes, loader reads).
+    /// The hourly buffer directory (router writes, loader reads). With the MongoDB
+    /// buffer, the local mirror the loader exports hours into.
     pub fn buffer_dir(&self) -> PathBuf {
         if let Some(d) = &self.loader.buffer_dir {
             return d.clone();
         }
         match &self.router.buffer {
             BufferConfig::File { dir: Some(d) } => d.clone(),
+            BufferConfig::Mongo { .. } => self.data_dir().join("loader").join("mongo-buffer"),
             _ => self.data_dir().join("router").join("buffer"),
+        }
+    }
+
+    /// The MongoDB buffer, when `router.buffer` is `{ kind = "mongo" }`.
+    pub fn mongo_buffer(&self) -> Option<weir_loader::mongo_mirror::MongoSource> {
+        match &self.router.buffer {
+            BufferConfig::Mongo { url, db } => Some(weir_loader::mongo_mirror::MongoSource {
+                url: url.clone(),
+                db: db.clone(),
+            }),
+            BufferConfig::File { .. } => None,
         }
     }
 

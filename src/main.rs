@@ -261,7 +261,14 @@ fn loader(command: LoaderCommand) -> anyhow::Result<ExitCode> {
             let (catalog, _) = load_catalog(&cfg, true)?;
             run::init_tracing();
             let loader = run::make_loader(&cfg, catalog);
+            let which = if now {
+                weir_loader::mongo_mirror::Hours::All
+            } else {
+                weir_loader::mongo_mirror::Hours::Closed
+            };
+            let rt = run::runtime()?;
             loop {
+                rt.block_on(run::mirror_mongo(&cfg, which))?;
                 let reports = loader.run(now).context("load failed")?;
                 for r in &reports {
                     let m = &r.manifest;
@@ -295,6 +302,10 @@ fn loader(command: LoaderCommand) -> anyhow::Result<ExitCode> {
             let from = weir_proto::hour::parse(&from).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
             let to = weir_proto::hour::parse(&to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
             anyhow::ensure!(from <= to, "--from must not be after --to");
+            run::runtime()?.block_on(run::mirror_mongo(
+                &cfg,
+                weir_loader::mongo_mirror::Hours::Range(from, to),
+            ))?;
             let loader = run::make_loader(&cfg, catalog);
             let bar = indicatif::ProgressBar::new((to - from + 1) as u64).with_style(
                 indicatif::ProgressStyle::with_template("replay {bar:40} {pos}/{len} hours, {elapsed} (eta {eta})")

@@ -57,6 +57,15 @@ pub fn make_loader(cfg: &Config, catalog: Catalog) -> Loader {
     }
 }
 
+/// With the MongoDB buffer, exports the hours `which` names into the local mirror the
+/// loader reads; a no-op for the file buffer.
+pub async fn mirror_mongo(cfg: &Config, which: weir_loader::mongo_mirror::Hours) -> anyhow::Result<()> {
+    if let Some(src) = cfg.mongo_buffer() {
+        weir_loader::mongo_mirror::mirror(&src, &cfg.buffer_dir(), which).await?;
+    }
+    Ok(())
+}
+
 /// SIGINT and SIGTERM, watched from the moment this is created: create it before
 /// starting anything, so a signal that arrives during startup still drains.
 struct Signals {
@@ -141,11 +150,16 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
     let interval = Duration::from_secs(cfg.loader.interval_secs.max(1));
     let periodic = {
         let loader_for = loader_for.clone();
+        let mirror_cfg = cfg.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}
                     _ = loader_stop.changed() => return,
+                }
+                if let Err(e) = mirror_mongo(&mirror_cfg, weir_loader::mongo_mirror::Hours::Closed).await {
+                    tracing::error!(error = %e, "reading the MongoDB buffer failed; will retry");
+                    continue;
                 }
                 let l = loader_for();
                 match tokio::task::spawn_blocking(move || l.run(false)).await {
@@ -190,6 +204,7 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
     router.shutdown().await;
     let _ = stop_loader.send(true);
     let _ = periodic.await;
+    mirror_mongo(&cfg, weir_loader::mongo_mirror::Hours::All).await?;
     let l = loader_for();
     let reports = tokio::task::spawn_blocking(move || l.run(true))
         .await

@@ -491,7 +491,12 @@ batch_events = 50
     )
     .unwrap();
     let data = tmp.path().join("data");
-    let args = ["--catalog", catalog.to_str().unwrap(), "--config", config.to_str().unwrap()];
+    let args = [
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
     let up = Up::start(&data, &args, &[]);
     let url = format!("{}/v1/events", up.collector);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -522,7 +527,11 @@ batch_events = 50
     up.kill9();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (acked, sent) = sender.join().unwrap();
-    assert!(acked.len() >= 100, "the stream was flowing: {} acknowledged", acked.len());
+    assert!(
+        acked.len() >= 100,
+        "the stream was flowing: {} acknowledged",
+        acked.len()
+    );
     let up = Up::start(&data, &args, &[]);
     let client = mongodb::Client::with_uri_str(&mongo).await.unwrap();
     let coll = client.database(&u).collection::<Document>("item_viewed");

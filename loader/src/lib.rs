@@ -11,6 +11,7 @@ pub mod columns;
 pub mod commit;
 pub mod config;
 pub mod flight;
+pub mod mongo_mirror;
 pub mod schema;
 
 use std::collections::HashSet;

@@ -214,6 +214,7 @@ pub async fn run(
     });
     let mut durable = wal.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut last_housekeeping = std::time::Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {
         let stopping = *stop.borrow();
@@ -240,6 +241,7 @@ pub async fn run(
                 tokio::select! {
                     _ = durable.changed() => {}
                     _ = tick.tick() => {
+                        last_housekeeping = std::time::Instant::now();
                         if let Some(mut c) = consumer.take() {
                             consumer = tokio::task::spawn_blocking(move || { c.housekeeping(); c }).await.ok();
                         }
@@ -249,6 +251,18 @@ pub async fn run(
             }
             Ok(_) => {
                 backoff = Duration::from_millis(100);
+                // Hours also close under a load that never lets the loop idle.
+                if last_housekeeping.elapsed() >= Duration::from_secs(5) {
+                    last_housekeeping = std::time::Instant::now();
+                    if let Some(mut c) = consumer.take() {
+                        consumer = tokio::task::spawn_blocking(move || {
+                            c.housekeeping();
+                            c
+                        })
+                        .await
+                        .ok();
+                    }
+                }
                 if let Err(e) = cursors.advance(NAME, pos) {
                     tracing::error!(error = %e, "cannot save the buffer cursor or delete consumed log segments");
                 }

@@ -12,6 +12,7 @@ pub mod cursors;
 pub mod dead_letter;
 pub mod http;
 pub mod metrics;
+pub mod mongo_buffer;
 pub mod recipient;
 
 use std::net::SocketAddr;
@@ -93,24 +94,10 @@ impl Router {
             r.validate()
                 .map_err(|e| StartError::Config(format!("router.recipients.{name}.{e}")))?;
         }
-        if let config::BufferConfig::Mongo { .. } = cfg.buffer {
-            return Err(StartError::Unsupported(
-                "router.buffer kind \"mongo\" is not available in this version yet; use { kind = \"file\" }".into(),
-            ));
-        }
         let wal = Wal::open(WalOptions {
             dir: paths.log_dir.clone(),
             segment_bytes: cfg.log_segment_bytes,
             name: "router-log",
-        })?;
-        let file_buffer = buffer::FileBuffer::open(
-            &paths.buffer_dir,
-            Duration::from_secs(cfg.grace_secs),
-            cfg.retention_days,
-        )
-        .map_err(|source| StartError::Buffer {
-            path: paths.buffer_dir.clone(),
-            source,
         })?;
         let (listener, addr) = weir_proto::http::bind(&cfg.listen)
             .await
@@ -118,6 +105,20 @@ impl Router {
                 addr: cfg.listen.clone(),
                 source,
             })?;
+        let file_buffer = match cfg.buffer {
+            config::BufferConfig::File { .. } => Some(
+                buffer::FileBuffer::open(
+                    &paths.buffer_dir,
+                    Duration::from_secs(cfg.grace_secs),
+                    cfg.retention_days,
+                )
+                .map_err(|source| StartError::Buffer {
+                    path: paths.buffer_dir.clone(),
+                    source,
+                })?,
+            ),
+            config::BufferConfig::Mongo { .. } => None,
+        };
         let cursors = cursors::LogCursors::new(wal.clone());
         let end_at_start = wal.durable();
         let (stop_buffer, buf_rx) = watch::channel(false);
@@ -188,12 +189,34 @@ impl Router {
             move |req| http::handle(state.clone(), req),
             http_rx,
         ));
-        let buffer_wal = wal.clone();
-        let buffer = tokio::spawn(async move {
-            if let Err(e) = buffer::run(buffer_wal, file_buffer, cursors, buf_rx).await {
-                tracing::error!(error = %e, "the hourly buffer stopped; events stay in the router log");
+        let buffer = match &cfg.buffer {
+            config::BufferConfig::File { .. } => {
+                let buffer_wal = wal.clone();
+                let Some(file_buffer) = file_buffer else {
+                    return Err(StartError::Config("file buffer not opened".into()));
+                };
+                tokio::spawn(async move {
+                    if let Err(e) = buffer::run(buffer_wal, file_buffer, cursors, buf_rx).await {
+                        tracing::error!(error = %e, "the hourly buffer stopped; events stay in the router log");
+                    }
+                })
             }
-        });
+            config::BufferConfig::Mongo { url, db } => {
+                let start = cursors.register(buffer::NAME, wal.first_position()?, u64::MAX)?;
+                let sink =
+                    mongo_buffer::MongoBuffer::new(url, db, Duration::from_secs(cfg.grace_secs), cfg.retention_days);
+                let run_cfg = recipient::runner::RunnerConfig {
+                    name: buffer::NAME.into(),
+                    route: recipient::runner::Route::Everything,
+                    batch_events: 1000,
+                    dead_letters: dead_letter::DeadLetters::new(&paths.dead_letter_dir, buffer::NAME),
+                    start,
+                    end_at_start,
+                    drain: Duration::from_secs(cfg.drain_secs),
+                };
+                tokio::spawn(recipient::runner::run(sink, wal.clone(), cursors, run_cfg, buf_rx))
+            }
+        };
         Ok(Router {
             addr,
             watcher,

@@ -1,0 +1,168 @@
+//! Reading the MongoDB hourly buffer: before a load, each hour collection
+//! `buffer_YYYYMMDDHH` the router closed (or every hour, for a replay or a final load) is
+//! exported into a local mirror directory in the file buffer's own format, sorted by event
+//! id; the loader then reads the mirror exactly as it reads file buffers, so both kinds
+//! give the same Parquet rows. An hour is exported again only when its document count
+//! changed (late events), which the loader then sees as a grown buffer and rebuilds.
+//! Mirror files of hours dropped from MongoDB (retention) are deleted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Document};
+use weir_proto::buffer::{buffer_path, closed_path, list_hours};
+use weir_proto::{hour, record};
+
+/// Errors reading the MongoDB buffer.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    /// MongoDB refused or could not be reached.
+    #[error("MongoDB buffer {db} at {url}: {source}")]
+    Mongo {
+        /// Connection string.
+        url: String,
+        /// Database.
+        db: String,
+        /// Why.
+        source: mongodb::error::Error,
+    },
+    /// The mirror directory could not be written.
+    #[error("MongoDB buffer mirror {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Where the MongoDB buffer is.
+#[derive(Clone, Debug)]
+pub struct MongoSource {
+    /// Connection string.
+    pub url: String,
+    /// Database.
+    pub db: String,
+}
+
+fn count_path(dir: &Path, h: i64) -> PathBuf {
+    dir.join(format!("{}.count", hour::compact(h)))
+}
+
+/// Which hours to export.
+#[derive(Clone, Copy, Debug)]
+pub enum Hours {
+    /// Closed hours only (the periodic load).
+    Closed,
+    /// Every hour, open ones included (the final load of `weir up`).
+    All,
+    /// Every hour from the first to the second, inclusive (a replay).
+    Range(i64, i64),
+}
+
+/// Brings the mirror in `dir` up to date with the MongoDB buffer. Returns the hours
+/// exported.
+pub async fn mirror(src: &MongoSource, dir: &Path, which: Hours) -> Result<Vec<i64>, MirrorError> {
+    let mongo = |source| MirrorError::Mongo {
+        url: src.url.clone(),
+        db: src.db.clone(),
+        source,
+    };
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| MirrorError::Io { path, source }
+    };
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mut opts = mongodb::options::ClientOptions::parse(&src.url).await.map_err(mongo)?;
+    opts.server_selection_timeout
+        .get_or_insert(std::time::Duration::from_secs(5));
+    let client = mongodb::Client::with_options(opts).map_err(mongo)?;
+    let db = client.database(&src.db);
+    let names = db.list_collection_names().await.map_err(mongo)?;
+    let present: BTreeSet<i64> = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("buffer_").and_then(hour::parse_compact))
+        .collect();
+    let mut closed = BTreeSet::new();
+    let mut cur = db
+        .collection::<Document>("buffer_hours")
+        .find(doc! {"closed": true})
+        .await
+        .map_err(mongo)?;
+    while let Some(d) = cur.try_next().await.map_err(mongo)? {
+        if let Some(h) = d.get_str("_id").ok().and_then(hour::parse_compact) {
+            closed.insert(h);
+        }
+    }
+    let mut exported = Vec::new();
+    for &h in &present {
+        let wanted = match which {
+            Hours::Closed => closed.contains(&h),
+            Hours::All => true,
+            Hours::Range(from, to) => (from..=to).contains(&h),
+        };
+        if !wanted {
+            continue;
+        }
+        let coll = db.collection::<Document>(&format!("buffer_{}", hour::compact(h)));
+        let count = coll.count_documents(doc! {}).await.map_err(mongo)?;
+        let count_file = count_path(dir, h);
+        let have = fs::read_to_string(&count_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        let marker = closed_path(dir, h);
+        if have != Some(count) || !buffer_path(dir, h).exists() {
+            let tmp = dir.join(format!("{}.buf.tmp", hour::compact(h)));
+            let mut out = io::BufWriter::new(fs::File::create(&tmp).map_err(io_err(&tmp))?);
+            let mut framed = Vec::new();
+            let mut cursor = coll
+                .find(doc! {})
+                .sort(doc! {"_id": 1})
+                .projection(doc! {"pb": 1})
+                .await
+                .map_err(mongo)?;
+            let mut n = 0u64;
+            while let Some(d) = cursor.try_next().await.map_err(mongo)? {
+                let Ok(pb) = d.get_binary_generic("pb") else {
+                    tracing::error!(hour = %hour::display(h), id = ?d.get("_id"), "buffer document without pb; skipped");
+                    continue;
+                };
+                framed.clear();
+                record::encode_into(&mut framed, pb);
+                out.write_all(&framed).map_err(io_err(&tmp))?;
+                n += 1;
+            }
+            let f = out.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
+            f.sync_all().map_err(io_err(&tmp))?;
+            let path = buffer_path(dir, h);
+            fs::rename(&tmp, &path).map_err(io_err(&path))?;
+            // The count read before the export; a document inserted during it shows as a
+            // different count next time and the hour is exported again.
+            fs::write(&count_file, format!("{count}\n")).map_err(io_err(&count_file))?;
+            tracing::info!(hour = %hour::display(h), events = n, "hour exported from the MongoDB buffer");
+            exported.push(h);
+        }
+        if closed.contains(&h) && !marker.exists() {
+            fs::write(&marker, b"{}\n").map_err(io_err(&marker))?;
+        }
+    }
+    // Hours MongoDB no longer has (dropped after retention) leave the mirror too.
+    let mirrored: BTreeMap<i64, ()> = list_hours(dir)
+        .map_err(io_err(dir))?
+        .into_iter()
+        .map(|s| (s.hour, ()))
+        .collect();
+    for h in mirrored.keys().filter(|h| !present.contains(h)) {
+        for p in [buffer_path(dir, *h), closed_path(dir, *h), count_path(dir, *h)] {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&p)(e)),
+            }
+        }
+    }
+    Ok(exported)
+}

@@ -1,0 +1,244 @@
+//! The MongoDB hourly buffer against a real server (nx-27017 from `scripts/services`): a
+//! collection per hour, closed after the grace period, dropped after retention, and loaded
+//! into the same Parquet rows as the file buffer gives for the same events.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Document};
+use prost::Message;
+use weir_loader::mongo_mirror::{mirror, Hours, MongoSource};
+use weir_loader::Loader;
+use weir_proto::hour::{self, HOUR_MICROS};
+use weir_proto::pb::Event;
+use weir_router::mongo_buffer::{collection_name, MongoBuffer};
+use weir_router::recipient::{Outcome, Sink};
+
+fn event(id: &str, received_at: i64, valid: bool) -> Bytes {
+    let fields = if valid {
+        format!(
+            r#"{{"order_id":"{id}","amount":{}.5,"items":3,"skus":[1,2]}}"#,
+            id.len()
+        )
+    } else {
+        r#"{"order_id":7}"#.to_string()
+    };
+    Bytes::from(
+        Event {
+            id: id.into(),
+            event: "order.completed".into(),
+            version: 1,
+            env: "backend".into(),
+            received_at,
+            client_ts: Some(received_at - 1000),
+            collector: "node-1".into(),
+            fields: Bytes::from(fields),
+            valid,
+            errors: if valid {
+                vec![]
+            } else {
+                vec!["order_id: expected a string".into()]
+            },
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    )
+}
+
+fn loader(buffer: &Path, warehouse: &Path) -> Loader {
+    Loader {
+        catalog: Arc::new(weir_proto::Catalog::load_dir(&fixture_catalog()).unwrap()),
+        buffer_dir: buffer.to_path_buf(),
+        warehouse: warehouse.to_path_buf(),
+        row_group_rows: 1000,
+    }
+}
+
+/// Every Parquet file under `dir`, as (path relative to `dir`, its rows).
+fn tables(dir: &Path) -> Vec<(String, Vec<arrow_array::RecordBatch>)> {
+    parquet_files(dir)
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            (rel, read_parquet(&p))
+        })
+        .collect()
+}
+
+async fn collections(db: &mongodb::Database) -> BTreeSet<String> {
+    db.list_collection_names().await.unwrap().into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hours_close_drop_after_retention_and_load_like_the_file_buffer() {
+    let url = service("TEST_WEIR_MONGO");
+    let db_name = unique("buf");
+    let tmp = tempfile::tempdir().unwrap();
+    let now = weir_proto::event::now_micros();
+    let closed_h = hour::of_micros(now) - 2;
+    let old_h = hour::of_micros(now) - 5 * 24;
+    let open_h = hour::of_micros(now);
+    let at = |h: i64, i: i64| h * HOUR_MICROS + 1_000_000 * (i + 1);
+    let mut events: Vec<Bytes> = (0..30)
+        .map(|i| event(&format!("c{i:02}"), at(closed_h, i), i % 10 != 9))
+        .collect();
+    events.extend((0..5).map(|i| event(&format!("o{i}"), at(old_h, i), true)));
+    events.extend((0..3).map(|i| event(&format!("n{i}"), now - i, true)));
+
+    let mut buffer = MongoBuffer::new(&url, &db_name, Duration::from_secs(300), 3);
+    let out = buffer.deliver(&events).await;
+    assert!(out.iter().all(|o| *o == Outcome::Delivered), "{out:?}");
+    // A redelivery (a router restart before its cursor moved) stores nothing twice.
+    let again = buffer.deliver(&events[..10]).await;
+    assert!(again.iter().all(|o| *o == Outcome::Delivered), "{again:?}");
+
+    let client = mongodb::Client::with_uri_str(&url).await.unwrap();
+    let db = client.database(&db_name);
+    let names = collections(&db).await;
+    for h in [closed_h, old_h, open_h] {
+        assert!(names.contains(&collection_name(h)), "a collection per hour: {names:?}");
+    }
+    let closed_coll = db.collection::<Document>(&collection_name(closed_h));
+    assert_eq!(closed_coll.count_documents(doc! {}).await.unwrap(), 30);
+    let d = closed_coll.find_one(doc! {"_id": "c03"}).await.unwrap().unwrap();
+    assert_eq!(d.get_str("event").unwrap(), "order.completed");
+    assert_eq!(d.get_document("fields").unwrap().get_str("order_id").unwrap(), "c03");
+
+    // Housekeeping: the past hours close, the one older than retention is dropped.
+    buffer.tick().await;
+    let names = collections(&db).await;
+    assert!(names.contains(&collection_name(closed_h)));
+    assert!(names.contains(&collection_name(open_h)));
+    assert!(
+        !names.contains(&collection_name(old_h)),
+        "dropped after retention: {names:?}"
+    );
+    let markers: Vec<Document> = db
+        .collection::<Document>("buffer_hours")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let closed: BTreeSet<String> = markers
+        .iter()
+        .filter(|m| m.get_bool("closed").unwrap_or(false))
+        .map(|m| m.get_str("_id").unwrap().to_string())
+        .collect();
+    assert_eq!(
+        closed,
+        [hour::compact(closed_h)].into_iter().collect(),
+        "only the closed hour stays marked"
+    );
+
+    // The loader reads the closed hour from MongoDB...
+    let src = MongoSource {
+        url: url.clone(),
+        db: db_name.clone(),
+    };
+    let mirror_dir = tmp.path().join("mirror");
+    assert_eq!(mirror(&src, &mirror_dir, Hours::Closed).await.unwrap(), vec![closed_h]);
+    assert!(
+        mirror(&src, &mirror_dir, Hours::Closed).await.unwrap().is_empty(),
+        "unchanged hours are not exported again"
+    );
+    let from_mongo = tmp.path().join("wh-mongo");
+    let reports = loader(&mirror_dir, &from_mongo).run(false).unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].manifest.rows, 27);
+    assert_eq!(reports[0].manifest.invalid_rows, 3);
+
+    // ... into the same Parquet as the file buffer gives for the same events.
+    let file_dir = tmp.path().join("filebuf");
+    std::fs::create_dir_all(&file_dir).unwrap();
+    let mut framed = Vec::new();
+    for e in events.iter().take(30).rev() {
+        weir_proto::record::encode_into(&mut framed, e);
+    }
+    std::fs::write(weir_proto::buffer::buffer_path(&file_dir, closed_h), &framed).unwrap();
+    std::fs::write(weir_proto::buffer::closed_path(&file_dir, closed_h), b"{}").unwrap();
+    let from_files = tmp.path().join("wh-file");
+    loader(&file_dir, &from_files).run(false).unwrap();
+    let (a, b) = (tables(&from_mongo), tables(&from_files));
+    assert!(!a.is_empty());
+    assert_eq!(
+        a.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        b.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        "same partitions and files"
+    );
+    for ((path, x), (_, y)) in a.iter().zip(&b) {
+        assert_eq!(x, y, "same rows in {path}");
+    }
+
+    // A late event for the closed hour: exported again, and the hour reloaded.
+    let late = [event("late1", at(closed_h, 40), true)];
+    assert_eq!(buffer.deliver(&late).await, vec![Outcome::Delivered]);
+    assert_eq!(mirror(&src, &mirror_dir, Hours::Closed).await.unwrap(), vec![closed_h]);
+    let reports = loader(&mirror_dir, &from_mongo).run(false).unwrap();
+    assert_eq!(reports.len(), 1, "the hour is rebuilt");
+    assert_eq!(reports[0].manifest.rows, 28);
+
+    // Retention reaches the mirror too: a dropped hour leaves it.
+    db.collection::<Document>(&collection_name(closed_h))
+        .drop()
+        .await
+        .unwrap();
+    mirror(&src, &mirror_dir, Hours::Closed).await.unwrap();
+    assert!(!weir_proto::buffer::buffer_path(&mirror_dir, closed_h).exists());
+    db.drop().await.unwrap();
+}
+
+#[test]
+fn weir_up_with_the_mongo_buffer_loads_every_hour_on_stop() {
+    let url = service("TEST_WEIR_MONGO");
+    let db_name = unique("up");
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!("[router]\nbuffer = {{ kind = \"mongo\", url = \"{url}\", db = \"{db_name}\" }}\n"),
+    )
+    .unwrap();
+    let data = tmp.path().join("data");
+    let catalog = fixture_catalog();
+    let up = Up::start(
+        &data,
+        &[
+            "--catalog",
+            catalog.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let body: String = (0..20)
+        .map(|i| format!(r#"{{"event":"order.completed","env":"backend","id":"u{i}","fields":{{"order_id":"o{i}","amount":{i}}}}}"#))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (status, reply) = post(
+        &format!("{}/v1/events", up.collector),
+        body.as_bytes(),
+        &[("content-type", "application/x-ndjson")],
+    );
+    assert_eq!(status, 202, "{reply}");
+    assert!(up.stop().success());
+    let files = parquet_files(&data.join("warehouse"));
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut ids = strings(&read_parquet(&files[0]), "id");
+    ids.sort();
+    let mut want: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+    want.sort();
+    assert_eq!(ids, want);
+    assert!(
+        !data.join("router/buffer").exists() || parquet_files(&data.join("router/buffer")).is_empty(),
+        "no file buffer was written"
+    );
+}
