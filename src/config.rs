@@ -133,7 +133,14 @@ impl Config {
                 });
             }
         }
-        toml::Value::Table(table).try_into().map_err(invalid)
+        let cfg: Config = toml::Value::Table(table).try_into().map_err(invalid)?;
+        for (name, r) in &cfg.router.recipients {
+            r.validate().map_err(|e| ConfigError::Invalid {
+                path: label.clone(),
+                message: format!("router.recipients.{name}.{e}"),
+            })?;
+        }
+        Ok(cfg)
     }
 
     /// The data directory.
@@ -259,6 +266,9 @@ catalog_poll_secs = 30
 listen = "127.0.0.1:8081"
 # Hourly buffers: files under the data dir.
 buffer = { kind = "file" }
+# Or MongoDB collections buffer_YYYYMMDDHH (closed hours are marked in buffer_hours;
+# the loader exports them to <data_dir>/loader/mongo-buffer and loads them from there):
+# buffer = { kind = "mongo", url = "mongodb://127.0.0.1:27017", db = "weir" }
 # Buffered hours are kept this long for replay, then deleted.
 retention_days = 3
 # An hour closes (and is loaded) this long after it ends.
@@ -266,8 +276,38 @@ grace_secs = 300
 # log_dir = "weir-data/router/log"
 log_segment_bytes = 67108864
 max_batch_bytes = 67108864
-# The catalog directory is re-read this often; a valid change applies without restart.
+# The catalog directory is re-read this often (and at once on SIGHUP); a valid change
+# applies without restart, re-routing included.
 catalog_watch_secs = 2
+# What a recipient can never deliver, with the reason, one NDJSON file per recipient and day.
+# dead_letter_dir = "weir-data/router/dead-letters"
+# On shutdown, how long recipients may keep delivering before the rest waits in the
+# log for the next start.
+drain_secs = 10
+
+# Recipients, by the name the catalog's `recipients` uses. Each follows the router log
+# with its own cursor, retries with backoff forever while its server is down, and puts
+# what the server refuses into its dead-letter store. Once `max_backlog_bytes` (default
+# 4 GiB) of the log waits for one recipient, intake answers 503 and collectors keep
+# spooling. Every kind takes `max_backlog_bytes` and `batch_events` (default 500).
+#
+# [router.recipients.moderation-queue]
+# kind = "rabbitmq"                      # durable topic exchange, routing key = event name,
+# url = "amqp://guest:guest@127.0.0.1:5672/%2f"   # persistent, publisher confirms,
+# exchange = "weir.events"               # headers event/version/env/id, body = event JSON
+# max_message_bytes = 134217728
+#
+# [router.recipients.ml-store]
+# kind = "mongo"                         # _id = event id: a redelivery is stored once
+# url = "mongodb://127.0.0.1:27017"
+# db = "weir"
+# collection = "{event_ident}"           # {event} = item.viewed, {event_ident} = item_viewed
+#
+# [router.recipients.stream]
+# kind = "kafka"                         # key = event id, acks=all, idempotent producer
+# brokers = "127.0.0.1:9092"
+# topic = "weir.{event}"
+# options = { "linger.ms" = "5" }        # any librdkafka producer setting
 
 [loader]
 # Parquet lands here (default <data_dir>/warehouse).
@@ -317,6 +357,16 @@ mod tests {
         let (_d, p) = write("[router.recipients.q]\nkind = \"carrier-pigeon\"\n");
         let err = Config::load(Some(&p), []).unwrap_err().to_string();
         assert!(err.contains("carrier-pigeon"), "{err}");
+        let (_d, p) = write("[router.recipients.s]\nkind = \"kafka\"\nbrokers = \"b:9092\"\ntopic = \"w.{evnt}\"\n");
+        let err = Config::load(Some(&p), []).unwrap_err().to_string();
+        assert!(err.starts_with(&p.display().to_string()), "{err}");
+        assert!(
+            err.contains("router.recipients.s.topic") && err.contains("{evnt}"),
+            "{err}"
+        );
+        let (_d, p) = write("[router.recipients.m]\nkind = \"mongo\"\nurl = \"mongodb://x\"\n");
+        let err = Config::load(Some(&p), []).unwrap_err().to_string();
+        assert!(err.contains("missing field `db`"), "{err}");
     }
 
     #[test]

@@ -550,3 +550,99 @@ batch_events = 50
     assert_eq!(count as usize, ids.len(), "no duplicates");
     assert!(up.stop().success());
 }
+
+/// The router's base URL, read from `weir up`'s banner.
+fn router_url(up: &Up) -> String {
+    loop {
+        let line = up.stdout.recv_timeout(Duration::from_secs(10)).expect("banner line");
+        if let Some(rest) = line.trim().strip_prefix("router") {
+            return rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches("/v1/batches")
+                .to_string();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_edit_reroutes_on_sighup_without_restart() {
+    let mongo = service("TEST_WEIR_MONGO");
+    let u = unique("hup");
+    let tmp = tempfile::tempdir().unwrap();
+    let catalog = tmp.path().join("catalog");
+    write_catalog(&catalog);
+    let config = tmp.path().join("weir.toml");
+    // No polling to speak of: only SIGHUP can make the router see the edit in time.
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[router]
+catalog_watch_secs = 3600
+
+[router.recipients.store]
+kind = "mongo"
+url = "{mongo}"
+db = "{u}"
+collection = "{{event_ident}}"
+"#
+        ),
+    )
+    .unwrap();
+    let up = Up::start(
+        &tmp.path().join("data"),
+        &[
+            "--catalog",
+            catalog.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let router = router_url(&up);
+    let etag = |url: &str| {
+        ureq::get(&format!("{url}/v1/catalog"))
+            .call()
+            .unwrap()
+            .header("etag")
+            .unwrap()
+            .to_string()
+    };
+    let before = etag(&router);
+    let signup = |id: &str| format!(r#"{{"event":"signup","env":"web","id":"{id}","fields":{{}}}}"#);
+    assert_eq!(post_events(&up.collector, &signup("s1")).0, 202);
+    // item.viewed still goes to the store; once it is there, s1 has been passed over.
+    assert_eq!(post_events(&up.collector, &ev("item.viewed", "v1", 1)).0, 202);
+    for _ in 0..300 {
+        if mongo_ids(&mongo, &u, "item_viewed").await.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(mongo_ids(&mongo, &u, "item_viewed").await, vec!["v1"]);
+
+    let path = catalog.join("items.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace(
+        "[events.signup]\nowner = \"growth\"",
+        "[events.signup]\nowner = \"growth\"\nrecipients = [\"store\"]",
+    );
+    std::fs::write(&path, text).unwrap();
+    up.signal("HUP");
+    eventually(Duration::from_secs(10), "the router to reload its catalog", || {
+        (etag(&router) != before).then_some(())
+    });
+    assert_eq!(post_events(&up.collector, &signup("s2")).0, 202);
+    let mut got = Vec::new();
+    for _ in 0..300 {
+        got = mongo_ids(&mongo, &u, "signup").await;
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(got, vec!["s2"], "only events after the edit are routed to the store");
+    assert!(up.stop().success());
+}

@@ -1,5 +1,5 @@
 //! The catalog on the router: served to collectors (`GET /v1/catalog`, with ETag) and
-//! reloaded without restart when its directory changes.
+//! reloaded without restart when its directory changes or on SIGHUP.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,9 +13,14 @@ use weir_proto::Catalog;
 /// invalid edit is logged (once per distinct error) and the last good catalog stays.
 pub async fn watch_dir(dir: PathBuf, shared: Arc<ArcSwap<Catalog>>, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut last_error = String::new();
+    // SIGHUP re-reads the catalog at once (the usual way to say "reload" to a daemon).
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                tracing::info!(dir = %dir.display(), "SIGHUP: re-reading the catalog");
+            }
             _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
         }
         let d = dir.clone();

@@ -333,6 +333,9 @@ fn count_events(mut reader: WalReader, end: Position) -> u64 {
 
 /// Publishes the backlog gauges once a second.
 async fn report(name: String, stats: Arc<Stats>, cursors: Arc<LogCursors>) {
+    let events = metrics::gauge!(m::RECIPIENT_BACKLOG_EVENTS, "recipient" => name.clone());
+    let bytes_g = metrics::gauge!(m::RECIPIENT_BACKLOG_BYTES, "recipient" => name.clone());
+    let age_g = metrics::gauge!(m::RECIPIENT_BACKLOG_AGE, "recipient" => name.clone());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -345,14 +348,10 @@ async fn report(name: String, stats: Arc<Stats>, cursors: Arc<LogCursors>) {
             0.0
         };
         let bytes = cursors.backlog_bytes(&name);
-        let label = ("recipient", name.clone());
-        metrics::gauge!(m::RECIPIENT_BACKLOG_EVENTS, &[label.clone()]).set(if bytes == 0 {
-            0.0
-        } else {
-            backlog as f64
-        });
-        metrics::gauge!(m::RECIPIENT_BACKLOG_BYTES, &[label.clone()]).set(bytes as f64);
-        metrics::gauge!(m::RECIPIENT_BACKLOG_AGE, &[label]).set(age);
+        // Nothing left to read is a backlog of 0, whatever the event arithmetic says.
+        events.set(if bytes == 0 { 0.0 } else { backlog as f64 });
+        bytes_g.set(bytes as f64);
+        age_g.set(age);
         cursors.refresh();
     }
 }
