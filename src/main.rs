@@ -84,6 +84,9 @@ enum BenchCommand {
     /// Send a router protobuf batches as collectors do: events/s through intake, log and
     /// hourly buffer.
     Router(bench::RouterBench),
+    /// End to end at a steady rate: collector accept -> router -> RabbitMQ -> a consumer;
+    /// reports the latency percentiles.
+    Fanout(bench::FanoutBench),
 }
 
 #[derive(Subcommand)]
@@ -227,6 +230,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command: BenchCommand::Router(opts),
         } => {
             bench::run_router(opts)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::Fanout(opts),
+        } => {
+            bench::run_fanout(opts)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Catalog {

@@ -412,6 +412,13 @@ topic = "{u}.{{event}}"
     });
     assert!(backlog.contains(&format!("weir_router_recipient_up{{recipient=\"{failing}\"}} 1")));
     assert!(up.stop().success());
+    let (_conn, ch) = rabbit.channel().await;
+    ch.queue_delete(rabbit.queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    ch.exchange_delete(rabbit.exchange.as_str().into(), Default::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

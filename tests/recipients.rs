@@ -389,6 +389,14 @@ topic = "{u}.{{event}}"
     }
     assert!(router_metrics.contains("weir_router_recipient_backlog_events{recipient=\"models\"}"));
     assert!(up.stop().success());
+    // Leave the shared servers as they were.
+    ch.queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    ch.exchange_delete(exchange.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    client.database(&u).drop().await.unwrap();
 }
 
 /// The router's /metrics, found through the collector's.
@@ -549,6 +557,7 @@ batch_events = 50
     let count = coll.count_documents(doc! {}).await.unwrap();
     assert_eq!(count as usize, ids.len(), "no duplicates");
     assert!(up.stop().success());
+    client.database(&u).drop().await.unwrap();
 }
 
 /// The router's base URL, read from `weir up`'s banner.
@@ -645,4 +654,6 @@ collection = "{{event_ident}}"
     }
     assert_eq!(got, vec!["s2"], "only events after the edit are routed to the store");
     assert!(up.stop().success());
+    let client = mongodb::Client::with_uri_str(&mongo).await.unwrap();
+    client.database(&u).drop().await.unwrap();
 }
