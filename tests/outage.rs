@@ -435,3 +435,87 @@ async fn mongo_down_while_events_flow() {
 async fn kafka_down_while_events_flow() {
     outage("kafka").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_backlog_pushes_back_to_the_collector_and_nothing_is_lost() {
+    let _serial = SERIAL.lock().await;
+    let u = unique("full");
+    let tmp = tempfile::tempdir().unwrap();
+    // The recipient's server is not there yet: its port is free.
+    let mut mongo = Private {
+        child: None,
+        port: free_port(),
+        dir: tmp.path().join("mongo"),
+        kind: "mongo",
+    };
+    let mongo_url = format!("mongodb://127.0.0.1:{}", mongo.port);
+    let cat = tmp.path().join("catalog");
+    std::fs::create_dir_all(&cat).unwrap();
+    std::fs::write(
+        cat.join("c.toml"),
+        r#"
+[environments.web]
+kind = "frontend"
+
+[fields.n]
+type = "int"
+
+[events."item.viewed"]
+owner = "search"
+recipients = ["store"]
+
+[[events."item.viewed".versions]]
+version = 1
+environments = ["web"]
+required = ["n"]
+"#,
+    )
+    .unwrap();
+    let config = tmp.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[router.recipients.store]
+kind = "mongo"
+url = "{mongo_url}"
+db = "{u}"
+collection = "{{event_ident}}"
+max_backlog_bytes = 1
+"#
+        ),
+    )
+    .unwrap();
+    let up = Up::start(
+        &tmp.path().join("data"),
+        &["--catalog", cat.to_str().unwrap(), "--config", config.to_str().unwrap()],
+        &[],
+    );
+    let first = ids("first", 10);
+    send(&up, &first);
+    // The backlog is over its bound now: the router refuses the next batches with 503,
+    // and the collector keeps them in its spool (the sender still gets 202).
+    let mut later = Vec::new();
+    let refused = eventually(Duration::from_secs(30), "the router to refuse a batch", || {
+        let batch = ids(&format!("later{}", later.len()), 5);
+        send(&up, &batch);
+        later.extend(batch);
+        std::thread::sleep(Duration::from_millis(300));
+        let m = get_text(&format!("{}/metrics", up.collector));
+        m.lines()
+            .find(|l| l.starts_with("weir_router_backlog_full_rejections_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .filter(|n| *n >= 1.0)
+    });
+    assert!(refused >= 1.0);
+    let m = get_text(&format!("{}/metrics", up.collector));
+    assert!(
+        m.contains("weir_router_recipient_backlog_bytes{recipient=\"store\"}"),
+        "{m}"
+    );
+    // The server comes: the backlog drains, intake resumes, every event arrives.
+    mongo.up();
+    let all: BTreeSet<String> = set(&first).union(&set(&later)).cloned().collect();
+    mongo_wait(&mongo_url, &u, &all).await;
+    assert!(up.stop().success());
+}
