@@ -11,14 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::fanout::*;
 use common::*;
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
-use mongodb::bson::{doc, Document};
+use lapin::Connection;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 
@@ -115,37 +113,11 @@ impl Drop for Private {
     }
 }
 
-fn catalog(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("c.toml"),
-        r#"
-[environments.web]
-kind = "frontend"
-
-[fields.n]
-type = "int"
-
-[events."item.viewed"]
-owner = "search"
-recipients = ["models", "store", "stream"]
-
-[[events."item.viewed".versions]]
-version = 1
-environments = ["web"]
-required = ["n"]
-"#,
-    )
-    .unwrap();
-}
-
 fn send(up: &Up, ids: &[String]) {
     let body: String = ids
         .iter()
         .enumerate()
-        .map(|(i, id)| {
-            format!("{{\"event\":\"item.viewed\",\"env\":\"web\",\"id\":\"{id}\",\"fields\":{{\"n\":{i}}}}}\n")
-        })
+        .map(|(i, id)| ev("item.viewed", id, i as i64) + "\n")
         .collect();
     let (status, reply) = post(
         &format!("{}/v1/events", up.collector),
@@ -164,41 +136,7 @@ struct Rabbit {
 
 impl Rabbit {
     async fn channel(&self) -> (Connection, lapin::Channel) {
-        let conn = Connection::connect(&self.amqp, ConnectionProperties::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        ch.exchange_declare(
-            self.exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        ch.queue_declare(
-            self.queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        ch.queue_bind(
-            self.queue.as_str().into(),
-            self.exchange.as_str().into(),
-            "item.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        (conn, ch)
+        bind_queue(&self.amqp, &self.exchange, &self.queue, "item.#").await
     }
 
     /// Reads exactly `n` ids from the queue (waiting up to a minute).
@@ -228,35 +166,20 @@ impl Rabbit {
     }
 }
 
-async fn mongo_ids(url: &str, db: &str) -> BTreeSet<String> {
-    let Ok(client) = mongodb::Client::with_uri_str(url).await else {
-        return BTreeSet::new();
-    };
-    let Ok(mut cur) = client
-        .database(db)
-        .collection::<Document>("item_viewed")
-        .find(doc! {})
-        .await
-    else {
-        return BTreeSet::new();
-    };
-    let mut ids = BTreeSet::new();
-    while let Some(Ok(d)) = cur.next().await {
-        ids.insert(d.get_str("_id").unwrap().to_string());
-    }
-    ids
+async fn mongo_set(url: &str, db: &str) -> BTreeSet<String> {
+    mongo_ids(url, db, "item_viewed").await.into_iter().collect()
 }
 
 async fn mongo_wait(url: &str, db: &str, want: &BTreeSet<String>) {
     for _ in 0..600 {
-        if mongo_ids(url, db).await == *want {
+        if mongo_set(url, db).await == *want {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!(
         "MongoDB has {:?}, want {} ids",
-        mongo_ids(url, db).await.len(),
+        mongo_set(url, db).await.len(),
         want.len()
     );
 }
@@ -308,38 +231,12 @@ async fn outage(which: &str) {
         queue: format!("{u}.q"),
     };
     drop(rabbit.channel().await);
-    let cat = tmp.path().join("catalog");
-    catalog(&cat);
-    let config = tmp.path().join("weir.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[router.recipients.models]
-kind = "rabbitmq"
-url = "{amqp}"
-exchange = "{}"
-
-[router.recipients.store]
-kind = "mongo"
-url = "{mongo_url}"
-db = "{u}"
-collection = "{{event_ident}}"
-
-[router.recipients.stream]
-kind = "kafka"
-brokers = "{brokers}"
-topic = "{u}.{{event}}"
-"#,
-            rabbit.exchange
-        ),
-    )
-    .unwrap();
-    let up = Up::start(
-        &tmp.path().join("data"),
-        &["--catalog", cat.to_str().unwrap(), "--config", config.to_str().unwrap()],
-        &[],
+    let config = recipients_config(
+        Some((&amqp, &rabbit.exchange)),
+        Some((&mongo_url, &u)),
+        Some((&brokers, &u)),
     );
+    let up = up_with(tmp.path(), &config);
     let topic = format!("{u}.item.viewed");
     let before = ids("before", 20);
     send(&up, &before);
@@ -449,48 +346,8 @@ async fn a_full_backlog_pushes_back_to_the_collector_and_nothing_is_lost() {
         kind: "mongo",
     };
     let mongo_url = format!("mongodb://127.0.0.1:{}", mongo.port);
-    let cat = tmp.path().join("catalog");
-    std::fs::create_dir_all(&cat).unwrap();
-    std::fs::write(
-        cat.join("c.toml"),
-        r#"
-[environments.web]
-kind = "frontend"
-
-[fields.n]
-type = "int"
-
-[events."item.viewed"]
-owner = "search"
-recipients = ["store"]
-
-[[events."item.viewed".versions]]
-version = 1
-environments = ["web"]
-required = ["n"]
-"#,
-    )
-    .unwrap();
-    let config = tmp.path().join("weir.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[router.recipients.store]
-kind = "mongo"
-url = "{mongo_url}"
-db = "{u}"
-collection = "{{event_ident}}"
-max_backlog_bytes = 1
-"#
-        ),
-    )
-    .unwrap();
-    let up = Up::start(
-        &tmp.path().join("data"),
-        &["--catalog", cat.to_str().unwrap(), "--config", config.to_str().unwrap()],
-        &[],
-    );
+    let config = recipients_config(None, Some((&mongo_url, &u)), None) + "max_backlog_bytes = 1\n";
+    let up = up_with(tmp.path(), &config);
     let first = ids("first", 10);
     send(&up, &first);
     // The backlog is over its bound now: the router refuses the next batches with 503,

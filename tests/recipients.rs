@@ -5,111 +5,14 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
+use common::fanout::*;
 use common::*;
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use mongodb::bson::{doc, Document};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Headers;
-use rdkafka::Message;
-
-/// A catalog routing `item.viewed` to all three recipients, `item.liked` to RabbitMQ
-/// only, and `signup` to none (warehouse only).
-pub fn write_catalog(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("items.toml"),
-        r#"
-[environments.web]
-kind = "frontend"
-
-[environments.backend]
-kind = "backend"
-
-[fields.item_id]
-type = "int"
-
-[fields.note]
-type = "string"
-
-[events."item.viewed"]
-owner = "search"
-recipients = ["models", "store", "stream"]
-
-[[events."item.viewed".versions]]
-version = 1
-environments = ["web", "backend"]
-required = ["item_id"]
-optional = ["note"]
-
-[events."item.liked"]
-owner = "search"
-recipients = ["models"]
-
-[[events."item.liked".versions]]
-version = 1
-environments = ["web"]
-required = ["item_id"]
-
-[events.signup]
-owner = "growth"
-
-[[events.signup.versions]]
-version = 1
-environments = ["web"]
-"#,
-    )
-    .unwrap();
-}
-
-fn ev(event: &str, id: &str, item: i64) -> String {
-    format!(r#"{{"event":"{event}","env":"web","id":"{id}","fields":{{"item_id":{item}}}}}"#)
-}
-
-async fn bind_queue(amqp: &str, exchange: &str, queue: &str, key: &str) -> (Connection, lapin::Channel) {
-    let conn = Connection::connect(amqp, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.exchange_declare(
-        exchange.into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        key.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    (conn, ch)
-}
 
 /// Reads `n` messages from `queue`, acking each; returns (routing key, headers, body).
 async fn consume(ch: &lapin::Channel, queue: &str, n: usize) -> Vec<(String, FieldTable, serde_json::Value)> {
@@ -155,72 +58,6 @@ fn header_str(h: &FieldTable, key: &str) -> String {
     }
 }
 
-pub fn kafka_consumer(brokers: &str, topic: &str) -> StreamConsumer {
-    let c: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("g"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("topic.metadata.refresh.interval.ms", "500")
-        .create()
-        .unwrap();
-    c.subscribe(&[topic]).unwrap();
-    c
-}
-
-/// Reads `n` records: (key, headers as pairs, JSON value).
-pub async fn kafka_read(c: &StreamConsumer, n: usize) -> Vec<(String, Vec<(String, String)>, serde_json::Value)> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let m = match tokio::time::timeout(Duration::from_secs(60), c.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} Kafka records arrived", out.len()))
-        {
-            Ok(m) => m,
-            // Subscribed before the router's first send created the topic.
-            Err(rdkafka::error::KafkaError::MessageConsumption(
-                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-            )) => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-            Err(e) => panic!("Kafka consumer: {e}"),
-        };
-        let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|x| {
-                        (
-                            x.key.to_string(),
-                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push((key, headers, serde_json::from_slice(m.payload().unwrap()).unwrap()));
-    }
-    out
-}
-
-pub async fn mongo_ids(url: &str, db: &str, coll: &str) -> Vec<String> {
-    let client = mongodb::Client::with_uri_str(url).await.unwrap();
-    let mut cur = client
-        .database(db)
-        .collection::<Document>(coll)
-        .find(doc! {})
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    while let Some(d) = cur.next().await {
-        ids.push(d.unwrap().get_str("_id").unwrap().to_string());
-    }
-    ids.sort();
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_recipient_gets_exactly_the_events_routed_to_it() {
     let amqp = service("TEST_WEIR_AMQP");
@@ -228,48 +65,12 @@ async fn each_recipient_gets_exactly_the_events_routed_to_it() {
     let kafka = service("TEST_WEIR_KAFKA");
     let u = unique("fan");
     let tmp = tempfile::tempdir().unwrap();
-    let catalog = tmp.path().join("catalog");
-    write_catalog(&catalog);
     let exchange = format!("weir.test.{u}");
-    let config = tmp.path().join("weir.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[router.recipients.models]
-kind = "rabbitmq"
-url = "{amqp}"
-exchange = "{exchange}"
-
-[router.recipients.store]
-kind = "mongo"
-url = "{mongo}"
-db = "{u}"
-collection = "{{event_ident}}"
-
-[router.recipients.stream]
-kind = "kafka"
-brokers = "{kafka}"
-topic = "{u}.{{event}}"
-"#
-        ),
-    )
-    .unwrap();
     // A model subscribes to every item.* event before anything is sent.
     let queue = format!("{u}.models");
     let (_conn, ch) = bind_queue(&amqp, &exchange, &queue, "item.*").await;
-
-    let data = tmp.path().join("data");
-    let up = Up::start(
-        &data,
-        &[
-            "--catalog",
-            catalog.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let config = recipients_config(Some((&amqp, &exchange)), Some((&mongo, &u)), Some((&kafka, &u)));
+    let up = up_with(tmp.path(), &config);
     let mut body = String::new();
     let viewed: Vec<String> = (0..5).map(|i| format!("v{i}-{u}")).collect();
     let liked: Vec<String> = (0..3).map(|i| format!("l{i}-{u}")).collect();
@@ -410,35 +211,11 @@ async fn a_poison_event_is_dead_lettered_with_its_reason_and_the_rest_flow() {
     let kafka = service("TEST_WEIR_KAFKA");
     let u = unique("poison");
     let tmp = tempfile::tempdir().unwrap();
-    let catalog = tmp.path().join("catalog");
-    write_catalog(&catalog);
-    let config = tmp.path().join("weir.toml");
     // The producer refuses messages over 1000 bytes, as a broker refuses one over its
     // message.max.bytes.
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[router.recipients.stream]
-kind = "kafka"
-brokers = "{kafka}"
-topic = "{u}.{{event}}"
-options = {{ "message.max.bytes" = "1000" }}
-"#
-        ),
-    )
-    .unwrap();
+    let config = recipients_config(None, None, Some((&kafka, &u))) + "options = { \"message.max.bytes\" = \"1000\" }\n";
+    let up = up_with(tmp.path(), &config);
     let data = tmp.path().join("data");
-    let up = Up::start(
-        &data,
-        &[
-            "--catalog",
-            catalog.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[],
-    );
     let big = "x".repeat(3000);
     let body = format!(
         "{}\n{}\n{}\n",
@@ -481,31 +258,8 @@ async fn kill9_mid_stream_loses_nothing_acknowledged_and_mongo_has_no_duplicates
     let mongo = service("TEST_WEIR_MONGO");
     let u = unique("kill");
     let tmp = tempfile::tempdir().unwrap();
-    let catalog = tmp.path().join("catalog");
-    write_catalog(&catalog);
-    let config = tmp.path().join("weir.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[router.recipients.store]
-kind = "mongo"
-url = "{mongo}"
-db = "{u}"
-collection = "{{event_ident}}"
-batch_events = 50
-"#
-        ),
-    )
-    .unwrap();
-    let data = tmp.path().join("data");
-    let args = [
-        "--catalog",
-        catalog.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ];
-    let up = Up::start(&data, &args, &[]);
+    let config = recipients_config(None, Some((&mongo, &u)), None) + "batch_events = 50\n";
+    let up = up_with(tmp.path(), &config);
     let url = format!("{}/v1/events", up.collector);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender = {
@@ -540,7 +294,7 @@ batch_events = 50
         "the stream was flowing: {} acknowledged",
         acked.len()
     );
-    let up = Up::start(&data, &args, &[]);
+    let up = up_with(tmp.path(), &config);
     let client = mongodb::Client::with_uri_str(&mongo).await.unwrap();
     let coll = client.database(&u).collection::<Document>("item_viewed");
     let mut ids = Vec::new();
@@ -581,35 +335,10 @@ async fn a_catalog_edit_reroutes_on_sighup_without_restart() {
     let u = unique("hup");
     let tmp = tempfile::tempdir().unwrap();
     let catalog = tmp.path().join("catalog");
-    write_catalog(&catalog);
-    let config = tmp.path().join("weir.toml");
     // No polling to speak of: only SIGHUP can make the router see the edit in time.
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[router]
-catalog_watch_secs = 3600
-
-[router.recipients.store]
-kind = "mongo"
-url = "{mongo}"
-db = "{u}"
-collection = "{{event_ident}}"
-"#
-        ),
-    )
-    .unwrap();
-    let up = Up::start(
-        &tmp.path().join("data"),
-        &[
-            "--catalog",
-            catalog.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let config =
+        "[router]\ncatalog_watch_secs = 3600\n\n".to_string() + &recipients_config(None, Some((&mongo, &u)), None);
+    let up = up_with(tmp.path(), &config);
     let router = router_url(&up);
     let etag = |url: &str| {
         ureq::get(&format!("{url}/v1/catalog"))

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mongodb::bson::{doc, spec::BinarySubtype, Binary, Document};
 use mongodb::{Client, Database};
-use weir_proto::event::{now_micros, EventView};
+use weir_proto::event::now_micros;
 use weir_proto::hour::{self, HOUR_MICROS};
 
 use crate::metrics as m;
 use crate::recipient::mongo::{connect, document, insert};
-use crate::recipient::{retry_all, Outcome, Sink};
+use crate::recipient::{decode, retry_all, Outcome, Sink};
 
 /// The collection of hour markers.
 pub const HOURS: &str = "buffer_hours";
@@ -143,13 +143,7 @@ impl Sink for MongoBuffer {
         let mut out = vec![Outcome::Delivered; events.len()];
         let mut groups: BTreeMap<i64, (Vec<usize>, Vec<Document>)> = BTreeMap::new();
         for (i, ev) in events.iter().enumerate() {
-            let view = match EventView::decode(ev) {
-                Ok(v) => v,
-                Err(e) => {
-                    out[i] = Outcome::Refuse(format!("unreadable event: {e}"));
-                    continue;
-                }
-            };
+            let Some(view) = decode(ev, &mut out[i]) else { continue };
             let mut d = match document(&view) {
                 Ok(d) => d,
                 Err(e) => {

@@ -12,9 +12,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use weir_proto::event::EventView;
 
-use super::{render_template, retry_all, Outcome, Sink};
+use super::{decode, render_template, retry_all, Outcome, Sink};
 
 /// Produces to one Kafka cluster.
 pub struct KafkaSink {
@@ -134,13 +133,7 @@ impl Sink for KafkaSink {
         let mut pending = Vec::with_capacity(events.len());
         let mut body = Vec::new();
         for (i, ev) in events.iter().enumerate() {
-            let view = match EventView::decode(ev) {
-                Ok(v) => v,
-                Err(e) => {
-                    out[i] = Outcome::Refuse(format!("unreadable event: {e}"));
-                    continue;
-                }
-            };
+            let Some(view) = decode(ev, &mut out[i]) else { continue };
             body.clear();
             view.write_json(&mut body);
             let version = view.version.to_string();

@@ -66,6 +66,17 @@ pub fn check_template(template: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Decodes one event for a sink, or marks it refused (it can never be sent).
+pub fn decode<'a>(event: &'a [u8], outcome: &mut Outcome) -> Option<weir_proto::event::EventView<'a>> {
+    match weir_proto::event::EventView::decode(event) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            *outcome = Outcome::Refuse(format!("unreadable event: {e}"));
+            None
+        }
+    }
+}
+
 /// Every outcome `Retry(reason)`: the whole run failed the same way.
 pub fn retry_all(n: usize, reason: &str) -> Vec<Outcome> {
     vec![Outcome::Retry(reason.to_string()); n]

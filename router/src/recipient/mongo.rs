@@ -10,9 +10,9 @@ use bytes::Bytes;
 use mongodb::bson::{self, doc, Bson, Document};
 use mongodb::error::{Error as MongoError, ErrorKind};
 use mongodb::Client;
-use weir_proto::event::EventView;
 
-use super::{render_template, retry_all, Outcome, Sink};
+use super::{decode, render_template, retry_all, Outcome, Sink};
+use weir_proto::event::EventView;
 
 /// Server codes that mean "try again": the server is stepping down, shutting down,
 /// unreachable, overloaded, or the credentials are wrong (an operator can fix those
@@ -156,13 +156,7 @@ impl Sink for MongoSink {
         // One insert per collection; remember which event each document came from.
         let mut groups: BTreeMap<String, (Vec<usize>, Vec<Document>)> = BTreeMap::new();
         for (i, ev) in events.iter().enumerate() {
-            let view = match EventView::decode(ev) {
-                Ok(v) => v,
-                Err(e) => {
-                    out[i] = Outcome::Refuse(format!("unreadable event: {e}"));
-                    continue;
-                }
-            };
+            let Some(view) = decode(ev, &mut out[i]) else { continue };
             match document(&view) {
                 Ok(d) => {
                     let g = groups.entry(render_template(&self.collection, view.event)).or_default();

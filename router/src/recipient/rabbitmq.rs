@@ -9,9 +9,8 @@ use bytes::Bytes;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use weir_proto::event::EventView;
 
-use super::{retry_all, Outcome, Sink};
+use super::{decode, retry_all, Outcome, Sink};
 
 /// How long a connect or a confirm may take before the attempt counts as failed.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,13 +87,7 @@ impl Sink for RabbitSink {
         let mut out = vec![Outcome::Delivered; events.len()];
         let mut confirms = Vec::with_capacity(events.len());
         for (i, ev) in events.iter().enumerate() {
-            let view = match EventView::decode(ev) {
-                Ok(v) => v,
-                Err(e) => {
-                    out[i] = Outcome::Refuse(format!("unreadable event: {e}"));
-                    continue;
-                }
-            };
+            let Some(view) = decode(ev, &mut out[i]) else { continue };
             self.body.clear();
             view.write_json(&mut self.body);
             if self.body.len() > self.max_message_bytes {

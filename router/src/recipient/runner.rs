@@ -439,8 +439,8 @@ environments = ["web"]
         Catalog::load_dir(dir.path()).unwrap()
     }
 
-    #[tokio::test]
-    async fn retries_until_delivered_dead_letters_refusals_and_routes_by_catalog() {
+    /// A log, its cursor book, and the `fake` recipient registered at its start.
+    fn setup() -> (tempfile::TempDir, Wal, Arc<LogCursors>, Position) {
         let tmp = tempfile::tempdir().unwrap();
         let wal = Wal::open(WalOptions {
             dir: tmp.path().join("log"),
@@ -452,6 +452,12 @@ environments = ["web"]
         let start = cursors
             .register("fake", wal.first_position().unwrap(), 1 << 30)
             .unwrap();
+        (tmp, wal, cursors, start)
+    }
+
+    #[tokio::test]
+    async fn retries_until_delivered_dead_letters_refusals_and_routes_by_catalog() {
+        let (tmp, wal, cursors, start) = setup();
         wal.append(batch(&["e1", "poison1", "e2"], "a.routed", true))
             .await
             .unwrap();
@@ -500,17 +506,7 @@ environments = ["web"]
 
     #[tokio::test]
     async fn a_dead_recipient_keeps_its_cursor_when_shutdown_drain_runs_out() {
-        let tmp = tempfile::tempdir().unwrap();
-        let wal = Wal::open(WalOptions {
-            dir: tmp.path().join("log"),
-            segment_bytes: 1 << 20,
-            name: "t",
-        })
-        .unwrap();
-        let cursors = LogCursors::new(wal.clone());
-        let start = cursors
-            .register("fake", wal.first_position().unwrap(), 1 << 30)
-            .unwrap();
+        let (tmp, wal, cursors, start) = setup();
         wal.append(batch(&["e1"], "a.routed", true)).await.unwrap();
         let (stop_tx, stop) = watch::channel(false);
         let cfg = RunnerConfig {

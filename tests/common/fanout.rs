@@ -1,0 +1,220 @@
+//! Helpers for the tests of recipients against the real servers `scripts/services`
+//! starts: the test catalog, a RabbitMQ queue bound to an exchange, Kafka and MongoDB
+//! readers, and `weir up` with a recipients config.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use mongodb::bson::{doc, Document};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::Message;
+
+use super::{unique, Up};
+
+/// A catalog routing `item.viewed` to all three recipients, `item.liked` to RabbitMQ
+/// only, and `signup` to none (warehouse only).
+pub fn write_catalog(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("items.toml"),
+        r#"
+[environments.web]
+kind = "frontend"
+
+[environments.backend]
+kind = "backend"
+
+[fields.item_id]
+type = "int"
+
+[fields.note]
+type = "string"
+
+[events."item.viewed"]
+owner = "search"
+recipients = ["models", "store", "stream"]
+
+[[events."item.viewed".versions]]
+version = 1
+environments = ["web", "backend"]
+required = ["item_id"]
+optional = ["note"]
+
+[events."item.liked"]
+owner = "search"
+recipients = ["models"]
+
+[[events."item.liked".versions]]
+version = 1
+environments = ["web"]
+required = ["item_id"]
+
+[events.signup]
+owner = "growth"
+
+[[events.signup.versions]]
+version = 1
+environments = ["web"]
+"#,
+    )
+    .unwrap();
+}
+
+/// One `item_id` event as JSON.
+pub fn ev(event: &str, id: &str, item: i64) -> String {
+    format!(r#"{{"event":"{event}","env":"web","id":"{id}","fields":{{"item_id":{item}}}}}"#)
+}
+
+/// Declares the durable topic `exchange` and a durable `queue` bound to it with `key`.
+pub async fn bind_queue(amqp: &str, exchange: &str, queue: &str, key: &str) -> (Connection, lapin::Channel) {
+    let conn = Connection::connect(amqp, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        exchange.into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    (conn, ch)
+}
+
+pub fn kafka_consumer(brokers: &str, topic: &str) -> StreamConsumer {
+    let c: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("g"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    c
+}
+
+/// Reads `n` records: (key, headers as pairs, JSON value).
+pub async fn kafka_read(c: &StreamConsumer, n: usize) -> Vec<(String, Vec<(String, String)>, serde_json::Value)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = match tokio::time::timeout(Duration::from_secs(60), c.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} Kafka records arrived", out.len()))
+        {
+            Ok(m) => m,
+            // Subscribed before the router's first send created the topic.
+            Err(rdkafka::error::KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+            )) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => panic!("Kafka consumer: {e}"),
+        };
+        let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|x| {
+                        (
+                            x.key.to_string(),
+                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push((key, headers, serde_json::from_slice(m.payload().unwrap()).unwrap()));
+    }
+    out
+}
+
+/// The `_id`s in `db`.`coll`, sorted; empty while the server cannot be reached.
+pub async fn mongo_ids(url: &str, db: &str, coll: &str) -> Vec<String> {
+    let Ok(client) = mongodb::Client::with_uri_str(url).await else {
+        return Vec::new();
+    };
+    let Ok(mut cur) = client.database(db).collection::<Document>(coll).find(doc! {}).await else {
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    while let Some(Ok(d)) = cur.next().await {
+        ids.push(d.get_str("_id").unwrap().to_string());
+    }
+    ids.sort();
+    ids
+}
+
+/// The `[router.recipients]` config: `models` (RabbitMQ, `(url, exchange)`), `store`
+/// (MongoDB, `(url, db)`, collection `{event_ident}`) and `stream` (Kafka, `(brokers,
+/// topic prefix)`), each when given.
+pub fn recipients_config(
+    amqp: Option<(&str, &str)>,
+    mongo: Option<(&str, &str)>,
+    kafka: Option<(&str, &str)>,
+) -> String {
+    let mut out = String::new();
+    if let Some((url, exchange)) = amqp {
+        out +=
+            &format!("[router.recipients.models]\nkind = \"rabbitmq\"\nurl = \"{url}\"\nexchange = \"{exchange}\"\n\n");
+    }
+    if let Some((url, db)) = mongo {
+        out += &format!(
+            "[router.recipients.store]\nkind = \"mongo\"\nurl = \"{url}\"\ndb = \"{db}\"\ncollection = \"{{event_ident}}\"\n\n"
+        );
+    }
+    if let Some((brokers, prefix)) = kafka {
+        out += &format!(
+            "[router.recipients.stream]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{prefix}.{{event}}\"\n\n"
+        );
+    }
+    out
+}
+
+/// Writes the test catalog and `config` under `dir`, and starts `weir up` on them.
+pub fn up_with(dir: &Path, config: &str) -> Up {
+    let catalog = dir.join("catalog");
+    write_catalog(&catalog);
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, config).unwrap();
+    Up::start(
+        &dir.join("data"),
+        &[
+            "--catalog",
+            catalog.to_str().unwrap(),
+            "--config",
+            path.to_str().unwrap(),
+        ],
+        &[],
+    )
+}
