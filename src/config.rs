@@ -254,7 +254,7 @@ max_event_bytes = 1048576
 max_inflight_bytes = 67108864
 # Batches to the router: at most this many events, or this old.
 batch_max_events = 1000
-batch_max_wait_ms = 5
+batch_max_wait_ms = 1
 # On shutdown, how long to keep trying to hand the spool to a router.
 drain_timeout_secs = 30
 # `weir collector` without a catalog directory pulls the catalog from its routers

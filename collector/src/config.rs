@@ -65,7 +65,7 @@ impl Default for CollectorConfig {
             max_event_bytes: crate::ingest::DEFAULT_MAX_EVENT_BYTES,
             max_inflight_bytes: 64 << 20,
             batch_max_events: 1000,
-            batch_max_wait_ms: 5,
+            batch_max_wait_ms: 1,
             drain_timeout_secs: 30,
             catalog_poll_secs: 30,
         }
