@@ -130,6 +130,32 @@ enum CatalogCommand {
         /// The catalog directory.
         dir: PathBuf,
     },
+    /// List every difference between two revisions of a catalog (added `+`, removed `-`,
+    /// changed `~`), and which of them break the append-only rule.
+    Diff {
+        /// The earlier revision (a directory).
+        old: PathBuf,
+        /// The later revision (a directory).
+        new: PathBuf,
+    },
+    /// Print a markdown changelog: every event, what each version changed, the
+    /// environments and fields.
+    Changelog {
+        /// The catalog directory.
+        dir: PathBuf,
+    },
+    /// Export the catalog for other tools.
+    Export {
+        /// Output format.
+        #[arg(long, value_parser = ["jsonschema"])]
+        format: String,
+        /// Write one `<event>.v<version>.schema.json` per event version here instead of
+        /// one JSON document (keyed `<event>/v<version>`) on stdout.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// The catalog directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -241,6 +267,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Catalog {
             command: CatalogCommand::Check { previous, dir },
         } => catalog_check(previous.as_deref(), &dir),
+        Command::Catalog {
+            command: CatalogCommand::Diff { old, new },
+        } => catalog_diff(&old, &new),
+        Command::Catalog {
+            command: CatalogCommand::Changelog { dir },
+        } => {
+            print!("{}", weir_proto::catalog::docs::changelog(&load_catalog_dir(&dir)?));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Catalog {
+            command: CatalogCommand::Export { format: _, out, dir },
+        } => catalog_export(&dir, out.as_deref()),
         Command::Config {
             command: ConfigCommand::Example,
         } => {
@@ -332,6 +370,55 @@ fn loader(command: LoaderCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Loads a catalog directory for a command that only reads it; an invalid one is an
+/// error listing every problem.
+fn load_catalog_dir(dir: &Path) -> anyhow::Result<Catalog> {
+    Catalog::load_dir(dir).map_err(|e| anyhow::anyhow!("{}: invalid catalog:\n{e}", dir.display()))
+}
+
+fn catalog_diff(old_dir: &Path, new_dir: &Path) -> anyhow::Result<ExitCode> {
+    let old = load_catalog_dir(old_dir)?;
+    let new = load_catalog_dir(new_dir)?;
+    let changes = weir_proto::catalog::docs::diff(&old, &new);
+    for c in &changes {
+        println!("{c}");
+    }
+    let breaking = weir_proto::catalog::check::compatible(&old, &new);
+    if changes.is_empty() {
+        println!("no changes");
+    } else if breaking.is_empty() {
+        println!("{} change(s), none breaking", changes.len());
+    } else {
+        println!(
+            "{} change(s); {} break the append-only rule:",
+            changes.len(),
+            breaking.len()
+        );
+        for p in &breaking {
+            println!("  {p}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn catalog_export(dir: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let schemas = weir_proto::catalog::docs::json_schemas(&load_catalog_dir(dir)?);
+    match out {
+        None => println!("{}", serde_json::to_string_pretty(&schemas)?),
+        Some(out) => {
+            std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+            for (key, schema) in &schemas {
+                let path = out.join(format!("{}.schema.json", key.replace('/', ".")));
+                let mut text = serde_json::to_string_pretty(schema)?;
+                text.push('\n');
+                std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            println!("{} schema(s) written to {}", schemas.len(), out.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn catalog_check(previous: Option<&Path>, dir: &Path) -> anyhow::Result<ExitCode> {

@@ -205,3 +205,85 @@ fn config_example_is_a_valid_config() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains(": ok (catalog built-in demo catalog: 4 events"));
 }
+
+#[test]
+fn catalog_diff_changelog_and_export_list_exactly_the_changes_deterministically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = fixture_catalog();
+    let v2 = "\n[[events.\"cart.viewed\".versions]]\nversion = 2\nenvironments = [\"web\", \"android\"]\nrequired = [\"items\", \"coupon\"]\ndescription = \"coupon is always known\"\n";
+    let new = edited(tmp.path(), "new", "[fields.session_id]", "[fields.session_id]");
+    let path = new.join("shop.toml");
+    let text = std::fs::read_to_string(&path).unwrap() + v2;
+    std::fs::write(
+        &path,
+        text.replace(
+            "owner = \"checkout-team\"\ndescription = \"an order was paid\"",
+            "owner = \"payments\"\ndescription = \"an order was paid\"",
+        ),
+    )
+    .unwrap();
+    let out = run(&["catalog", "diff", old.to_str().unwrap(), new.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        vec![
+            "+ event \"cart.viewed\" version 2: environments web, android; required items, coupon; optional none",
+            "~ event \"order.completed\": owner checkout-team -> payments",
+            "2 change(s), none breaking",
+        ],
+        "{text}"
+    );
+    let same = run(&["catalog", "diff", old.to_str().unwrap(), old.to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&same.stdout), "no changes\n");
+
+    let log1 = run(&["catalog", "changelog", new.to_str().unwrap()]);
+    let log2 = run(&["catalog", "changelog", new.to_str().unwrap()]);
+    assert!(log1.status.success(), "{}", stderr(&log1));
+    assert_eq!(log1.stdout, log2.stdout, "byte-identical twice");
+    let md = String::from_utf8_lossy(&log1.stdout);
+    assert!(
+        md.contains("- **v2** (web, android): adds coupon. coupon is always known"),
+        "{md}"
+    );
+
+    let out_dir = tmp.path().join("schemas");
+    let export = run(&[
+        "catalog",
+        "export",
+        "--format",
+        "jsonschema",
+        "--out",
+        out_dir.to_str().unwrap(),
+        new.to_str().unwrap(),
+    ]);
+    assert!(export.status.success(), "{}", stderr(&export));
+    let mut names: Vec<String> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            "cart.viewed.v1.schema.json",
+            "cart.viewed.v2.schema.json",
+            "order.completed.v1.schema.json"
+        ]
+    );
+    let schema: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("cart.viewed.v2.schema.json")).unwrap()).unwrap();
+    assert_eq!(
+        schema["properties"]["fields"]["properties"]["coupon"]["type"],
+        "boolean"
+    );
+    let stdout1 = run(&["catalog", "export", "--format", "jsonschema", new.to_str().unwrap()]);
+    let stdout2 = run(&["catalog", "export", "--format", "jsonschema", new.to_str().unwrap()]);
+    assert_eq!(stdout1.stdout, stdout2.stdout);
+    let bad = run(&["catalog", "export", "--format", "yaml", new.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("jsonschema"), "{}", stderr(&bad));
+    let missing = run(&["catalog", "changelog", tmp.path().join("nope").to_str().unwrap()]);
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("nope"), "{}", stderr(&missing));
+}

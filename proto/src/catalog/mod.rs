@@ -7,6 +7,7 @@
 
 pub mod check;
 mod demo;
+pub mod docs;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
