@@ -1,6 +1,7 @@
 //! `weir`: one binary for every part of the pipeline.
 
 mod bench;
+mod codegen;
 mod config;
 mod run;
 
@@ -65,6 +66,21 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Generate a typed client library ("langpack") for one environment from the catalog.
+    Codegen {
+        /// Target language.
+        #[arg(long, value_parser = ["python"])]
+        lang: String,
+        /// The environment the langpack sends as.
+        #[arg(long)]
+        env: String,
+        /// The catalog directory.
+        #[arg(long)]
+        catalog: PathBuf,
+        /// Where to write the langpack (created when missing).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Load generators and benchmarks.
     Bench {
@@ -267,6 +283,26 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Catalog {
             command: CatalogCommand::Check { previous, dir },
         } => catalog_check(previous.as_deref(), &dir),
+        Command::Codegen {
+            lang: _,
+            env,
+            catalog,
+            out,
+        } => {
+            let catalog = load_catalog_dir(&catalog)?;
+            let model = codegen::Model::new(&catalog, &env)?;
+            let files = codegen::python::generate(&model);
+            codegen::write_files(&out, &files)?;
+            println!(
+                "{} {} ({} event versions, {} files) written to {}",
+                codegen::python::package(&env),
+                model.version,
+                model.events.len(),
+                files.len(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Catalog {
             command: CatalogCommand::Diff { old, new },
         } => catalog_diff(&old, &new),
