@@ -70,7 +70,7 @@ enum Command {
     /// Generate a typed client library ("langpack") for one environment from the catalog.
     Codegen {
         /// Target language.
-        #[arg(long, value_parser = ["python"])]
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(codegen::LANGS))]
         lang: String,
         /// The environment the langpack sends as.
         #[arg(long)]
@@ -284,18 +284,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command: CatalogCommand::Check { previous, dir },
         } => catalog_check(previous.as_deref(), &dir),
         Command::Codegen {
-            lang: _,
+            lang,
             env,
             catalog,
             out,
         } => {
             let catalog = load_catalog_dir(&catalog)?;
             let model = codegen::Model::new(&catalog, &env)?;
-            let files = codegen::python::generate(&model);
+            let (package, files) = codegen::generate(&lang, &model);
             codegen::write_files(&out, &files)?;
             println!(
                 "{} {} ({} event versions, {} files) written to {}",
-                codegen::python::package(&env),
+                package,
                 model.version,
                 model.events.len(),
                 files.len(),

@@ -204,3 +204,149 @@ print("dgram", d.sent, d.dropped)
     assert_eq!(ids, vec!["py-1", "py-2", "py-3", "py-4"]);
     assert!(parquet_files(&wh.join("_invalid")).is_empty(), "nothing invalid");
 }
+
+/// Generates the TypeScript langpack for `web` into `dir`, with the test tools' node_modules.
+fn typescript_pack(dir: &Path) {
+    codegen("typescript", "web", dir);
+    std::os::unix::fs::symlink(service("TEST_WEIR_NODE_MODULES"), dir.join("node_modules")).unwrap();
+}
+
+fn tsc(dir: &Path, extra: &[&str]) -> (bool, String) {
+    let o = Command::new("node")
+        .arg(dir.join("node_modules/typescript/bin/tsc"))
+        .args(["-p", "."])
+        .args(extra)
+        .current_dir(dir)
+        .output()
+        .expect("node");
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+fn node(dir: &Path, script: &str) -> (bool, String) {
+    let o = Command::new("node")
+        .arg("-e")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("node");
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+#[test]
+fn typescript_langpack_type_checks_refuses_bad_events_and_is_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    codegen("typescript", "web", &a);
+    codegen("typescript", "web", &b);
+    assert_eq!(tree(&a), tree(&b), "the same catalog gives byte-identical output");
+    let package: serde_json::Value = serde_json::from_slice(&std::fs::read(a.join("package.json")).unwrap()).unwrap();
+    assert_eq!(package["name"], "weir-events-web");
+    assert!(package["version"].as_str().unwrap().starts_with("0.1."));
+    std::os::unix::fs::symlink(service("TEST_WEIR_NODE_MODULES"), a.join("node_modules")).unwrap();
+    let (ok, out) = tsc(&a, &[]);
+    assert!(ok, "tsc: {out}");
+
+    // A missing required field, a wrong type and a value outside the enum fail tsc, each
+    // naming the field or the allowed values.
+    std::fs::write(
+        a.join("src/bad.ts"),
+        "import { ItemViewedV2 } from \"./index\";\n\
+         new ItemViewedV2({ item_id: 7, session_id: \"s1\" });\n\
+         new ItemViewedV2({ item_id: \"7\", source: \"search\", session_id: \"s1\" });\n\
+         new ItemViewedV2({ item_id: 7, source: \"nowhere\", session_id: \"s1\" });\n",
+    )
+    .unwrap();
+    let (ok, out) = tsc(&a, &["--noEmit"]);
+    assert!(!ok);
+    assert!(
+        out.contains("bad.ts(2,") && out.contains("\"source\"") && out.contains("is missing"),
+        "{out}"
+    );
+    assert!(
+        out.contains("bad.ts(3,") && out.contains("'string' is not assignable to type 'number'"),
+        "{out}"
+    );
+    assert!(out.contains("bad.ts(4,") && out.contains("\"nowhere\""), "{out}");
+    std::fs::remove_file(a.join("src/bad.ts")).unwrap();
+
+    // From plain JavaScript the same mistakes throw at run time.
+    let (ok, out) = node(
+        &a,
+        r#"
+const w = require("./dist");
+console.log(JSON.stringify(new w.ItemViewedV2({ item_id: 7, source: "search", session_id: "s1" })));
+for (const f of [
+  { item_id: 7, session_id: "s1" },
+  { item_id: "7", source: "search", session_id: "s1" },
+  { item_id: 7, source: "nowhere", session_id: "s1" },
+  { item_id: 7, source: "search", session_id: "s1", colour: "red" },
+]) {
+  try { new w.ItemViewedV2(f); console.log("accepted"); } catch (e) { console.log(e.name + ": " + e.message); }
+}
+"#,
+    );
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            r#"{"event":"item.viewed","version":2,"env":"web","fields":{"item_id":7,"source":"search","session_id":"s1"}}"#,
+            "TypeError: source: required",
+            "TypeError: item_id: expected an integer, got \"7\"",
+            "RangeError: source: \"nowhere\" is not one of [\"search\",\"feed\",\"recommendations\",\"direct\"]",
+            "TypeError: colour: not a field of this event version",
+        ]
+    );
+}
+
+#[test]
+fn typescript_langpack_sends_to_a_running_collector_and_events_land_valid_in_parquet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pack = tmp.path().join("pack");
+    typescript_pack(&pack);
+    let (ok, out) = tsc(&pack, &[]);
+    assert!(ok, "tsc: {out}");
+    let data = tmp.path().join("data");
+    let up = Up::start(&data, &[], &[]);
+    let script = format!(
+        r#"
+const w = require("./dist");
+(async () => {{
+  const s = new w.Sender("{url}", {{ batchSize: 2, flushIntervalMs: 100 }});
+  s.send(new w.ItemViewedV2({{ item_id: 1, source: "search", session_id: "s1" }}, {{ id: "ts-1" }}));
+  s.send(new w.ItemViewedV2({{ item_id: 2, source: "feed", session_id: "s1", price: 9.5 }}, {{ id: "ts-2" }}));
+  s.send(new w.PageViewedV1({{ url: "https://example.com/", session_id: "s1" }}, {{ id: "ts-3", ts: new Date(0) }}));
+  await s.close();
+  console.log("http", s.sent, s.rejected, s.dropped);
+}})();
+"#,
+        url = up.collector
+    );
+    let (ok, out) = node(&pack, &script);
+    assert!(ok, "{out}");
+    assert!(out.contains("http 3 0 0"), "{out}");
+    assert!(up.stop().success());
+    let wh = data.join("warehouse");
+    let mut ids: Vec<String> = parquet_files(&wh.join("event=item.viewed/version=2"))
+        .iter()
+        .chain(parquet_files(&wh.join("event=page.viewed/version=1")).iter())
+        .flat_map(|p| strings(&read_parquet(p), "id"))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["ts-1", "ts-2", "ts-3"]);
+    assert!(parquet_files(&wh.join("_invalid")).is_empty(), "nothing invalid");
+}

@@ -9,6 +9,7 @@
 //! langpack of one catalog revision, and a codegen change moves the minor number.
 
 pub mod python;
+pub mod typescript;
 
 use std::path::{Path, PathBuf};
 
@@ -155,4 +156,15 @@ pub fn write_files(out: &Path, files: &[(String, String)]) -> Result<(), Codegen
         std::fs::write(&path, text).map_err(|source| CodegenError::Write { path, source })?;
     }
     Ok(())
+}
+
+/// The languages `weir codegen` writes.
+pub const LANGS: &[&str] = &["python", "typescript"];
+
+/// The files of `lang`'s langpack and its package name.
+pub fn generate(lang: &str, model: &Model) -> (String, Vec<(String, String)>) {
+    match lang {
+        "typescript" => (typescript::package(&model.env), typescript::generate(model)),
+        _ => (python::package(&model.env), python::generate(model)),
+    }
 }
