@@ -350,3 +350,180 @@ const w = require("./dist");
     assert_eq!(ids, vec!["ts-1", "ts-2", "ts-3"]);
     assert!(parquet_files(&wh.join("_invalid")).is_empty(), "nothing invalid");
 }
+
+fn run_in(dir: &Path, program: &str, args: &[&str]) -> (bool, String) {
+    let o = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (./scripts/test installs it through scripts/toolchains)"));
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+#[test]
+fn go_langpack_builds_refuses_bad_events_and_lands_in_parquet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    codegen("go", "web", &a);
+    codegen("go", "web", &b);
+    assert_eq!(tree(&a), tree(&b), "the same catalog gives byte-identical output");
+    assert!(std::fs::read_to_string(a.join("go.mod"))
+        .unwrap()
+        .starts_with("module weir-events-web\n"));
+    let (ok, out) = run_in(&a, "gofmt", &["-l", "."]);
+    assert!(ok && out.is_empty(), "gofmt: {out}");
+    let (ok, out) = run_in(&a, "go", &["vet", "./..."]);
+    assert!(ok, "go vet: {out}");
+
+    // A missing required field or a wrong type does not compile.
+    std::fs::create_dir_all(a.join("bad")).unwrap();
+    std::fs::write(
+        a.join("bad/main.go"),
+        "package main\n\nimport w \"weir-events-web\"\n\nfunc main() {\n\t_, _ = w.NewItemViewedV2(7, \"s1\")\n\t_, _ = w.NewItemViewedV2(\"7\", \"search\", \"s1\")\n}\n",
+    )
+    .unwrap();
+    let (ok, out) = run_in(&a, "go", &["build", "-o", "/dev/null", "./bad"]);
+    assert!(!ok);
+    assert!(
+        out.contains("not enough arguments in call to w.NewItemViewedV2"),
+        "{out}"
+    );
+    assert!(out.contains("cannot use \"7\""), "{out}");
+    std::fs::remove_dir_all(a.join("bad")).unwrap();
+
+    // A value outside the enum or too long is an error; then send for real.
+    let data = tmp.path().join("data");
+    let up = Up::start(&data, &[], &[]);
+    std::fs::create_dir_all(a.join("cmd/send")).unwrap();
+    std::fs::write(
+        a.join("cmd/send/main.go"),
+        r#"package main
+
+import (
+	"fmt"
+	"os"
+
+	w "weir-events-web"
+)
+
+func main() {
+	if _, err := w.NewItemViewedV2(7, "nowhere", "s1"); err != nil {
+		fmt.Println("error:", err)
+	}
+	s := w.NewSender(os.Args[1])
+	s.BatchSize = 2
+	e1, _ := w.NewItemViewedV2(1, "search", "s1")
+	e1.SetID("go-1")
+	e2, _ := w.NewItemViewedV2(2, "feed", "s1")
+	if err := e2.SetPosition(3); err != nil {
+		panic(err)
+	}
+	e2.SetID("go-2")
+	s.Send(e1)
+	s.Send(e2)
+	s.Close()
+	fmt.Println("http", s.Sent.Load(), s.Rejected.Load(), s.Dropped.Load())
+	d, err := w.NewDatagramSender(os.Args[2])
+	if err != nil {
+		panic(err)
+	}
+	p, _ := w.NewPageViewedV1("https://example.com/", "s1")
+	p.SetID("go-3")
+	d.Send(p)
+	d.Close()
+	fmt.Println("dgram", d.Sent.Load(), d.Dropped.Load())
+}
+"#,
+    )
+    .unwrap();
+    let dgram = data.join("collector.dgram");
+    let (ok, out) = run_in(&a, "go", &["run", "./cmd/send", &up.collector, dgram.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("error: source: nowhere is not one of 'search', 'feed', 'recommendations', 'direct'"),
+        "{out}"
+    );
+    assert!(out.contains("http 2 0 0") && out.contains("dgram 1 0"), "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(up.stop().success());
+    let wh = data.join("warehouse");
+    let mut ids: Vec<String> = parquet_files(&wh.join("event=item.viewed/version=2"))
+        .iter()
+        .chain(parquet_files(&wh.join("event=page.viewed/version=1")).iter())
+        .flat_map(|p| strings(&read_parquet(p), "id"))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["go-1", "go-2", "go-3"]);
+}
+
+#[test]
+fn php_langpack_lints_refuses_bad_events_and_lands_in_parquet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    codegen("php", "web", &a);
+    codegen("php", "web", &b);
+    assert_eq!(tree(&a), tree(&b), "the same catalog gives byte-identical output");
+    let composer: serde_json::Value = serde_json::from_slice(&std::fs::read(a.join("composer.json")).unwrap()).unwrap();
+    assert_eq!(composer["name"], "weir/events-web");
+    for (file, _) in tree(&a).into_iter().filter(|f| f.0.ends_with(".php")) {
+        let (ok, out) = run_in(&a, "php", &["-l", &file]);
+        assert!(ok, "php -l {file}: {out}");
+    }
+    let data = tmp.path().join("data");
+    let up = Up::start(&data, &[], &[]);
+    let script = format!(
+        r#"<?php
+require 'autoload.php';
+use Weir\Events\Web as W;
+foreach ([
+    fn() => new W\ItemViewedV2(item_id: 7, session_id: 's1'),
+    fn() => new W\ItemViewedV2(item_id: '7', source: 'search', session_id: 's1'),
+    fn() => new W\ItemViewedV2(item_id: 7, source: 'nowhere', session_id: 's1'),
+] as $make) {{
+    try {{ $make(); echo "accepted\n"; }} catch (\Throwable $t) {{ echo get_class($t), ': ', $t->getMessage(), "\n"; }}
+}}
+$s = new W\Sender('{url}', batchSize: 2);
+$s->send((new W\ItemViewedV2(item_id: 1, source: 'search', session_id: 's1'))->withId('php-1'));
+$s->send((new W\ItemViewedV2(item_id: 2, source: 'feed', session_id: 's1', price: 9.5))->withId('php-2'));
+$s->close();
+echo "http {{$s->sent}} {{$s->rejected}} {{$s->dropped}}\n";
+$d = new W\DatagramSender('{dgram}');
+$d->send((new W\PageViewedV1(url: 'https://example.com/', session_id: 's1'))->withId('php-3'));
+$d->close();
+echo "dgram {{$d->sent}} {{$d->dropped}}\n";
+"#,
+        url = up.collector,
+        dgram = data.join("collector.dgram").display()
+    );
+    std::fs::write(a.join("send.php"), script).unwrap();
+    let (ok, out) = run_in(&a, "php", &["send.php"]);
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "ArgumentCountError: Weir\\Events\\Web\\ItemViewedV2::__construct(): Argument #2 ($source) not passed"
+    );
+    assert_eq!(lines[1], "TypeError: item_id: expected int, got string");
+    assert_eq!(
+        lines[2],
+        "InvalidArgumentException: source: 'nowhere' is not one of search, feed, recommendations, direct"
+    );
+    assert!(out.contains("http 2 0 0") && out.contains("dgram 1 0"), "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(up.stop().success());
+    let wh = data.join("warehouse");
+    let mut ids: Vec<String> = parquet_files(&wh.join("event=item.viewed/version=2"))
+        .iter()
+        .chain(parquet_files(&wh.join("event=page.viewed/version=1")).iter())
+        .flat_map(|p| strings(&read_parquet(p), "id"))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["php-1", "php-2", "php-3"]);
+}

@@ -8,6 +8,8 @@
 //! Versions are `0.<CODEGEN_VERSION>.<catalog revision as a number>`: a project pins the
 //! langpack of one catalog revision, and a codegen change moves the minor number.
 
+pub mod go;
+pub mod php;
 pub mod python;
 pub mod typescript;
 
@@ -159,12 +161,14 @@ pub fn write_files(out: &Path, files: &[(String, String)]) -> Result<(), Codegen
 }
 
 /// The languages `weir codegen` writes.
-pub const LANGS: &[&str] = &["python", "typescript"];
+pub const LANGS: &[&str] = &["python", "typescript", "go", "php"];
 
 /// The files of `lang`'s langpack and its package name.
 pub fn generate(lang: &str, model: &Model) -> (String, Vec<(String, String)>) {
     match lang {
         "typescript" => (typescript::package(&model.env), typescript::generate(model)),
+        "go" => (go::module(&model.env), go::generate(model)),
+        "php" => (php::package(&model.env), php::generate(model)),
         _ => (python::package(&model.env), python::generate(model)),
     }
 }
