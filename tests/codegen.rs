@@ -48,20 +48,20 @@ fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 fn python(dir: &Path, script: &str) -> (bool, String) {
-    let o = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .expect("python3");
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
+    run_in(dir, "python3", &["-c", script])
+}
+
+/// The ids of the rows loaded for `item.viewed` v2 and `page.viewed` v1, sorted.
+fn parquet_ids(data: &Path) -> Vec<String> {
+    let wh = data.join("warehouse");
+    assert!(parquet_files(&wh.join("_invalid")).is_empty(), "nothing invalid");
+    let mut ids: Vec<String> = parquet_files(&wh.join("event=item.viewed/version=2"))
+        .iter()
+        .chain(parquet_files(&wh.join("event=page.viewed/version=1")).iter())
+        .flat_map(|p| strings(&read_parquet(p), "id"))
+        .collect();
+    ids.sort();
+    ids
 }
 
 #[test]
@@ -194,15 +194,7 @@ print("dgram", d.sent, d.dropped)
     // Give the datagram a moment to reach the spool before stopping.
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(up.stop().success());
-    let wh = data.join("warehouse");
-    let mut ids: Vec<String> = parquet_files(&wh.join("event=item.viewed/version=2"))
-        .iter()
-        .chain(parquet_files(&wh.join("event=page.viewed/version=1")).iter())
-        .flat_map(|p| strings(&read_parquet(p), "id"))
-        .collect();
-    ids.sort();
-    assert_eq!(ids, vec!["py-1", "py-2", "py-3", "py-4"]);
-    assert!(parquet_files(&wh.join("_invalid")).is_empty(), "nothing invalid");
+    assert_eq!(parquet_ids(&data), vec!["py-1", "py-2", "py-3", "py-4"]);
 }
 
 /// Generates the TypeScript langpack for `web` into `dir`, with the test tools' node_modules.
@@ -212,38 +204,14 @@ fn typescript_pack(dir: &Path) {
 }
 
 fn tsc(dir: &Path, extra: &[&str]) -> (bool, String) {
-    let o = Command::new("node")
-        .arg(dir.join("node_modules/typescript/bin/tsc"))
-        .args(["-p", "."])
-        .args(extra)
-        .current_dir(dir)
-        .output()
-        .expect("node");
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
+    let tsc = dir.join("node_modules/typescript/bin/tsc");
+    let mut args = vec![tsc.to_str().unwrap(), "-p", "."];
+    args.extend_from_slice(extra);
+    run_in(dir, "node", &args)
 }
 
 fn node(dir: &Path, script: &str) -> (bool, String) {
-    let o = Command::new("node")
-        .arg("-e")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .expect("node");
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
+    run_in(dir, "node", &["-e", script])
 }
 
 #[test]
@@ -340,15 +308,7 @@ const w = require("./dist");
     assert!(ok, "{out}");
     assert!(out.contains("http 3 0 0"), "{out}");
     assert!(up.stop().success());
-    let wh = data.join("warehouse");
-    let mut ids: Vec<String> = parquet_files(&wh.join("event=item.viewed/version=2"))
-        .iter()
-        .chain(parquet_files(&wh.join("event=page.viewed/version=1")).iter())
-        .flat_map(|p| strings(&read_parquet(p), "id"))
-        .collect();
-    ids.sort();
-    assert_eq!(ids, vec!["ts-1", "ts-2", "ts-3"]);
-    assert!(parquet_files(&wh.join("_invalid")).is_empty(), "nothing invalid");
+    assert_eq!(parquet_ids(&data), vec!["ts-1", "ts-2", "ts-3"]);
 }
 
 fn run_in(dir: &Path, program: &str, args: &[&str]) -> (bool, String) {
@@ -453,14 +413,7 @@ func main() {
     assert!(out.contains("http 2 0 0") && out.contains("dgram 1 0"), "{out}");
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(up.stop().success());
-    let wh = data.join("warehouse");
-    let mut ids: Vec<String> = parquet_files(&wh.join("event=item.viewed/version=2"))
-        .iter()
-        .chain(parquet_files(&wh.join("event=page.viewed/version=1")).iter())
-        .flat_map(|p| strings(&read_parquet(p), "id"))
-        .collect();
-    ids.sort();
-    assert_eq!(ids, vec!["go-1", "go-2", "go-3"]);
+    assert_eq!(parquet_ids(&data), vec!["go-1", "go-2", "go-3"]);
 }
 
 #[test]
@@ -518,12 +471,5 @@ echo "dgram {{$d->sent}} {{$d->dropped}}\n";
     assert!(out.contains("http 2 0 0") && out.contains("dgram 1 0"), "{out}");
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(up.stop().success());
-    let wh = data.join("warehouse");
-    let mut ids: Vec<String> = parquet_files(&wh.join("event=item.viewed/version=2"))
-        .iter()
-        .chain(parquet_files(&wh.join("event=page.viewed/version=1")).iter())
-        .flat_map(|p| strings(&read_parquet(p), "id"))
-        .collect();
-    ids.sort();
-    assert_eq!(ids, vec!["php-1", "php-2", "php-3"]);
+    assert_eq!(parquet_ids(&data), vec!["php-1", "php-2", "php-3"]);
 }

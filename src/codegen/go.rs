@@ -19,18 +19,8 @@ fn go_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
-/// `item_id` -> `ItemID`-style exported names (`ItemId`; Go lint's initialisms are left
-/// alone to keep the mapping obvious).
 fn exported(name: &str) -> String {
-    name.split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let mut c = p.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect()
+    super::pascal(name)
 }
 
 fn param(name: &str) -> String {

@@ -160,6 +160,38 @@ pub fn write_files(out: &Path, files: &[(String, String)]) -> Result<(), Codegen
     Ok(())
 }
 
+/// `item_id` -> `ItemId`: each run of letters and digits capitalised and joined.
+pub fn pascal(name: &str) -> String {
+    name.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut c = p.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+impl Field {
+    /// The allowed values as literals of the target language (`quote` renders a string),
+    /// joined by `sep`; `None` when the field has no `enum`.
+    pub fn enum_literals(&self, quote: impl Fn(&str) -> String, sep: &str) -> Option<String> {
+        if self.enum_values.is_empty() {
+            return None;
+        }
+        let v: Vec<String> = self
+            .enum_values
+            .iter()
+            .map(|e| match e {
+                EnumValue::Int(i) => i.to_string(),
+                EnumValue::Str(s) => quote(s),
+            })
+            .collect();
+        Some(v.join(sep))
+    }
+}
+
 /// The languages `weir codegen` writes.
 pub const LANGS: &[&str] = &["python", "typescript", "go", "php"];
 

@@ -7,20 +7,12 @@
 
 use std::fmt::Write as _;
 
-use weir_proto::catalog::{EnumValue, FieldType, Scalar};
+use weir_proto::catalog::{FieldType, Scalar};
 
 use super::{EventVersion, Field, Model};
 
 fn studly(s: &str) -> String {
-    s.split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let mut c = p.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect()
+    super::pascal(s)
 }
 
 /// The PHP namespace for `env`.
@@ -50,19 +42,9 @@ fn php_type(ty: FieldType) -> &'static str {
 
 fn value_expr(f: &Field, var: &str) -> String {
     let name = php_str(&f.name);
-    let enums = if f.enum_values.is_empty() {
-        "null".to_string()
-    } else {
-        let v: Vec<String> = f
-            .enum_values
-            .iter()
-            .map(|e| match e {
-                EnumValue::Int(i) => i.to_string(),
-                EnumValue::Str(s) => php_str(s),
-            })
-            .collect();
-        format!("[{}]", v.join(", "))
-    };
+    let enums = f
+        .enum_literals(php_str, ", ")
+        .map_or_else(|| "null".to_string(), |v| format!("[{v}]"));
     let max = f.max_length.map_or("null".to_string(), |n| n.to_string());
     let item = |s: Scalar| match s {
         Scalar::String => "string",

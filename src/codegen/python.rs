@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use weir_proto::catalog::{EnumValue, FieldType, Scalar};
+use weir_proto::catalog::{FieldType, Scalar};
 
 use super::{EventVersion, Field, Model};
 
@@ -50,19 +50,9 @@ fn annotation(ty: FieldType) -> &'static str {
 }
 
 fn checker(f: &Field) -> String {
-    let enums = if f.enum_values.is_empty() {
-        "None".to_string()
-    } else {
-        let v: Vec<String> = f
-            .enum_values
-            .iter()
-            .map(|e| match e {
-                EnumValue::Int(i) => i.to_string(),
-                EnumValue::Str(s) => py_str(s),
-            })
-            .collect();
-        format!("({},)", v.join(", "))
-    };
+    let enums = f
+        .enum_literals(py_str, ", ")
+        .map_or_else(|| "None".to_string(), |v| format!("({v},)"));
     let max = f.max_length.map_or("None".to_string(), |n| n.to_string());
     let scalar = |s: Scalar| match s {
         Scalar::String => "_string",

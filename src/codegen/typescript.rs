@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use weir_proto::catalog::{EnumValue, FieldType, Scalar};
+use weir_proto::catalog::{FieldType, Scalar};
 
 use super::{EventVersion, Field, Model};
 
@@ -28,20 +28,7 @@ fn scalar_ts(s: Scalar) -> &'static str {
 }
 
 fn ts_type(f: &Field) -> String {
-    let enums = || -> Option<String> {
-        if f.enum_values.is_empty() {
-            return None;
-        }
-        let v: Vec<String> = f
-            .enum_values
-            .iter()
-            .map(|e| match e {
-                EnumValue::Int(i) => i.to_string(),
-                EnumValue::Str(s) => js_str(s),
-            })
-            .collect();
-        Some(v.join(" | "))
-    };
+    let enums = || f.enum_literals(js_str, " | ");
     match f.ty {
         FieldType::Scalar(s) => enums().unwrap_or_else(|| scalar_ts(s).to_string()),
         FieldType::Array(s) => format!("Array<{}>", enums().unwrap_or_else(|| scalar_ts(s).to_string())),
@@ -49,19 +36,9 @@ fn ts_type(f: &Field) -> String {
 }
 
 fn checker(f: &Field, value: &str) -> String {
-    let enums = if f.enum_values.is_empty() {
-        "undefined".to_string()
-    } else {
-        let v: Vec<String> = f
-            .enum_values
-            .iter()
-            .map(|e| match e {
-                EnumValue::Int(i) => i.to_string(),
-                EnumValue::Str(s) => js_str(s),
-            })
-            .collect();
-        format!("[{}]", v.join(", "))
-    };
+    let enums = f
+        .enum_literals(js_str, ", ")
+        .map_or_else(|| "undefined".to_string(), |v| format!("[{v}]"));
     let max = f.max_length.map_or("undefined".to_string(), |n| n.to_string());
     let scalar = |s: Scalar| match s {
         Scalar::String => "checkString",

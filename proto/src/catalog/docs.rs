@@ -53,6 +53,15 @@ pub fn describe_field(def: &FieldDef) -> String {
     s
 }
 
+/// `a -> b`, or `description` when only descriptions differ (the one-line forms match).
+fn before_after(a: String, b: String) -> String {
+    if a != b {
+        format!("{a} -> {b}")
+    } else {
+        "description".into()
+    }
+}
+
 fn describe_version(v: &VersionDef) -> String {
     format!(
         "environments {}; required {}; optional {}",
@@ -100,12 +109,7 @@ pub fn diff(old: &Catalog, new: &Catalog) -> Vec<Change> {
             (Some(_), None) => push('-', subject, String::new()),
             (Some(o), Some(n)) if o != n => {
                 let (a, b) = (describe_field(o), describe_field(n));
-                let detail = if a != b {
-                    format!("{a} -> {b}")
-                } else {
-                    "description".into()
-                };
-                push('~', subject, detail);
+                push('~', subject, before_after(a, b));
             }
             _ => {}
         }
@@ -164,12 +168,7 @@ pub fn diff(old: &Catalog, new: &Catalog) -> Vec<Change> {
                         (Some(_), None) => push('-', subject, String::new()),
                         (Some(ov), Some(nv)) if ov != nv => {
                             let (a, b) = (describe_version(ov), describe_version(nv));
-                            let detail = if a != b {
-                                format!("{a} -> {b}")
-                            } else {
-                                "description".into()
-                            };
-                            push('~', subject, detail);
+                            push('~', subject, before_after(a, b));
                         }
                         _ => {}
                     }
