@@ -1,7 +1,6 @@
 //! `weir`: one binary for every part of the pipeline.
 
 mod bench;
-mod codegen;
 mod config;
 mod run;
 
@@ -70,7 +69,7 @@ enum Command {
     /// Generate a typed client library ("langpack") for one environment from the catalog.
     Codegen {
         /// Target language.
-        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(codegen::LANGS))]
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(weir_proto::codegen::LANGS))]
         lang: String,
         /// The environment the langpack sends as.
         #[arg(long)]
@@ -290,9 +289,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
         } => {
             let catalog = load_catalog_dir(&catalog)?;
-            let model = codegen::Model::new(&catalog, &env)?;
-            let (package, files) = codegen::generate(&lang, &model);
-            codegen::write_files(&out, &files)?;
+            let model = weir_proto::codegen::Model::new(&catalog, &env)?;
+            let (package, files) = weir_proto::codegen::generate(&lang, &model);
+            weir_proto::codegen::write_files(&out, &files)?;
             println!(
                 "{} {} ({} event versions, {} files) written to {}",
                 package,

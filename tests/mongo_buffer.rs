@@ -19,7 +19,7 @@ use weir_loader::Loader;
 use weir_proto::hour::{self, HOUR_MICROS};
 use weir_proto::pb::Event;
 use weir_router::mongo_buffer::{collection_name, MongoBuffer};
-use weir_router::recipient::{Outcome, Sink};
+use weir_router::recipients::{Outcome, Sink};
 
 fn event(id: &str, received_at: i64, valid: bool) -> Bytes {
     let fields = if valid {

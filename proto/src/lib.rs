@@ -4,6 +4,7 @@
 
 pub mod buffer;
 pub mod catalog;
+pub mod codegen;
 pub mod event;
 pub mod http;
 pub mod record;

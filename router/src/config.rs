@@ -122,7 +122,7 @@ impl RecipientConfig {
             RecipientConfig::Rabbitmq { .. } => None,
         };
         if let Some((key, t)) = template {
-            crate::recipient::check_template(t).map_err(|e| format!("{key}: {e}"))?;
+            crate::recipients::check_template(t).map_err(|e| format!("{key}: {e}"))?;
         }
         if self.limits().1 == 0 {
             return Err("batch_events: must be at least 1".into());

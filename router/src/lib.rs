@@ -13,7 +13,7 @@ pub mod dead_letter;
 pub mod http;
 pub mod metrics;
 pub mod mongo_buffer;
-pub mod recipient;
+pub mod recipients;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -127,9 +127,9 @@ impl Router {
             let (max_backlog, batch_events) = rc.limits();
             // A new recipient starts with what arrives from now on.
             let start = cursors.register(name, end_at_start, max_backlog)?;
-            let run_cfg = recipient::runner::RunnerConfig {
+            let run_cfg = recipients::runner::RunnerConfig {
                 name: name.clone(),
-                route: recipient::runner::Route::Catalog(catalog.clone()),
+                route: recipients::runner::Route::Catalog(catalog.clone()),
                 batch_events,
                 dead_letters: dead_letter::DeadLetters::new(&paths.dead_letter_dir, name),
                 start,
@@ -145,14 +145,14 @@ impl Router {
                     max_message_bytes,
                     ..
                 } => {
-                    let sink = recipient::rabbitmq::RabbitSink::new(url, exchange, *max_message_bytes);
-                    tokio::spawn(recipient::runner::run(sink, w, c, run_cfg, rx))
+                    let sink = recipients::rabbitmq::RabbitSink::new(url, exchange, *max_message_bytes);
+                    tokio::spawn(recipients::runner::run(sink, w, c, run_cfg, rx))
                 }
                 config::RecipientConfig::Mongo {
                     url, db, collection, ..
                 } => {
-                    let sink = recipient::mongo::MongoSink::new(url, db, collection);
-                    tokio::spawn(recipient::runner::run(sink, w, c, run_cfg, rx))
+                    let sink = recipients::mongo::MongoSink::new(url, db, collection);
+                    tokio::spawn(recipients::runner::run(sink, w, c, run_cfg, rx))
                 }
                 config::RecipientConfig::Kafka {
                     brokers,
@@ -161,8 +161,8 @@ impl Router {
                     ..
                 } => {
                     let sink =
-                        recipient::kafka::KafkaSink::new(recipient::kafka::producer_config(brokers, options), topic);
-                    tokio::spawn(recipient::runner::run(sink, w, c, run_cfg, rx))
+                        recipients::kafka::KafkaSink::new(recipients::kafka::producer_config(brokers, options), topic);
+                    tokio::spawn(recipients::runner::run(sink, w, c, run_cfg, rx))
                 }
             });
         }
@@ -205,16 +205,16 @@ impl Router {
                 let start = cursors.register(buffer::NAME, wal.first_position()?, u64::MAX)?;
                 let sink =
                     mongo_buffer::MongoBuffer::new(url, db, Duration::from_secs(cfg.grace_secs), cfg.retention_days);
-                let run_cfg = recipient::runner::RunnerConfig {
+                let run_cfg = recipients::runner::RunnerConfig {
                     name: buffer::NAME.into(),
-                    route: recipient::runner::Route::Everything,
+                    route: recipients::runner::Route::Everything,
                     batch_events: 1000,
                     dead_letters: dead_letter::DeadLetters::new(&paths.dead_letter_dir, buffer::NAME),
                     start,
                     end_at_start,
                     drain: Duration::from_secs(cfg.drain_secs),
                 };
-                tokio::spawn(recipient::runner::run(sink, wal.clone(), cursors, run_cfg, buf_rx))
+                tokio::spawn(recipients::runner::run(sink, wal.clone(), cursors, run_cfg, buf_rx))
             }
         };
         Ok(Router {

@@ -18,8 +18,8 @@ use weir_proto::event::now_micros;
 use weir_proto::hour::{self, HOUR_MICROS};
 
 use crate::metrics as m;
-use crate::recipient::mongo::{connect, document, insert};
-use crate::recipient::{decode, retry_all, Outcome, Sink};
+use crate::recipients::mongo::{connect, document, insert};
+use crate::recipients::{decode, retry_all, Outcome, Sink};
 
 /// The collection of hour markers.
 pub const HOURS: &str = "buffer_hours";

@@ -15,8 +15,8 @@ pub mod typescript;
 
 use std::path::{Path, PathBuf};
 
-use weir_proto::catalog::{EnumValue, FieldType};
-use weir_proto::Catalog;
+use crate::catalog::{EnumValue, FieldType};
+use crate::Catalog;
 
 /// Bumped whenever generated code changes shape.
 pub const CODEGEN_VERSION: u32 = 1;

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use weir_proto::catalog::{FieldType, Scalar};
+use crate::catalog::{FieldType, Scalar};
 
 use super::{EventVersion, Field, Model};
 

@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use weir_proto::catalog::{EnumValue, FieldType, Scalar};
+use crate::catalog::{EnumValue, FieldType, Scalar};
 
 use super::{EventVersion, Field, Model};
 
