@@ -85,7 +85,9 @@ impl Sink for RabbitSink {
             Err(e) => return retry_all(events.len(), &e),
         };
         let mut out = vec![Outcome::Delivered; events.len()];
-        let mut confirms = Vec::with_capacity(events.len());
+        // Render everything first, then publish all at once: awaiting each publish in
+        // turn costs a round trip through the connection's I/O loop per message.
+        let mut messages = Vec::with_capacity(events.len());
         for (i, ev) in events.iter().enumerate() {
             let Some(view) = decode(ev, &mut out[i]) else { continue };
             self.body.clear();
@@ -109,32 +111,35 @@ impl Sink for RabbitSink {
                 .with_message_id(view.id.into())
                 .with_timestamp((view.received_at / 1_000_000).max(0) as u64)
                 .with_headers(headers);
-            match ch
-                .basic_publish(
-                    self.exchange.as_str().into(),
-                    view.event.into(),
-                    BasicPublishOptions::default(),
-                    &self.body,
-                    props,
-                )
-                .await
-            {
-                Ok(confirm) => confirms.push((i, confirm)),
+            messages.push((i, view.event.to_string(), self.body.clone(), props));
+        }
+        let exchange = self.exchange.as_str();
+        let publishes = messages.iter().map(|(_, key, body, props)| {
+            ch.basic_publish(
+                exchange.into(),
+                key.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                props.clone(),
+            )
+        });
+        let published = futures::future::join_all(publishes).await;
+        let mut confirms = Vec::with_capacity(published.len());
+        for ((i, ..), p) in messages.iter().zip(published) {
+            match p {
+                Ok(confirm) => confirms.push((*i, confirm)),
                 Err(e) => {
-                    // The channel is gone: everything not yet confirmed is retried.
+                    // The channel is gone: this one is retried (and every one whose
+                    // confirm cannot come any more fails below and is retried too).
                     self.conn = None;
-                    let reason = format!("publish failed: {e}");
-                    for o in out.iter_mut().skip(i) {
-                        if *o == Outcome::Delivered {
-                            *o = Outcome::Retry(reason.clone());
-                        }
-                    }
-                    break;
+                    out[*i] = Outcome::Retry(format!("publish failed: {e}"));
                 }
             }
         }
-        for (i, confirm) in confirms {
-            match tokio::time::timeout(TIMEOUT, confirm).await {
+        let idx: Vec<usize> = confirms.iter().map(|(i, _)| *i).collect();
+        let waits = confirms.into_iter().map(|(_, c)| tokio::time::timeout(TIMEOUT, c));
+        for (i, r) in idx.into_iter().zip(futures::future::join_all(waits).await) {
+            match r {
                 Ok(Ok(c)) if c.is_ack() => {}
                 Ok(Ok(_)) => out[i] = Outcome::Retry("RabbitMQ nacked the message".into()),
                 Ok(Err(e)) => {
