@@ -23,6 +23,8 @@ pub struct Config {
     pub router: RouterConfig,
     /// `[loader]`.
     pub loader: LoaderConfig,
+    /// `[proxy]`.
+    pub proxy: weir_collector::proxy::ProxyConfig,
 }
 
 /// A config that cannot be used.
@@ -56,7 +58,7 @@ pub enum ConfigError {
 
 /// Variables starting with `WEIR_` that are not config keys.
 const RESERVED_ENV: &[&str] = &["WEIR_LOG", "WEIR_BENCH_PINNED"];
-const SECTIONS: &[&str] = &["collector", "router", "loader"];
+const SECTIONS: &[&str] = &["collector", "router", "loader", "proxy"];
 
 impl Config {
     /// Reads `path` (or the defaults when `None`) and applies `WEIR_*` variables from
@@ -309,6 +311,26 @@ drain_secs = 10
 # topic = "weir.{event}"
 # options = { "linger.ms" = "5" }        # any librdkafka producer setting
 
+[proxy]
+# The public entry for browsers and mobile apps (`weir proxy`, and inside `weir up`):
+# the collector's POST /v1/events behind write keys, CORS and a smaller body limit; the
+# client's address and user agent go into each event's `context`.
+listen = "127.0.0.1:8088"
+# Write keys: HTTP Basic with the key as user (the Segment way), an X-Weir-Key header,
+# ?key=, or "writeKey" in the body (navigator.sendBeacon). A key binds its environment:
+# an event naming another one refuses the request with 403.
+# [[proxy.keys]]
+# key_env = "WEB_WRITE_KEY"               # or key = "..." (WEIR_* names are config keys)
+# env = "web"
+keys = []
+# Origins allowed to send from a browser; "*" allows any. Credentials are never allowed.
+cors_origins = []
+# Load balancers whose X-Forwarded-For is believed (addresses or CIDRs).
+trusted_proxies = []
+# Zero the host part of client addresses (IPv4 /24, IPv6 /48).
+truncate_ip = false
+max_body_bytes = 524288
+
 [loader]
 # Parquet lands here (default <data_dir>/warehouse).
 # warehouse = "weir-data/warehouse"
@@ -342,6 +364,7 @@ mod tests {
         );
         assert_eq!(toml::to_string(&c.router).unwrap(), toml::to_string(&d.router).unwrap());
         assert_eq!(toml::to_string(&c.loader).unwrap(), toml::to_string(&d.loader).unwrap());
+        assert_eq!(toml::to_string(&c.proxy).unwrap(), toml::to_string(&d.proxy).unwrap());
     }
 
     #[test]

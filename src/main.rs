@@ -46,6 +46,12 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Run the public proxy: a collector whose public listener takes events from
+    /// browsers and apps with write keys, CORS and enrichment (`[proxy]`).
+    Proxy {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Run only the router.
     Router {
         #[command(flatten)]
@@ -199,6 +205,20 @@ fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
     Ok(Config::load(arg.config.as_deref(), std::env::vars())?)
 }
 
+/// `weir collector`, and `weir proxy` (the same with the public proxy listener).
+fn collector_command(config: ConfigArg, with_proxy: bool) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(&config)?;
+    // A directory is read once; otherwise the catalog is pulled from the routers
+    // (or the URL `catalog` names) and kept current.
+    let source = match &cfg.catalog {
+        Some(dir) if !is_url(dir) => run::CatalogSource::Local(load_catalog(&cfg, false)?.0),
+        Some(url) => run::CatalogSource::Remote(vec![url.clone()]),
+        None => run::CatalogSource::Remote(cfg.collector.routers.clone()),
+    };
+    run::runtime()?.block_on(run::collector(cfg, source, with_proxy))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Loads the catalog directory a config names, or the demo one when `demo_ok`.
 fn load_catalog(cfg: &Config, demo_ok: bool) -> anyhow::Result<(Catalog, String)> {
     match &cfg.catalog {
@@ -236,18 +256,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             run::runtime()?.block_on(run::up(cfg, catalog, source))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Collector { config } => {
-            let cfg = load_config(&config)?;
-            // A directory is read once; otherwise the catalog is pulled from the routers
-            // (or the URL `catalog` names) and kept current.
-            let source = match &cfg.catalog {
-                Some(dir) if !is_url(dir) => run::CatalogSource::Local(load_catalog(&cfg, false)?.0),
-                Some(url) => run::CatalogSource::Remote(vec![url.clone()]),
-                None => run::CatalogSource::Remote(cfg.collector.routers.clone()),
-            };
-            run::runtime()?.block_on(run::collector(cfg, source))?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Collector { config } => collector_command(config, false),
+        Command::Proxy { config } => collector_command(config, true),
         Command::Router { config } => {
             let cfg = load_config(&config)?;
             let (catalog, _) = load_catalog(&cfg, false)?;

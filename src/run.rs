@@ -118,6 +118,9 @@ fn router_paths(cfg: &Config) -> weir_router::RouterPaths {
     paths
 }
 
+/// The write key `weir up` gives its proxy on the demo catalog (environment `web`).
+pub const DEMO_WRITE_KEY: &str = "weir-demo-web";
+
 /// `weir up`: router, collector and loader in one process.
 pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow::Result<()> {
     let signals = Signals::install()?;
@@ -131,7 +134,22 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
     let router = Router::start(&cfg.router, &router_paths(&cfg), shared.clone(), metrics.clone()).await?;
     let mut collector_cfg = cfg.collector();
     collector_cfg.routers = vec![format!("http://{}", router.addr)];
-    let collector = Collector::start(&collector_cfg, &cfg.spool_dir(), shared.clone(), metrics).await?;
+    let mut collector = Collector::start(&collector_cfg, &cfg.spool_dir(), shared.clone(), metrics).await?;
+    // The public proxy. On the demo catalog without keys configured, one demo key for
+    // the `web` environment, so a browser page can be tried at once.
+    let mut proxy_cfg = cfg.proxy.clone();
+    let demo_key = proxy_cfg.keys.is_empty() && catalog_source.contains("demo");
+    if demo_key {
+        proxy_cfg.keys.push(weir_collector::proxy::KeyConfig {
+            key: Some(DEMO_WRITE_KEY.into()),
+            key_env: None,
+            env: "web".into(),
+        });
+        if proxy_cfg.cors_origins.is_empty() {
+            proxy_cfg.cors_origins.push("*".into());
+        }
+    }
+    let proxy_addr = collector.start_proxy(&proxy_cfg).await?;
     let (flight_listener, flight_addr) = weir_proto::http::bind(&cfg.loader.flight).await.with_context(|| {
         format!(
             "cannot listen on {} for Arrow Flight (set loader.flight)",
@@ -182,6 +200,16 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
     if let Some(p) = &collector.datagram {
         println!("  datagram   {}   (one JSON event or NDJSON per datagram)", p.display());
     }
+    println!(
+        "  proxy      http://{proxy_addr}/v1/events   (public: write key required{})",
+        if demo_key {
+            format!(", demo key {DEMO_WRITE_KEY} for env web")
+        } else if proxy_cfg.keys.is_empty() {
+            ", none configured: add [[proxy.keys]]".to_string()
+        } else {
+            String::new()
+        }
+    );
     println!("  router     http://{}/v1/batches", router.addr);
     println!("  metrics    http://{}/metrics", collector.addr);
     println!("  flight     grpc://{flight_addr}   (Arrow Flight: loaded hours as record batches)");
@@ -224,7 +252,7 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
 }
 
 /// `weir collector`.
-pub async fn collector(cfg: Config, source: CatalogSource) -> anyhow::Result<()> {
+pub async fn collector(cfg: Config, source: CatalogSource, with_proxy: bool) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     init_tracing();
     let metrics = install_metrics();
@@ -246,7 +274,11 @@ pub async fn collector(cfg: Config, source: CatalogSource) -> anyhow::Result<()>
         (CatalogSource::Remote(_), None) => (Catalog::empty(), String::new()),
     };
     let shared = Arc::new(arc_swap::ArcSwap::from_pointee(catalog));
-    let collector = Collector::start(&ccfg, &cfg.spool_dir(), shared, metrics).await?;
+    let mut collector = Collector::start(&ccfg, &cfg.spool_dir(), shared, metrics).await?;
+    if with_proxy {
+        let addr = collector.start_proxy(&cfg.proxy).await?;
+        tracing::info!(%addr, keys = cfg.proxy.keys.len(), "proxy listening");
+    }
     if let Some(opts) = sync {
         collector.sync_catalog(opts);
     }

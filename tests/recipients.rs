@@ -314,21 +314,6 @@ async fn kill9_mid_stream_loses_nothing_acknowledged_and_mongo_has_no_duplicates
     client.database(&u).drop().await.unwrap();
 }
 
-/// The router's base URL, read from `weir up`'s banner.
-fn router_url(up: &Up) -> String {
-    loop {
-        let line = up.stdout.recv_timeout(Duration::from_secs(10)).expect("banner line");
-        if let Some(rest) = line.trim().strip_prefix("router") {
-            return rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .trim_end_matches("/v1/batches")
-                .to_string();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catalog_edit_reroutes_on_sighup_without_restart() {
     let mongo = service("TEST_WEIR_MONGO");
@@ -339,7 +324,7 @@ async fn a_catalog_edit_reroutes_on_sighup_without_restart() {
     let config =
         "[router]\ncatalog_watch_secs = 3600\n\n".to_string() + &recipients_config(None, Some((&mongo, &u)), None);
     let up = up_with(tmp.path(), &config);
-    let router = router_url(&up);
+    let router = up.banner_url("router");
     let etag = |url: &str| {
         ureq::get(&format!("{url}/v1/catalog"))
             .call()

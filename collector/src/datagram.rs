@@ -86,6 +86,7 @@ pub async fn run(
         let now = weir_proto::event::now_micros();
         let source = Source {
             bound_env: bound_env.as_deref(),
+            ..Default::default()
         };
         let mut group = ingest::Ingested::default();
         let take = |data: &[u8], group: &mut ingest::Ingested| match split(data) {

@@ -41,6 +41,7 @@ pub struct State {
 pub async fn handle(state: Arc<State>, req: Request<Incoming>, bound_env: Option<Arc<str>>) -> Response {
     let source = Source {
         bound_env: bound_env.as_deref(),
+        ..Default::default()
     };
     let resp = match (req.method(), req.uri().path()) {
         (&Method::POST, "/v1/events") => events(&state, req, source).await,
@@ -140,11 +141,31 @@ async fn events(state: &State, req: Request<Incoming>, source: Source<'_>) -> Re
         Err(ReadError::Io(msg)) => return h::error(StatusCode::BAD_REQUEST, msg),
     };
     let header = |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
-    let format = match body::format(header(hyper::header::CONTENT_TYPE)) {
+    accept(
+        state,
+        header(hyper::header::CONTENT_TYPE),
+        header(hyper::header::CONTENT_ENCODING),
+        raw,
+        source,
+    )
+    .await
+}
+
+/// Decodes, validates and spools a request body already read; answers 202 with the
+/// summary, or the error.
+pub(crate) async fn accept(
+    state: &State,
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    raw: bytes::Bytes,
+    source: Source<'_>,
+) -> Response {
+    let limit = state.max_body_bytes;
+    let format = match body::format(content_type) {
         Ok(f) => f,
         Err(e) => return body_error(e),
     };
-    let decoded = match body::decode(header(hyper::header::CONTENT_ENCODING), raw, limit) {
+    let decoded = match body::decode(content_encoding, raw, limit) {
         Ok(b) => b,
         Err(e) => return body_error(e),
     };
@@ -158,6 +179,9 @@ async fn events(state: &State, req: Request<Incoming>, source: Source<'_>) -> Re
     }
     let now = weir_proto::event::now_micros();
     let ingested = ingest::ingest_limited(&catalog, &items, source, &state.name, now, state.max_event_bytes);
+    if let Some(why) = ingested.forbidden {
+        return h::error(StatusCode::FORBIDDEN, why);
+    }
     if ingested.records > 0 {
         if !state.spool.has_room(ingested.framed.len()) {
             return unavailable(

@@ -82,6 +82,8 @@ pub struct Ingested {
     pub summary: Summary,
     /// Counts for metrics.
     pub tally: Tally,
+    /// Why the whole request is refused (403), when it is: nothing is kept.
+    pub forbidden: Option<String>,
 }
 
 /// Context a listener adds to each event.
@@ -89,6 +91,11 @@ pub struct Ingested {
 pub struct Source<'a> {
     /// The environment this listener binds (unix socket, proxy key), if any.
     pub bound_env: Option<&'a str>,
+    /// An event naming another environment than `bound_env` refuses the whole request
+    /// (the proxy: a browser key never sends as a backend) instead of only that event.
+    pub strict_env: bool,
+    /// Added to every event's `context` (the proxy: client ip, user agent).
+    pub context: &'a [(&'a str, &'a str)],
 }
 
 /// Largest event (its JSON as sent) the collector keeps, by default.
@@ -136,6 +143,14 @@ pub fn ingest_limited(
         let mut env = ev.env.as_deref().or(source.bound_env);
         let mut bound_mismatch = None;
         if let (Some(bound), Some(given)) = (source.bound_env, ev.env.as_deref()) {
+            if bound != given && source.strict_env {
+                out.forbidden = Some(format!(
+                    "event {index}: env {given:?} is not allowed with this key, which sends as {bound:?}"
+                ));
+                out.framed.clear();
+                out.records = 0;
+                return out;
+            }
             if bound != given {
                 bound_mismatch = Some(format!(
                     "env: this listener only takes events of environment {bound:?}, not {given:?}"
@@ -185,7 +200,7 @@ pub fn ingest_limited(
             valid,
             errors: checked.errors.iter().map(String::as_str).collect(),
             raw: if valid { &[] } else { ev.raw.as_bytes() },
-            context: Vec::new(),
+            context: source.context.to_vec(),
         };
         record::encode_with(&mut out.framed, |buf| stored.encode(buf));
         out.records += 1;
@@ -216,7 +231,10 @@ mod tests {
         let got = ingest(
             &catalog,
             &items,
-            Source { bound_env: bound },
+            Source {
+                bound_env: bound,
+                ..Default::default()
+            },
             "node-a",
             1_795_352_645_000_000,
         );

@@ -11,6 +11,7 @@ pub mod forwarder;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod proxy;
 pub mod spool;
 
 use std::net::SocketAddr;
@@ -51,6 +52,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The proxy settings are wrong; the message names the key.
+    #[error("{0}")]
+    Proxy(String),
 }
 
 /// A running collector.
@@ -168,6 +172,25 @@ impl Collector {
             servers,
             forwarder,
         })
+    }
+
+    /// Starts the public proxy listener (see [`proxy`]) on this collector's spool;
+    /// it stops with the collector. Returns where it listens.
+    pub async fn start_proxy(&mut self, cfg: &proxy::ProxyConfig) -> Result<SocketAddr, StartError> {
+        let p = Arc::new(proxy::Proxy::new(cfg).map_err(StartError::Proxy)?);
+        let (listener, addr) = weir_proto::http::bind(&cfg.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: cfg.listen.clone(),
+                source,
+            })?;
+        let state = self.state.clone();
+        self.servers.push(tokio::spawn(weir_proto::http::serve(
+            listener,
+            move |req| proxy::handle(state.clone(), p.clone(), req),
+            self.stop_http.subscribe(),
+        )));
+        Ok(addr)
     }
 
     /// Keeps the catalog pulled from the routers (see [`catalog_sync`]) until shutdown.

@@ -141,6 +141,9 @@ impl<'de, 'x> Visitor<'de> for EnvelopeVisitor<'x, 'de> {
                         }
                     }
                 }
+                // The proxy's write key may ride in the body (sendBeacon cannot set
+                // headers); it is authentication, not event data.
+                "writeKey" => {}
                 other => ev.problems.push(format!(
                     "{other}: unknown key (an event has event, version, env, id, ts and fields)"
                 )),

@@ -135,24 +135,28 @@ pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, std::net::SocketA
 pub trait Listener: Send + 'static {
     /// A connection.
     type Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
-    /// Accepts one connection.
-    fn accept(&self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+    /// Accepts one connection, with the peer's address when it has one (TCP).
+    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Io, Option<std::net::SocketAddr>)>> + Send;
 }
+
+/// The peer of a TCP connection, put in every request's extensions by [`serve`].
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub std::net::SocketAddr);
 
 impl Listener for TcpListener {
     type Io = TokioIo<tokio::net::TcpStream>;
-    async fn accept(&self) -> std::io::Result<Self::Io> {
-        let (stream, _) = TcpListener::accept(self).await?;
+    async fn accept(&self) -> std::io::Result<(Self::Io, Option<std::net::SocketAddr>)> {
+        let (stream, peer) = TcpListener::accept(self).await?;
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        Ok((TokioIo::new(stream), Some(peer)))
     }
 }
 
 impl Listener for tokio::net::UnixListener {
     type Io = TokioIo<tokio::net::UnixStream>;
-    async fn accept(&self) -> std::io::Result<Self::Io> {
+    async fn accept(&self) -> std::io::Result<(Self::Io, Option<std::net::SocketAddr>)> {
         let (stream, _) = tokio::net::UnixListener::accept(self).await?;
-        Ok(TokioIo::new(stream))
+        Ok((TokioIo::new(stream), None))
     }
 }
 
@@ -217,8 +221,8 @@ where
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let io = match accepted {
-                    Ok(io) => io,
+                let (io, peer) = match accepted {
+                    Ok(x) => x,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -226,8 +230,11 @@ where
                     }
                 };
                 let handler = handler.clone();
-                let service = hyper::service::service_fn(move |req| {
+                let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                     let handler = handler.clone();
+                    if let Some(p) = peer {
+                        req.extensions_mut().insert(Peer(p));
+                    }
                     async move { Ok::<_, Infallible>(handler(req).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()

@@ -55,6 +55,7 @@ impl Up {
             .env("WEIR_COLLECTOR_LISTEN", "127.0.0.1:0")
             .env("WEIR_ROUTER_LISTEN", "127.0.0.1:0")
             .env("WEIR_LOADER_FLIGHT", "127.0.0.1:0")
+            .env("WEIR_PROXY_LISTEN", "127.0.0.1:0")
             .env("WEIR_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr);
@@ -131,6 +132,23 @@ impl Up {
     /// The process's stderr so far.
     pub fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Up {
+    /// The base URL `weir up`'s banner gives for `name` (`router`, `proxy`), read from its
+    /// stdout after the collector line.
+    pub fn banner_url(&self, name: &str) -> String {
+        loop {
+            let line = self.stdout.recv_timeout(Duration::from_secs(10)).expect("banner line");
+            if let Some(rest) = line.trim().strip_prefix(name) {
+                let url = rest.split_whitespace().next().unwrap();
+                return url
+                    .trim_end_matches("/v1/batches")
+                    .trim_end_matches("/v1/events")
+                    .to_string();
+            }
+        }
     }
 }
 

@@ -1,0 +1,414 @@
+//! The proxy: the collector's ingestion with a public face, for browsers and mobile apps.
+//! Same `POST /v1/events`, same spool and forwarding, plus:
+//!
+//! - write keys (`[[proxy.keys]]`): HTTP Basic `key:` (the Segment way), `X-Weir-Key`,
+//!   `?key=`, or `writeKey` in the body (for `navigator.sendBeacon`, which cannot set
+//!   headers). Missing or unknown key -> 401. A key binds its environment: an event naming
+//!   another one refuses the request with 403, so frontend data never gets backend trust;
+//! - CORS for the configured origins (preflight answered, credentials off);
+//! - a smaller body limit (413) and the collector's read timeouts against slow clients;
+//! - the client's address in each event's `context` (`ip`; X-Forwarded-For is honoured
+//!   only from `trusted_proxies`, and `truncate_ip` zeroes the host part), and its
+//!   `user_agent`.
+//!
+//! Not here yet: rate limits per key and per client IP, user-agent parsing, the GeoIP
+//! lookup, the `GET /v1/p.gif` pixel and the Segment-compatible API.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, StatusCode};
+use serde::{Deserialize, Serialize};
+use weir_proto::http::{self as h, ReadError, Response};
+
+use crate::http::State;
+use crate::ingest::Source;
+
+/// One write key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The key itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Or the environment variable holding it (keeps secrets out of config files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_env: Option<String>,
+    /// The environment every event sent with this key belongs to.
+    pub env: String,
+}
+
+/// The `[proxy]` section of the config.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Public listen address (`weir up` uses 127.0.0.1:8088).
+    pub listen: String,
+    /// Write keys.
+    pub keys: Vec<KeyConfig>,
+    /// Origins allowed to send from a browser (`https://shop.example`); `*` allows any.
+    pub cors_origins: Vec<String>,
+    /// Peers whose X-Forwarded-For is believed (load balancers): addresses or CIDRs.
+    pub trusted_proxies: Vec<String>,
+    /// Zero the host part of client addresses (IPv4 /24, IPv6 /48) for privacy.
+    pub truncate_ip: bool,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "127.0.0.1:8088".into(),
+            keys: Vec::new(),
+            cors_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            truncate_ip: false,
+            max_body_bytes: 512 << 10,
+        }
+    }
+}
+
+/// A CIDR block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8`, `::1` or `192.168.1.7`.
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (a, bits) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            Some(b) => b
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, bits })
+    }
+
+    /// Whether `ip` is inside.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                u32::from(a) & mask == u32::from(b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.bits)).unwrap_or(0);
+                u128::from(a) & mask == u128::from(b) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Zeroes the host part: IPv4 to /24, IPv6 to /48.
+pub fn truncate(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into()),
+    }
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the last
+/// X-Forwarded-For hop that is not itself trusted.
+pub fn client_ip(peer: IpAddr, forwarded: Option<&str>, trusted: &[Cidr]) -> IpAddr {
+    if !trusted.iter().any(|c| c.contains(peer)) {
+        return peer;
+    }
+    let Some(list) = forwarded else { return peer };
+    let mut client = peer;
+    for hop in list.rsplit(',') {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else { break };
+        client = ip;
+        if !trusted.iter().any(|c| c.contains(ip)) {
+            break;
+        }
+    }
+    client
+}
+
+/// The proxy's settings, resolved (key values read from the environment).
+pub struct Proxy {
+    keys: Vec<(String, Arc<str>)>,
+    origins: Vec<String>,
+    trusted: Vec<Cidr>,
+    truncate_ip: bool,
+    max_body_bytes: usize,
+}
+
+impl Proxy {
+    /// Resolves `cfg`; the error names the key.
+    pub fn new(cfg: &ProxyConfig) -> Result<Proxy, String> {
+        let mut keys = Vec::new();
+        for (i, k) in cfg.keys.iter().enumerate() {
+            let value = match (&k.key, &k.key_env) {
+                (Some(v), None) => v.clone(),
+                (None, Some(var)) => std::env::var(var)
+                    .map_err(|_| format!("proxy.keys[{i}].key_env: environment variable {var} is not set"))?,
+                _ => return Err(format!("proxy.keys[{i}]: set exactly one of key and key_env")),
+            };
+            if value.is_empty() {
+                return Err(format!("proxy.keys[{i}]: the key is empty"));
+            }
+            keys.push((value, Arc::from(k.env.as_str())));
+        }
+        let trusted = cfg
+            .trusted_proxies
+            .iter()
+            .map(|s| Cidr::parse(s).map_err(|e| format!("proxy.trusted_proxies: {e}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Proxy {
+            keys,
+            origins: cfg.cors_origins.clone(),
+            trusted,
+            truncate_ip: cfg.truncate_ip,
+            max_body_bytes: cfg.max_body_bytes,
+        })
+    }
+
+    fn env_of(&self, key: &str) -> Option<Arc<str>> {
+        self.keys.iter().find(|(k, _)| k == key).map(|(_, e)| e.clone())
+    }
+
+    fn allowed_origin(&self, origin: Option<&str>) -> Option<HeaderValue> {
+        let origin = origin?;
+        if self.origins.iter().any(|o| o == "*") {
+            return Some(HeaderValue::from_static("*"));
+        }
+        self.origins
+            .iter()
+            .any(|o| o == origin)
+            .then(|| HeaderValue::from_str(origin).ok())
+            .flatten()
+    }
+}
+
+fn basic_key(value: &str) -> Option<String> {
+    use base64_lite::decode;
+    let encoded = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
+    let text = String::from_utf8(decode(encoded.trim())?).ok()?;
+    let key = text.split(':').next()?;
+    (!key.is_empty()).then(|| key.to_string())
+}
+
+/// A tiny standard base64 decoder for the Basic auth header.
+mod base64_lite {
+    pub fn decode(s: &str) -> Option<Vec<u8>> {
+        let val = |c: u8| -> Option<u32> {
+            Some(match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'+' => 62,
+                b'/' => 63,
+                _ => return None,
+            } as u32)
+        };
+        let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
+        let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+        for chunk in bytes.chunks(4) {
+            let mut n = 0u32;
+            for (i, &c) in chunk.iter().enumerate() {
+                n |= val(c)? << (18 - 6 * i);
+            }
+            out.push((n >> 16) as u8);
+            if chunk.len() > 2 {
+                out.push((n >> 8) as u8);
+            }
+            if chunk.len() > 3 {
+                out.push(n as u8);
+            }
+        }
+        Some(out)
+    }
+}
+
+/// `writeKey` of a JSON body: of the object, or of the first element of an array.
+fn body_key(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct WithKey {
+        #[serde(rename = "writeKey")]
+        write_key: Option<String>,
+    }
+    let text = std::str::from_utf8(body).ok()?.trim_start();
+    if text.starts_with('[') {
+        let v: Vec<WithKey> = serde_json::from_str(text).ok()?;
+        v.into_iter().next()?.write_key
+    } else {
+        let first = text.lines().next()?;
+        serde_json::from_str::<WithKey>(first).ok()?.write_key
+    }
+}
+
+fn query_key(query: Option<&str>) -> Option<String> {
+    query?
+        .split('&')
+        .find_map(|p| p.strip_prefix("key="))
+        .map(|k| k.to_string())
+}
+
+fn with_cors(mut r: Response, origin: Option<&HeaderValue>) -> Response {
+    if let Some(o) = origin {
+        let h = r.headers_mut();
+        h.insert("access-control-allow-origin", o.clone());
+        h.insert("vary", HeaderValue::from_static("Origin"));
+    }
+    r
+}
+
+/// Routes one request to the proxy.
+pub async fn handle(state: Arc<State>, proxy: Arc<Proxy>, req: Request<Incoming>) -> Response {
+    let peer = req
+        .extensions()
+        .get::<h::Peer>()
+        .map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |p| p.0);
+    let origin = proxy.allowed_origin(req.headers().get("origin").and_then(|v| v.to_str().ok()));
+    match (req.method(), req.uri().path()) {
+        (&Method::OPTIONS, "/v1/events") => {
+            let mut r = h::bytes(StatusCode::NO_CONTENT, "text/plain", bytes::Bytes::new());
+            if let Some(o) = &origin {
+                let hs = r.headers_mut();
+                hs.insert("access-control-allow-origin", o.clone());
+                hs.insert(
+                    "access-control-allow-methods",
+                    HeaderValue::from_static("POST, OPTIONS"),
+                );
+                hs.insert(
+                    "access-control-allow-headers",
+                    HeaderValue::from_static("content-type, content-encoding, authorization, x-weir-key"),
+                );
+                hs.insert("access-control-max-age", HeaderValue::from_static("86400"));
+                hs.insert("vary", HeaderValue::from_static("Origin"));
+            }
+            r
+        }
+        (&Method::POST, "/v1/events") => with_cors(events(&state, &proxy, peer, req).await, origin.as_ref()),
+        (&Method::GET, "/healthz") => h::text(StatusCode::OK, "ok\n"),
+        _ => h::error(
+            StatusCode::NOT_FOUND,
+            "no such endpoint: the proxy serves POST /v1/events (with a write key) and GET /healthz",
+        ),
+    }
+}
+
+async fn events(state: &State, proxy: &Proxy, peer: SocketAddr, req: Request<Incoming>) -> Response {
+    let header_key = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(basic_key)
+        .or_else(|| {
+            req.headers()
+                .get("x-weir-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .or_else(|| query_key(req.uri().query()));
+    let (parts, raw) = match h::read_body(req, proxy.max_body_bytes).await {
+        Ok(b) => b,
+        Err(ReadError::TooLarge(n)) => {
+            return h::error(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than {n} bytes"))
+        }
+        Err(e @ ReadError::Timeout(_)) => return h::error(StatusCode::REQUEST_TIMEOUT, e.to_string()),
+        Err(ReadError::Io(msg)) => return h::error(StatusCode::BAD_REQUEST, msg),
+    };
+    let header = |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let encoded = header(hyper::header::CONTENT_ENCODING).is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+    let key = header_key.or_else(|| if encoded { None } else { body_key(&raw) });
+    let Some(key) = key else {
+        return h::error(
+            StatusCode::UNAUTHORIZED,
+            "a write key is required: HTTP Basic (key as user), X-Weir-Key, ?key= or writeKey in the body",
+        );
+    };
+    let Some(env) = proxy.env_of(&key) else {
+        return h::error(StatusCode::UNAUTHORIZED, "unknown write key");
+    };
+    let forwarded = parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let ip = client_ip(peer.ip(), forwarded, &proxy.trusted);
+    let ip = if proxy.truncate_ip { truncate(ip) } else { ip };
+    let ip = ip.to_string();
+    let ua = header(hyper::header::USER_AGENT).unwrap_or("").to_string();
+    let mut context: Vec<(&str, &str)> = vec![("ip", ip.as_str())];
+    if !ua.is_empty() {
+        context.push(("user_agent", ua.as_str()));
+    }
+    let source = Source {
+        bound_env: Some(&env),
+        strict_env: true,
+        context: &context,
+    };
+    crate::http::accept(
+        state,
+        header(hyper::header::CONTENT_TYPE),
+        header(hyper::header::CONTENT_ENCODING),
+        raw,
+        source,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_and_forwarded_for() {
+        let trusted = vec![Cidr::parse("10.0.0.0/8").unwrap(), Cidr::parse("::1").unwrap()];
+        let peer: IpAddr = "10.1.2.3".parse().unwrap();
+        let outside: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(
+            client_ip(peer, Some("198.51.100.7, 10.9.9.9"), &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(outside, Some("198.51.100.7"), &trusted),
+            outside,
+            "untrusted peer: XFF ignored"
+        );
+        assert_eq!(client_ip(peer, Some("garbage"), &trusted), peer);
+        assert_eq!(client_ip(peer, None, &trusted), peer);
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nope").is_err());
+        assert_eq!(
+            truncate("198.51.100.7".parse().unwrap()),
+            "198.51.100.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            truncate("2001:db8:1:2::5".parse().unwrap()),
+            "2001:db8:1::".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn keys_from_basic_body_and_query() {
+        // "wk_web:" in base64.
+        assert_eq!(basic_key("Basic d2tfd2ViOg==").as_deref(), Some("wk_web"));
+        assert_eq!(basic_key("Bearer x"), None);
+        assert_eq!(body_key(br#"{"writeKey":"k1","event":"a"}"#).as_deref(), Some("k1"));
+        assert_eq!(body_key(br#"[{"writeKey":"k2"},{"event":"b"}]"#).as_deref(), Some("k2"));
+        assert_eq!(body_key(b"not json"), None);
+        assert_eq!(query_key(Some("a=1&key=k3")).as_deref(), Some("k3"));
+    }
+}

@@ -1,0 +1,214 @@
+//! The proxy inside `weir up`: write keys (401), environment binding (403), CORS,
+//! sendBeacon bodies, the body limit (413), and the client's address and user agent in
+//! each event's context, with X-Forwarded-For ignored from an untrusted peer. Events are
+//! checked in the MongoDB hourly buffer (nx-27017), whose documents carry `context`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use mongodb::bson::{doc, Document};
+
+fn send(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, Option<String>) {
+    let mut req = ureq::post(url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    match req.send_string(body) {
+        Ok(r) => {
+            let acao = r.header("access-control-allow-origin").map(str::to_string);
+            (r.status(), r.into_string().unwrap_or_default(), acao)
+        }
+        Err(ureq::Error::Status(code, r)) => {
+            let acao = r.header("access-control-allow-origin").map(str::to_string);
+            (code, r.into_string().unwrap_or_default(), acao)
+        }
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+fn page(id: &str, env: Option<&str>) -> String {
+    let env = env.map(|e| format!(r#","env":"{e}""#)).unwrap_or_default();
+    format!(r#"{{"event":"page.viewed","id":"{id}"{env},"fields":{{"url":"https://shop.test/","session_id":"s1"}}}}"#)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_bind_environments_cors_limits_and_context() {
+    let mongo = service("TEST_WEIR_MONGO");
+    let db = unique("proxy");
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[router]
+buffer = {{ kind = "mongo", url = "{mongo}", db = "{db}" }}
+
+[proxy]
+cors_origins = ["http://shop.test"]
+max_body_bytes = 2048
+
+[[proxy.keys]]
+key = "wk_web"
+env = "web"
+
+[[proxy.keys]]
+key_env = "TEST_BACKEND_WRITE_KEY"
+env = "backend"
+"#
+        ),
+    )
+    .unwrap();
+    let data = tmp.path().join("data");
+    let up = Up::start(
+        &data,
+        &["--config", config.to_str().unwrap()],
+        &[("TEST_BACKEND_WRITE_KEY", "wk_backend")],
+    );
+    let proxy = up.banner_url("proxy");
+    let url = format!("{proxy}/v1/events");
+    let json = ("content-type", "application/json");
+
+    // No key, an unknown key.
+    let (code, body, _) = send(&url, &[json], &page("k0", None));
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("write key"), "{body}");
+    assert_eq!(send(&url, &[json, ("x-weir-key", "nope")], &page("k0", None)).0, 401);
+
+    // HTTP Basic (key as user, the Segment way); env comes from the key; XFF from this
+    // untrusted peer is ignored; the origin is allowed.
+    let basic = "Basic d2tfd2ViOg=="; // wk_web:
+    let (code, body, acao) = send(
+        &url,
+        &[
+            json,
+            ("authorization", basic),
+            ("x-forwarded-for", "203.0.113.5"),
+            ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) TestBrowser/1.0"),
+            ("origin", "http://shop.test"),
+        ],
+        &page("k1", None),
+    );
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(acao.as_deref(), Some("http://shop.test"));
+
+    // A web key can never send as backend: the request is refused, nothing kept.
+    let (code, body, _) = send(&url, &[json, ("x-weir-key", "wk_web")], &page("k2", Some("backend")));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("backend") && body.contains("web"), "{body}");
+
+    // ?key=, and writeKey in a text/plain body (navigator.sendBeacon).
+    assert_eq!(
+        send(&format!("{url}?key=wk_web"), &[json], &page("k3", Some("web"))).0,
+        202
+    );
+    let beacon = page("k4", None).replacen('{', r#"{"writeKey":"wk_web","#, 1);
+    let (code, body, _) = send(&url, &[("content-type", "text/plain;charset=UTF-8")], &beacon);
+    assert_eq!(code, 202, "{body}");
+
+    // The backend key (from key_env) sends as backend.
+    let search = r#"{"event":"search.performed","id":"k5","fields":{"query":"bike"}}"#;
+    assert_eq!(send(&url, &[json, ("x-weir-key", "wk_backend")], search).0, 202);
+
+    // Too large.
+    let big = page("k6", None).replace("s1", &"x".repeat(4000));
+    assert_eq!(send(&url, &[json, ("x-weir-key", "wk_web")], &big).0, 413);
+
+    // CORS preflight: answered for an allowed origin, without credentials; not for others.
+    let pre = ureq::request("OPTIONS", &url)
+        .set("origin", "http://shop.test")
+        .set("access-control-request-method", "POST")
+        .call()
+        .unwrap();
+    assert_eq!(pre.status(), 204);
+    assert_eq!(pre.header("access-control-allow-origin"), Some("http://shop.test"));
+    assert!(pre
+        .header("access-control-allow-headers")
+        .unwrap()
+        .contains("x-weir-key"));
+    assert_eq!(pre.header("access-control-allow-credentials"), None);
+    let other = ureq::request("OPTIONS", &url)
+        .set("origin", "http://evil.test")
+        .call()
+        .unwrap();
+    assert_eq!(other.header("access-control-allow-origin"), None);
+
+    // What was kept, with its context, from the MongoDB buffer.
+    let client = mongodb::Client::with_uri_str(&mongo).await.unwrap();
+    let database = client.database(&db);
+    let mut docs: Vec<Document> = Vec::new();
+    for _ in 0..100 {
+        docs.clear();
+        for name in database.list_collection_names().await.unwrap() {
+            if name.starts_with("buffer_2") {
+                let mut cur = database.collection::<Document>(&name).find(doc! {}).await.unwrap();
+                while let Some(d) = cur.next().await {
+                    docs.push(d.unwrap());
+                }
+            }
+        }
+        if docs.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut ids: Vec<&str> = docs.iter().map(|d| d.get_str("_id").unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["k1", "k3", "k4", "k5"]);
+    let k1 = docs.iter().find(|d| d.get_str("_id") == Ok("k1")).unwrap();
+    assert_eq!(k1.get_str("env").unwrap(), "web");
+    assert!(k1.get_bool("valid").unwrap());
+    let ctx = k1.get_document("context").unwrap();
+    assert_eq!(
+        ctx.get_str("ip").unwrap(),
+        "127.0.0.1",
+        "X-Forwarded-For from an untrusted peer is ignored"
+    );
+    assert!(ctx.get_str("user_agent").unwrap().contains("TestBrowser/1.0"));
+    let k5 = docs.iter().find(|d| d.get_str("_id") == Ok("k5")).unwrap();
+    assert_eq!(k5.get_str("env").unwrap(), "backend");
+    assert!(up.stop().success());
+    database.drop().await.unwrap();
+}
+
+#[test]
+fn demo_key_on_embedded_defaults_and_bad_proxy_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Up::start(&tmp.path().join("data"), &[], &[]);
+    let proxy = up.banner_url("proxy");
+    let (code, body, _) = send(
+        &format!("{proxy}/v1/events?key=weir-demo-web"),
+        &[("content-type", "application/json")],
+        &page("d1", None),
+    );
+    assert_eq!(code, 202, "{body}");
+    assert!(up.stop().success());
+
+    let config = tmp.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[[proxy.keys]]\nkey_env = \"TEST_UNSET_WRITE_KEY\"\nenv = \"web\"\n",
+    )
+    .unwrap();
+    let out = weir()
+        .args(["up", "--data-dir"])
+        .arg(tmp.path().join("d2"))
+        .arg("--config")
+        .arg(&config)
+        .env("WEIR_COLLECTOR_LISTEN", "127.0.0.1:0")
+        .env("WEIR_ROUTER_LISTEN", "127.0.0.1:0")
+        .env("WEIR_LOADER_FLIGHT", "127.0.0.1:0")
+        .env("WEIR_PROXY_LISTEN", "127.0.0.1:0")
+        .env_remove("TEST_UNSET_WRITE_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("proxy.keys[0].key_env") && err.contains("TEST_UNSET_WRITE_KEY"),
+        "{err}"
+    );
+}
