@@ -322,6 +322,7 @@ listen = "127.0.0.1:8088"
 # [[proxy.keys]]
 # key_env = "WEB_WRITE_KEY"               # or key = "..." (WEIR_* names are config keys)
 # env = "web"
+# rate = 100                              # requests per second (and burst); none = no limit
 keys = []
 # Origins allowed to send from a browser; "*" allows any. Credentials are never allowed.
 cors_origins = []
@@ -330,6 +331,9 @@ trusted_proxies = []
 # Zero the host part of client addresses (IPv4 /24, IPv6 /48).
 truncate_ip = false
 max_body_bytes = 524288
+# Requests per second one client address may send (and burst); 0 = no limit. Past a
+# limit the answer is 429 with Retry-After.
+per_ip_rate = 0
 
 [loader]
 # Parquet lands here (default <data_dir>/warehouse).

@@ -144,6 +144,7 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
             key: Some(DEMO_WRITE_KEY.into()),
             key_env: None,
             env: "web".into(),
+            rate: None,
         });
         if proxy_cfg.cors_origins.is_empty() {
             proxy_cfg.cors_origins.push("*".into());

@@ -212,3 +212,91 @@ fn demo_key_on_embedded_defaults_and_bad_proxy_config() {
         "{err}"
     );
 }
+
+/// Sends `n` requests quickly; returns the statuses and the Retry-After values seen.
+fn flood(url: &str, headers: &[(&str, &str)], n: usize) -> (Vec<u16>, Vec<String>) {
+    let mut codes = Vec::new();
+    let mut retry = Vec::new();
+    for i in 0..n {
+        let mut req = ureq::post(url).set("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        match req.send_string(&page(&format!("f{i}"), None)) {
+            Ok(r) => codes.push(r.status()),
+            Err(ureq::Error::Status(code, r)) => {
+                codes.push(code);
+                retry.extend(r.header("retry-after").map(str::to_string));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    (codes, retry)
+}
+
+#[test]
+fn a_flooding_key_or_client_gets_429_while_others_keep_getting_202() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        r#"
+[proxy]
+trusted_proxies = ["127.0.0.1"]
+per_ip_rate = 20
+
+[[proxy.keys]]
+key = "wk_flood"
+env = "web"
+rate = 5
+
+[[proxy.keys]]
+key = "wk_calm"
+env = "web"
+"#,
+    )
+    .unwrap();
+    let up = Up::start(&tmp.path().join("data"), &["--config", config.to_str().unwrap()], &[]);
+    let url = format!("{}/v1/events", up.banner_url("proxy"));
+    // One key floods (each request from another client address, so only the key's
+    // limit applies); the other key, sending meanwhile, is never refused.
+    let mut flood_codes = Vec::new();
+    let mut retry = Vec::new();
+    for i in 0..30 {
+        let xff = format!("198.51.100.{i}");
+        let (c, r) = flood(&url, &[("x-weir-key", "wk_flood"), ("x-forwarded-for", &xff)], 1);
+        flood_codes.extend(c);
+        retry.extend(r);
+        let (calm, _) = flood(&url, &[("x-weir-key", "wk_calm"), ("x-forwarded-for", &xff)], 1);
+        assert_eq!(calm, vec![202], "the other key is not slowed");
+    }
+    let limited = flood_codes.iter().filter(|&&c| c == 429).count();
+    assert!(limited >= 20, "the flooding key was limited: {flood_codes:?}");
+    assert!(
+        flood_codes.iter().take(5).all(|&c| c == 202),
+        "a burst of 5 passes: {flood_codes:?}"
+    );
+    assert!(
+        !retry.is_empty() && retry.iter().all(|r| r.parse::<u64>().is_ok_and(|s| s >= 1)),
+        "{retry:?}"
+    );
+
+    // One client address floods (X-Forwarded-For is believed from 127.0.0.1 here);
+    // another address with the same key is not slowed.
+    let (codes, _) = flood(
+        &url,
+        &[("x-weir-key", "wk_calm"), ("x-forwarded-for", "203.0.113.66")],
+        40,
+    );
+    assert!(codes.iter().filter(|&&c| c == 429).count() >= 15, "{codes:?}");
+    let (other, _) = flood(
+        &url,
+        &[("x-weir-key", "wk_calm"), ("x-forwarded-for", "203.0.113.77")],
+        5,
+    );
+    assert_eq!(other, vec![202; 5]);
+    let m = get_text(&format!("{}/metrics", up.collector));
+    assert!(m.contains("weir_proxy_rate_limited_requests_total{by=\"key\"}"), "{m}");
+    assert!(m.contains("weir_proxy_rate_limited_requests_total{by=\"ip\"}"), "{m}");
+    assert!(up.stop().success());
+}

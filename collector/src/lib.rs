@@ -185,6 +185,16 @@ impl Collector {
                 source,
             })?;
         let state = self.state.clone();
+        let tidy = p.clone();
+        let mut stop = self.stop_http.subscribe();
+        self.servers.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => tidy.housekeeping(),
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }));
         self.servers.push(tokio::spawn(weir_proto::http::serve(
             listener,
             move |req| proxy::handle(state.clone(), p.clone(), req),

@@ -53,3 +53,5 @@ pub fn refresh_spool(spool: &crate::spool::Spool) {
     metrics::gauge!(SPOOL_BYTES).set(spool.wal().bytes() as f64);
     metrics::gauge!(SPOOL_SEGMENTS).set(spool.wal().segments() as f64);
 }
+/// Proxy requests refused with 429 (label `by`: `key` or `ip`).
+pub const PROXY_LIMITED: &str = "weir_proxy_rate_limited_requests_total";

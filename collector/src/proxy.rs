@@ -11,8 +11,12 @@
 //!   only from `trusted_proxies`, and `truncate_ip` zeroes the host part), and its
 //!   `user_agent`.
 //!
-//! Not here yet: rate limits per key and per client IP, user-agent parsing, the GeoIP
-//! lookup, the `GET /v1/p.gif` pixel and the Segment-compatible API.
+//! - rate limits per key (`rate`) and per client address (`per_ip_rate`), requests per
+//!   second with as large a burst: past them 429 with Retry-After, and one abusive client
+//!   never slows the others (a refused request costs one check, no body read).
+//!
+//! Not here yet: user-agent parsing, the GeoIP lookup, the `GET /v1/p.gif` pixel and the
+//! Segment-compatible API.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -38,6 +42,9 @@ pub struct KeyConfig {
     pub key_env: Option<String>,
     /// The environment every event sent with this key belongs to.
     pub env: String,
+    /// Requests per second this key may send (and as large a burst); none = no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u32>,
 }
 
 /// The `[proxy]` section of the config.
@@ -56,6 +63,9 @@ pub struct ProxyConfig {
     pub truncate_ip: bool,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Requests per second one client address may send (and as large a burst); 0 = no
+    /// limit.
+    pub per_ip_rate: u32,
 }
 
 impl Default for ProxyConfig {
@@ -67,6 +77,7 @@ impl Default for ProxyConfig {
             trusted_proxies: Vec::new(),
             truncate_ip: false,
             max_body_bytes: 512 << 10,
+            per_ip_rate: 0,
         }
     }
 }
@@ -148,9 +159,28 @@ pub fn client_ip(peer: IpAddr, forwarded: Option<&str>, trusted: &[Cidr]) -> IpA
     client
 }
 
+/// A write key, resolved.
+struct Key {
+    value: String,
+    env: Arc<str>,
+    limiter: Option<governor::DefaultDirectRateLimiter>,
+}
+
+fn quota(rate: u32) -> Option<governor::Quota> {
+    std::num::NonZeroU32::new(rate).map(governor::Quota::per_second)
+}
+
+/// Seconds until a refused request may be tried again (at least 1).
+fn retry_after(not_until: &governor::NotUntil<governor::clock::QuantaInstant>) -> u64 {
+    use governor::clock::Clock;
+    let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
 /// The proxy's settings, resolved (key values read from the environment).
 pub struct Proxy {
-    keys: Vec<(String, Arc<str>)>,
+    keys: Vec<Key>,
+    per_ip: Option<governor::DefaultKeyedRateLimiter<IpAddr>>,
     origins: Vec<String>,
     trusted: Vec<Cidr>,
     truncate_ip: bool,
@@ -171,7 +201,11 @@ impl Proxy {
             if value.is_empty() {
                 return Err(format!("proxy.keys[{i}]: the key is empty"));
             }
-            keys.push((value, Arc::from(k.env.as_str())));
+            keys.push(Key {
+                value,
+                env: Arc::from(k.env.as_str()),
+                limiter: k.rate.and_then(quota).map(governor::RateLimiter::direct),
+            });
         }
         let trusted = cfg
             .trusted_proxies
@@ -180,6 +214,7 @@ impl Proxy {
             .collect::<Result<_, _>>()?;
         Ok(Proxy {
             keys,
+            per_ip: quota(cfg.per_ip_rate).map(governor::RateLimiter::keyed),
             origins: cfg.cors_origins.clone(),
             trusted,
             truncate_ip: cfg.truncate_ip,
@@ -187,8 +222,16 @@ impl Proxy {
         })
     }
 
-    fn env_of(&self, key: &str) -> Option<Arc<str>> {
-        self.keys.iter().find(|(k, _)| k == key).map(|(_, e)| e.clone())
+    fn key(&self, key: &str) -> Option<&Key> {
+        self.keys.iter().find(|k| k.value == key)
+    }
+
+    /// Forgets per-address limiter state of addresses not seen lately (bounded memory).
+    pub fn housekeeping(&self) {
+        if let Some(l) = &self.per_ip {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
     }
 
     fn allowed_origin(&self, origin: Option<&str>) -> Option<HeaderValue> {
@@ -268,6 +311,17 @@ fn query_key(query: Option<&str>) -> Option<String> {
         .map(|k| k.to_string())
 }
 
+fn too_many(what: &str, retry: u64) -> Response {
+    let mut r = h::error(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("rate limit of this {what} reached; retry in {retry} s"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+        r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    r
+}
+
 fn with_cors(mut r: Response, origin: Option<&HeaderValue>) -> Response {
     if let Some(o) = origin {
         let h = r.headers_mut();
@@ -313,6 +367,14 @@ pub async fn handle(state: Arc<State>, proxy: Arc<Proxy>, req: Request<Incoming>
 }
 
 async fn events(state: &State, proxy: &Proxy, peer: SocketAddr, req: Request<Incoming>) -> Response {
+    let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let client = client_ip(peer.ip(), forwarded, &proxy.trusted);
+    if let Some(limiter) = &proxy.per_ip {
+        if let Err(n) = limiter.check_key(&client) {
+            metrics::counter!(crate::metrics::PROXY_LIMITED, "by" => "ip").increment(1);
+            return too_many("client address", retry_after(&n));
+        }
+    }
     let header_key = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
@@ -342,12 +404,17 @@ async fn events(state: &State, proxy: &Proxy, peer: SocketAddr, req: Request<Inc
             "a write key is required: HTTP Basic (key as user), X-Weir-Key, ?key= or writeKey in the body",
         );
     };
-    let Some(env) = proxy.env_of(&key) else {
+    let Some(key) = proxy.key(&key) else {
         return h::error(StatusCode::UNAUTHORIZED, "unknown write key");
     };
-    let forwarded = parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let ip = client_ip(peer.ip(), forwarded, &proxy.trusted);
-    let ip = if proxy.truncate_ip { truncate(ip) } else { ip };
+    if let Some(limiter) = &key.limiter {
+        if let Err(n) = limiter.check() {
+            metrics::counter!(crate::metrics::PROXY_LIMITED, "by" => "key").increment(1);
+            return too_many("write key", retry_after(&n));
+        }
+    }
+    let env = key.env.clone();
+    let ip = if proxy.truncate_ip { truncate(client) } else { client };
     let ip = ip.to_string();
     let ua = header(hyper::header::USER_AGENT).unwrap_or("").to_string();
     let mut context: Vec<(&str, &str)> = vec![("ip", ip.as_str())];
