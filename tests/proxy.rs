@@ -106,7 +106,12 @@ env = "backend"
         202
     );
     let beacon = page("k4", None).replacen('{', r#"{"writeKey":"wk_web","#, 1);
-    let (code, body, _) = send(&url, &[("content-type", "text/plain;charset=UTF-8")], &beacon);
+    let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+    let (code, body, _) = send(
+        &url,
+        &[("content-type", "text/plain;charset=UTF-8"), ("user-agent", chrome)],
+        &beacon,
+    );
     assert_eq!(code, 202, "{body}");
 
     // The backend key (from key_env) sends as backend.
@@ -168,6 +173,11 @@ env = "backend"
         "X-Forwarded-For from an untrusted peer is ignored"
     );
     assert!(ctx.get_str("user_agent").unwrap().contains("TestBrowser/1.0"));
+    let k4 = docs.iter().find(|d| d.get_str("_id") == Ok("k4")).unwrap();
+    let ctx4 = k4.get_document("context").unwrap();
+    assert_eq!(ctx4.get_str("ua_browser").unwrap(), "Chrome", "{ctx4:?}");
+    assert_eq!(ctx4.get_str("ua_os").unwrap(), "Windows 10", "{ctx4:?}");
+    assert_eq!(ctx4.get_str("ua_device").unwrap(), "pc", "{ctx4:?}");
     let k5 = docs.iter().find(|d| d.get_str("_id") == Ok("k5")).unwrap();
     assert_eq!(k5.get_str("env").unwrap(), "backend");
     assert!(up.stop().success());

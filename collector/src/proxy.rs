@@ -15,7 +15,11 @@
 //!   second with as large a burst: past them 429 with Retry-After, and one abusive client
 //!   never slows the others (a refused request costs one check, no body read).
 //!
-//! Not here yet: user-agent parsing, the GeoIP lookup, the `GET /v1/p.gif` pixel and the
+//! - the user agent parsed (woothee) into `ua_browser`, `ua_browser_version`, `ua_os`
+//!   and `ua_device` (pc, smartphone, mobilephone, crawler, appliance), cached per
+//!   distinct agent string so a repeated agent costs one map lookup.
+//!
+//! Not here yet: the GeoIP lookup, the `GET /v1/p.gif` pixel and the
 //! Segment-compatible API.
 
 use std::net::{IpAddr, SocketAddr};
@@ -177,8 +181,48 @@ fn retry_after(not_until: &governor::NotUntil<governor::clock::QuantaInstant>) -
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
+/// Parsed user agents, by agent string (bounded: cleared past `UA_CACHE` entries).
+struct UaCache {
+    parser: woothee::parser::Parser,
+    map: std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<(&'static str, String)>>>>,
+}
+
+const UA_CACHE: usize = 10_000;
+
+impl UaCache {
+    fn parse(&self, agent: &str) -> Arc<Vec<(&'static str, String)>> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = map.get(agent) {
+            return hit.clone();
+        }
+        let mut parts = Vec::new();
+        if let Some(r) = self.parser.parse(agent) {
+            let known = |s: &str| !s.is_empty() && s != "UNKNOWN";
+            if known(r.name) {
+                parts.push(("ua_browser", r.name.to_string()));
+            }
+            if known(r.version) {
+                parts.push(("ua_browser_version", r.version.to_string()));
+            }
+            if known(r.os) {
+                parts.push(("ua_os", r.os.to_string()));
+            }
+            if known(r.category) {
+                parts.push(("ua_device", r.category.to_string()));
+            }
+        }
+        let parts = Arc::new(parts);
+        if map.len() >= UA_CACHE {
+            map.clear();
+        }
+        map.insert(agent.to_string(), parts.clone());
+        parts
+    }
+}
+
 /// The proxy's settings, resolved (key values read from the environment).
 pub struct Proxy {
+    ua: UaCache,
     keys: Vec<Key>,
     per_ip: Option<governor::DefaultKeyedRateLimiter<IpAddr>>,
     origins: Vec<String>,
@@ -213,6 +257,10 @@ impl Proxy {
             .map(|s| Cidr::parse(s).map_err(|e| format!("proxy.trusted_proxies: {e}")))
             .collect::<Result<_, _>>()?;
         Ok(Proxy {
+            ua: UaCache {
+                parser: woothee::parser::Parser::new(),
+                map: Default::default(),
+            },
             keys,
             per_ip: quota(cfg.per_ip_rate).map(governor::RateLimiter::keyed),
             origins: cfg.cors_origins.clone(),
@@ -418,8 +466,12 @@ async fn events(state: &State, proxy: &Proxy, peer: SocketAddr, req: Request<Inc
     let ip = ip.to_string();
     let ua = header(hyper::header::USER_AGENT).unwrap_or("").to_string();
     let mut context: Vec<(&str, &str)> = vec![("ip", ip.as_str())];
+    let parsed = (!ua.is_empty()).then(|| proxy.ua.parse(&ua));
     if !ua.is_empty() {
         context.push(("user_agent", ua.as_str()));
+    }
+    for (k, v) in parsed.iter().flat_map(|p| p.iter()) {
+        context.push((k, v.as_str()));
     }
     let source = Source {
         bound_env: Some(&env),
@@ -466,6 +518,26 @@ mod tests {
             truncate("2001:db8:1:2::5".parse().unwrap()),
             "2001:db8:1::".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn user_agents_are_parsed_once() {
+        let cache = UaCache {
+            parser: woothee::parser::Parser::new(),
+            map: Default::default(),
+        };
+        let chrome =
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+        let a = cache.parse(chrome);
+        assert!(a.contains(&("ua_browser", "Chrome".to_string())), "{a:?}");
+        assert!(a.contains(&("ua_os", "Linux".to_string())), "{a:?}");
+        assert!(a.contains(&("ua_device", "pc".to_string())), "{a:?}");
+        assert!(
+            Arc::ptr_eq(&a, &cache.parse(chrome)),
+            "the second lookup is the cached value"
+        );
+        let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1";
+        assert!(cache.parse(iphone).contains(&("ua_device", "smartphone".to_string())));
     }
 
     #[test]
