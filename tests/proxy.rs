@@ -114,6 +114,28 @@ env = "backend"
     );
     assert_eq!(code, 202, "{body}");
 
+    // The pixel: an event in query parameters, answered with a 1x1 GIF.
+    let px = ureq::get(&format!(
+        "{proxy}/v1/p.gif?key=wk_web&event=page.viewed&id=px1&f.url=https%3A%2F%2Fshop.test%2Fmail&f.session_id=s9"
+    ))
+    .call()
+    .unwrap();
+    assert_eq!(px.status(), 200);
+    assert_eq!(px.header("content-type"), Some("image/gif"));
+    let mut gif = Vec::new();
+    std::io::Read::read_to_end(&mut px.into_reader(), &mut gif).unwrap();
+    assert!(gif.starts_with(b"GIF89a") && gif.len() == 43);
+    assert_eq!(
+        ureq::get(&format!("{proxy}/v1/p.gif?event=page.viewed"))
+            .call()
+            .err()
+            .and_then(|e| match e {
+                ureq::Error::Status(c, _) => Some(c),
+                _ => None,
+            }),
+        Some(401)
+    );
+
     // The backend key (from key_env) sends as backend.
     let search = r#"{"event":"search.performed","id":"k5","fields":{"query":"bike"}}"#;
     assert_eq!(send(&url, &[json, ("x-weir-key", "wk_backend")], search).0, 202);
@@ -155,14 +177,14 @@ env = "backend"
                 }
             }
         }
-        if docs.len() >= 4 {
+        if docs.len() >= 5 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut ids: Vec<&str> = docs.iter().map(|d| d.get_str("_id").unwrap()).collect();
     ids.sort();
-    assert_eq!(ids, vec!["k1", "k3", "k4", "k5"]);
+    assert_eq!(ids, vec!["k1", "k3", "k4", "k5", "px1"]);
     let k1 = docs.iter().find(|d| d.get_str("_id") == Ok("k1")).unwrap();
     assert_eq!(k1.get_str("env").unwrap(), "web");
     assert!(k1.get_bool("valid").unwrap());

@@ -19,8 +19,11 @@
 //!   and `ua_device` (pc, smartphone, mobilephone, crawler, appliance), cached per
 //!   distinct agent string so a repeated agent costs one map lookup.
 //!
-//! Not here yet: the GeoIP lookup, the `GET /v1/p.gif` pixel and the
-//! Segment-compatible API.
+//! - `GET /v1/p.gif`: a 1x1 GIF taking one event in query parameters, for pages without
+//!   JavaScript and e-mails: `key`, `event`, `version`, `id`, `ts`, and `f.<field>` per
+//!   field (typed by the catalog: `f.item_id=7` is the int 7), or `fields` as JSON.
+//!
+//! Not here yet: the GeoIP lookup and the Segment-compatible API.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -406,46 +409,63 @@ pub async fn handle(state: Arc<State>, proxy: Arc<Proxy>, req: Request<Incoming>
             r
         }
         (&Method::POST, "/v1/events") => with_cors(events(&state, &proxy, peer, req).await, origin.as_ref()),
+        (&Method::GET, "/v1/p.gif") => with_cors(pixel(&state, &proxy, peer, req).await, origin.as_ref()),
         (&Method::GET, "/healthz") => h::text(StatusCode::OK, "ok\n"),
         _ => h::error(
             StatusCode::NOT_FOUND,
-            "no such endpoint: the proxy serves POST /v1/events (with a write key) and GET /healthz",
+            "no such endpoint: the proxy serves POST /v1/events and GET /v1/p.gif (with a write key) and GET /healthz",
         ),
     }
 }
 
-async fn events(state: &State, proxy: &Proxy, peer: SocketAddr, req: Request<Incoming>) -> Response {
-    let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let client = client_ip(peer.ip(), forwarded, &proxy.trusted);
+/// A transparent 1x1 GIF.
+const GIF: &[u8] = &[
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
+    0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02,
+    0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+/// The per-address limit; `Err` is the 429 to answer.
+fn limit_ip(proxy: &Proxy, client: IpAddr) -> Result<(), Response> {
     if let Some(limiter) = &proxy.per_ip {
         if let Err(n) = limiter.check_key(&client) {
             metrics::counter!(crate::metrics::PROXY_LIMITED, "by" => "ip").increment(1);
-            return too_many("client address", retry_after(&n));
+            return Err(too_many("client address", retry_after(&n)));
         }
     }
-    let header_key = req
-        .headers()
+    Ok(())
+}
+
+/// The key given in the request head: HTTP Basic, `X-Weir-Key`, or `?key=`.
+fn head_key(parts: &hyper::http::request::Parts) -> Option<String> {
+    parts
+        .headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(basic_key)
         .or_else(|| {
-            req.headers()
+            parts
+                .headers
                 .get("x-weir-key")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         })
-        .or_else(|| query_key(req.uri().query()));
-    let (parts, raw) = match h::read_body(req, proxy.max_body_bytes).await {
-        Ok(b) => b,
-        Err(ReadError::TooLarge(n)) => {
-            return h::error(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than {n} bytes"))
-        }
-        Err(e @ ReadError::Timeout(_)) => return h::error(StatusCode::REQUEST_TIMEOUT, e.to_string()),
-        Err(ReadError::Io(msg)) => return h::error(StatusCode::BAD_REQUEST, msg),
-    };
-    let header = |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
-    let encoded = header(hyper::header::CONTENT_ENCODING).is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
-    let key = header_key.or_else(|| if encoded { None } else { body_key(&raw) });
+        .or_else(|| query_key(parts.uri.query()))
+}
+
+/// Checks the key, its limit, and hands the body to the collector with the binding and
+/// the context.
+#[allow(clippy::too_many_arguments)]
+async fn authorized(
+    state: &State,
+    proxy: &Proxy,
+    client: IpAddr,
+    key: Option<String>,
+    user_agent: Option<&str>,
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    raw: bytes::Bytes,
+) -> Response {
     let Some(key) = key else {
         return h::error(
             StatusCode::UNAUTHORIZED,
@@ -461,31 +481,136 @@ async fn events(state: &State, proxy: &Proxy, peer: SocketAddr, req: Request<Inc
             return too_many("write key", retry_after(&n));
         }
     }
-    let env = key.env.clone();
-    let ip = if proxy.truncate_ip { truncate(client) } else { client };
-    let ip = ip.to_string();
-    let ua = header(hyper::header::USER_AGENT).unwrap_or("").to_string();
+    let ip = if proxy.truncate_ip { truncate(client) } else { client }.to_string();
+    let ua = user_agent.unwrap_or("");
     let mut context: Vec<(&str, &str)> = vec![("ip", ip.as_str())];
-    let parsed = (!ua.is_empty()).then(|| proxy.ua.parse(&ua));
+    let parsed = (!ua.is_empty()).then(|| proxy.ua.parse(ua));
     if !ua.is_empty() {
-        context.push(("user_agent", ua.as_str()));
+        context.push(("user_agent", ua));
     }
     for (k, v) in parsed.iter().flat_map(|p| p.iter()) {
         context.push((k, v.as_str()));
     }
     let source = Source {
-        bound_env: Some(&env),
+        bound_env: Some(&key.env),
         strict_env: true,
         context: &context,
     };
-    crate::http::accept(
+    crate::http::accept(state, content_type, content_encoding, raw, source).await
+}
+
+fn client_of(proxy: &Proxy, peer: SocketAddr, headers: &hyper::HeaderMap) -> IpAddr {
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    client_ip(peer.ip(), forwarded, &proxy.trusted)
+}
+
+async fn events(state: &State, proxy: &Proxy, peer: SocketAddr, req: Request<Incoming>) -> Response {
+    let client = client_of(proxy, peer, req.headers());
+    if let Err(r) = limit_ip(proxy, client) {
+        return r;
+    }
+    let (parts, raw) = match h::read_body(req, proxy.max_body_bytes).await {
+        Ok(b) => b,
+        Err(ReadError::TooLarge(n)) => {
+            return h::error(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than {n} bytes"))
+        }
+        Err(e @ ReadError::Timeout(_)) => return h::error(StatusCode::REQUEST_TIMEOUT, e.to_string()),
+        Err(ReadError::Io(msg)) => return h::error(StatusCode::BAD_REQUEST, msg),
+    };
+    let header = |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let encoded = header(hyper::header::CONTENT_ENCODING).is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+    let key = head_key(&parts).or_else(|| if encoded { None } else { body_key(&raw) });
+    authorized(
         state,
+        proxy,
+        client,
+        key,
+        header(hyper::header::USER_AGENT),
         header(hyper::header::CONTENT_TYPE),
         header(hyper::header::CONTENT_ENCODING),
         raw,
-        source,
     )
     .await
+}
+
+/// Builds the JSON event a pixel's query describes; field values are typed by the
+/// catalog (numbers and booleans for int, float and bool fields).
+pub fn pixel_event(query: &str, catalog: &weir_proto::Catalog) -> Result<String, String> {
+    use weir_proto::catalog::{FieldType, Scalar};
+    let mut ev = serde_json::Map::new();
+    let mut fields = serde_json::Map::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "key" => {}
+            "event" | "env" | "id" => {
+                ev.insert(k.into_owned(), v.into_owned().into());
+            }
+            "version" | "ts" => {
+                let value = serde_json::from_str::<serde_json::Value>(&v)
+                    .ok()
+                    .filter(|x| x.is_number())
+                    .unwrap_or_else(|| v.clone().into_owned().into());
+                ev.insert(k.into_owned(), value);
+            }
+            "fields" => match serde_json::from_str::<serde_json::Value>(&v) {
+                Ok(serde_json::Value::Object(m)) => fields.extend(m),
+                _ => return Err("fields: must be a JSON object".into()),
+            },
+            name => {
+                let Some(field) = name.strip_prefix("f.") else {
+                    return Err(format!(
+                        "{name}: unknown parameter (use event, version, env, id, ts, f.<field> or fields)"
+                    ));
+                };
+                let typed = match catalog.fields.get(field).map(|d| d.ty) {
+                    Some(FieldType::Scalar(Scalar::Int | Scalar::Float | Scalar::Bool)) | Some(FieldType::Array(_)) => {
+                        serde_json::from_str::<serde_json::Value>(&v).unwrap_or_else(|_| v.clone().into_owned().into())
+                    }
+                    _ => v.clone().into_owned().into(),
+                };
+                fields.insert(field.to_string(), typed);
+            }
+        }
+    }
+    ev.insert("fields".into(), fields.into());
+    serde_json::to_string(&ev).map_err(|e| e.to_string())
+}
+
+async fn pixel(state: &State, proxy: &Proxy, peer: SocketAddr, req: Request<Incoming>) -> Response {
+    let client = client_of(proxy, peer, req.headers());
+    if let Err(r) = limit_ip(proxy, client) {
+        return r;
+    }
+    let (parts, _) = req.into_parts();
+    let query = parts.uri.query().unwrap_or("");
+    let body = match pixel_event(query, &state.catalog.load()) {
+        Ok(b) => b,
+        Err(e) => return h::error(StatusCode::BAD_REQUEST, e),
+    };
+    let ua = parts
+        .headers
+        .get(hyper::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let r = authorized(
+        state,
+        proxy,
+        client,
+        head_key(&parts),
+        ua,
+        Some("application/json"),
+        None,
+        bytes::Bytes::from(body),
+    )
+    .await;
+    if r.status() != StatusCode::ACCEPTED {
+        return r;
+    }
+    let mut gif = h::bytes(StatusCode::OK, "image/gif", bytes::Bytes::from_static(GIF));
+    gif.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store, max-age=0"),
+    );
+    gif
 }
 
 #[cfg(test)]
@@ -538,6 +663,24 @@ mod tests {
         );
         let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1";
         assert!(cache.parse(iphone).contains(&("ua_device", "smartphone".to_string())));
+    }
+
+    #[test]
+    fn pixel_query_becomes_a_typed_event() {
+        let c = weir_proto::Catalog::demo();
+        let ev = pixel_event("key=k&event=item.viewed&version=2&id=p1&f.item_id=7&f.source=search&f.price=9.5&f.is_promoted=true&f.session_id=007", &c).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&ev).unwrap();
+        assert_eq!(v["event"], "item.viewed");
+        assert_eq!(v["version"], 2);
+        assert_eq!(v["fields"]["item_id"], 7);
+        assert_eq!(v["fields"]["price"], 9.5);
+        assert_eq!(v["fields"]["is_promoted"], true);
+        assert_eq!(v["fields"]["session_id"], "007", "string fields stay strings");
+        assert!(v.get("key").is_none());
+        let j = pixel_event("event=page.viewed&fields=%7B%22url%22%3A%22u%22%7D", &c).unwrap();
+        assert!(j.contains(r#""url":"u""#), "{j}");
+        assert!(pixel_event("bogus=1", &c).unwrap_err().contains("bogus"));
+        assert!(pixel_event("fields=nope", &c).is_err());
     }
 
     #[test]
