@@ -184,16 +184,19 @@ fn retry_after(not_until: &governor::NotUntil<governor::clock::QuantaInstant>) -
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
+/// The context entries parsed from one user agent.
+type UaParts = Arc<Vec<(&'static str, String)>>;
+
 /// Parsed user agents, by agent string (bounded: cleared past `UA_CACHE` entries).
 struct UaCache {
     parser: woothee::parser::Parser,
-    map: std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<(&'static str, String)>>>>,
+    map: std::sync::Mutex<std::collections::HashMap<String, UaParts>>,
 }
 
 const UA_CACHE: usize = 10_000;
 
 impl UaCache {
-    fn parse(&self, agent: &str) -> Arc<Vec<(&'static str, String)>> {
+    fn parse(&self, agent: &str) -> UaParts {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(hit) = map.get(agent) {
             return hit.clone();
@@ -425,15 +428,12 @@ const GIF: &[u8] = &[
     0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
-/// The per-address limit; `Err` is the 429 to answer.
-fn limit_ip(proxy: &Proxy, client: IpAddr) -> Result<(), Response> {
-    if let Some(limiter) = &proxy.per_ip {
-        if let Err(n) = limiter.check_key(&client) {
-            metrics::counter!(crate::metrics::PROXY_LIMITED, "by" => "ip").increment(1);
-            return Err(too_many("client address", retry_after(&n)));
-        }
-    }
-    Ok(())
+/// The per-address limit: the 429 to answer when `client` is over it.
+fn limit_ip(proxy: &Proxy, client: IpAddr) -> Option<Response> {
+    let limiter = proxy.per_ip.as_ref()?;
+    let n = limiter.check_key(&client).err()?;
+    metrics::counter!(crate::metrics::PROXY_LIMITED, "by" => "ip").increment(1);
+    Some(too_many("client address", retry_after(&n)))
 }
 
 /// The key given in the request head: HTTP Basic, `X-Weir-Key`, or `?key=`.
@@ -506,7 +506,7 @@ fn client_of(proxy: &Proxy, peer: SocketAddr, headers: &hyper::HeaderMap) -> IpA
 
 async fn events(state: &State, proxy: &Proxy, peer: SocketAddr, req: Request<Incoming>) -> Response {
     let client = client_of(proxy, peer, req.headers());
-    if let Err(r) = limit_ip(proxy, client) {
+    if let Some(r) = limit_ip(proxy, client) {
         return r;
     }
     let (parts, raw) = match h::read_body(req, proxy.max_body_bytes).await {
@@ -578,7 +578,7 @@ pub fn pixel_event(query: &str, catalog: &weir_proto::Catalog) -> Result<String,
 
 async fn pixel(state: &State, proxy: &Proxy, peer: SocketAddr, req: Request<Incoming>) -> Response {
     let client = client_of(proxy, peer, req.headers());
-    if let Err(r) = limit_ip(proxy, client) {
+    if let Some(r) = limit_ip(proxy, client) {
         return r;
     }
     let (parts, _) = req.into_parts();
