@@ -332,3 +332,120 @@ env = "web"
     assert!(m.contains("weir_proxy_rate_limited_requests_total{by=\"ip\"}"), "{m}");
     assert!(up.stop().success());
 }
+
+#[test]
+fn the_segment_python_sdk_sends_track_page_and_identify_that_land_in_parquet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let catalog = tmp.path().join("catalog");
+    std::fs::create_dir_all(&catalog).unwrap();
+    std::fs::write(
+        catalog.join("segment.toml"),
+        r#"
+[environments.web]
+kind = "frontend"
+
+[fields.order_id]
+type = "string"
+
+[fields.amount]
+type = "float"
+
+[fields.url]
+type = "string"
+
+[fields.plan]
+type = "string"
+
+[events."order.completed"]
+aliases = ["Order Completed"]
+
+[[events."order.completed".versions]]
+version = 1
+environments = ["web"]
+required = ["order_id", "amount"]
+
+[events."page.viewed"]
+aliases = ["page"]
+
+[[events."page.viewed".versions]]
+version = 1
+environments = ["web"]
+optional = ["url"]
+
+[events."user.identified"]
+aliases = ["identify"]
+
+[[events."user.identified".versions]]
+version = 1
+environments = ["web"]
+optional = ["plan"]
+"#,
+    )
+    .unwrap();
+    let config = tmp.path().join("weir.toml");
+    std::fs::write(&config, "[[proxy.keys]]\nkey = \"wk_segment\"\nenv = \"web\"\n").unwrap();
+    let data = tmp.path().join("data");
+    let up = Up::start(
+        &data,
+        &[
+            "--catalog",
+            catalog.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let proxy = up.banner_url("proxy");
+    let script = format!(
+        r#"
+import segment.analytics as analytics
+errors = []
+analytics.write_key = "wk_segment"
+analytics.host = "{proxy}"
+analytics.sync_mode = True
+analytics.on_error = lambda e, batch: errors.append(str(e))
+analytics.track("u1", "Order Completed", {{"order_id": "o1", "amount": 12.5}}, message_id="seg-track-1")
+analytics.page("u1", None, "Home", {{"url": "https://shop.test/"}}, message_id="seg-page-1")
+analytics.identify("u1", {{"plan": "pro"}}, message_id="seg-identify-1")
+analytics.flush()
+print("errors", errors)
+"#
+    );
+    let o = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("errors []"), "{out}");
+    // A wrong key is refused the Segment way (401), as the SDK would see it.
+    let (code, _, _) = send(
+        &format!("{proxy}/v1/track"),
+        &[
+            ("content-type", "application/json"),
+            ("authorization", "Basic bm9wZTo="),
+        ],
+        r#"{"event":"Order Completed","properties":{"order_id":"x","amount":1}}"#,
+    );
+    assert_eq!(code, 401);
+    assert!(up.stop().success());
+    let wh = data.join("warehouse");
+    let rows = |dir: &str, col: &str| -> Vec<String> {
+        parquet_files(&wh.join(dir))
+            .iter()
+            .flat_map(|p| strings(&read_parquet(p), col))
+            .collect()
+    };
+    assert_eq!(rows("event=order.completed/version=1", "id"), vec!["seg-track-1"]);
+    assert_eq!(rows("event=order.completed/version=1", "order_id"), vec!["o1"]);
+    assert_eq!(rows("event=page.viewed/version=1", "id"), vec!["seg-page-1"]);
+    assert_eq!(rows("event=page.viewed/version=1", "url"), vec!["https://shop.test/"]);
+    assert_eq!(rows("event=user.identified/version=1", "id"), vec!["seg-identify-1"]);
+    assert_eq!(rows("event=user.identified/version=1", "plan"), vec!["pro"]);
+    assert!(parquet_files(&wh.join("_invalid")).is_empty(), "all three valid");
+}

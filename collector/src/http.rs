@@ -160,38 +160,55 @@ pub(crate) async fn accept(
     raw: bytes::Bytes,
     source: Source<'_>,
 ) -> Response {
+    match ingest_body(state, content_type, content_encoding, raw, source).await {
+        Ok(summary) => h::json(StatusCode::ACCEPTED, &summary),
+        Err(r) => r,
+    }
+}
+
+/// [`accept`] without the answer: the summary once the kept events are spooled, or the
+/// error response.
+pub(crate) async fn ingest_body(
+    state: &State,
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    raw: bytes::Bytes,
+    source: Source<'_>,
+) -> Result<ingest::Summary, Response> {
     let limit = state.max_body_bytes;
     let format = match body::format(content_type) {
         Ok(f) => f,
-        Err(e) => return body_error(e),
+        Err(e) => return Err(body_error(e)),
     };
     let decoded = match body::decode(content_encoding, raw, limit) {
         Ok(b) => b,
-        Err(e) => return body_error(e),
+        Err(e) => return Err(body_error(e)),
     };
     let items = match body::split(&decoded, format) {
         Ok(items) => items,
-        Err(e) => return body_error(e),
+        Err(e) => return Err(body_error(e)),
     };
     let catalog = state.catalog.load();
     if !catalog.is_loaded() {
-        return unavailable("the collector has no catalog yet: no router answered and there is no saved copy".into());
+        return Err(unavailable(
+            "the collector has no catalog yet: no router answered and there is no saved copy".into(),
+        ));
     }
     let now = weir_proto::event::now_micros();
     let ingested = ingest::ingest_limited(&catalog, &items, source, &state.name, now, state.max_event_bytes);
     if let Some(why) = ingested.forbidden {
-        return h::error(StatusCode::FORBIDDEN, why);
+        return Err(h::error(StatusCode::FORBIDDEN, why));
     }
     if ingested.records > 0 {
         if !state.spool.has_room(ingested.framed.len()) {
-            return unavailable(
+            return Err(unavailable(
                 "the spool is full (spool_max_bytes): the router is not keeping up or is down; retry later".into(),
-            );
+            ));
         }
         if let Err(e) = state.spool.append(ingested.framed).await {
-            return unavailable(format!("cannot write the spool: {e}"));
+            return Err(unavailable(format!("cannot write the spool: {e}")));
         }
     }
     m::record(&ingested.tally);
-    h::json(StatusCode::ACCEPTED, &ingested.summary)
+    Ok(ingested.summary)
 }

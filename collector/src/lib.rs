@@ -12,6 +12,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod proxy;
+pub mod segment;
 pub mod spool;
 
 use std::net::SocketAddr;

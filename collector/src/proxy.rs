@@ -23,7 +23,9 @@
 //!   JavaScript and e-mails: `key`, `event`, `version`, `id`, `ts`, and `f.<field>` per
 //!   field (typed by the catalog: `f.item_id=7` is the int 7), or `fields` as JSON.
 //!
-//! Not here yet: the GeoIP lookup and the Segment-compatible API.
+//! - the Segment tracking API (`/v1/track`, `/v1/batch`, ...; see [`crate::segment`]).
+//!
+//! Not here yet: the GeoIP lookup.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -365,6 +367,19 @@ fn query_key(query: Option<&str>) -> Option<String> {
         .map(|k| k.to_string())
 }
 
+/// Segment's `(userId, anonymousId)` of a call.
+type Who = (Option<String>, Option<String>);
+
+/// `track`, `page`, ... or `batch` for the Segment paths.
+fn segment_kind(path: &str) -> Option<&'static str> {
+    let kind = path.strip_prefix("/v1/")?;
+    crate::segment::TYPES
+        .iter()
+        .chain(&["batch"])
+        .find(|t| **t == kind)
+        .copied()
+}
+
 fn too_many(what: &str, retry: u64) -> Response {
     let mut r = h::error(
         StatusCode::TOO_MANY_REQUESTS,
@@ -412,11 +427,15 @@ pub async fn handle(state: Arc<State>, proxy: Arc<Proxy>, req: Request<Incoming>
             r
         }
         (&Method::POST, "/v1/events") => with_cors(events(&state, &proxy, peer, req).await, origin.as_ref()),
+        (&Method::POST, path) if segment_kind(path).is_some() => {
+            let kind = segment_kind(path).unwrap_or("track");
+            with_cors(segment_call(&state, &proxy, peer, kind, req).await, origin.as_ref())
+        }
         (&Method::GET, "/v1/p.gif") => with_cors(pixel(&state, &proxy, peer, req).await, origin.as_ref()),
         (&Method::GET, "/healthz") => h::text(StatusCode::OK, "ok\n"),
         _ => h::error(
             StatusCode::NOT_FOUND,
-            "no such endpoint: the proxy serves POST /v1/events and GET /v1/p.gif (with a write key) and GET /healthz",
+            "no such endpoint: the proxy serves POST /v1/events, GET /v1/p.gif, the Segment API (POST /v1/track, /v1/page, /v1/screen, /v1/identify, /v1/group, /v1/alias, /v1/batch) and GET /healthz",
         ),
     }
 }
@@ -454,7 +473,7 @@ fn head_key(parts: &hyper::http::request::Parts) -> Option<String> {
 }
 
 /// Checks the key, its limit, and hands the body to the collector with the binding and
-/// the context.
+/// the context; answers 202 with the summary.
 #[allow(clippy::too_many_arguments)]
 async fn authorized(
     state: &State,
@@ -466,23 +485,57 @@ async fn authorized(
     content_encoding: Option<&str>,
     raw: bytes::Bytes,
 ) -> Response {
-    let Some(key) = key else {
-        return h::error(
+    let head = Head {
+        client,
+        key,
+        user_agent,
+        extra: &[],
+    };
+    match ingest_authorized(state, proxy, &head, content_type, content_encoding, raw).await {
+        Ok(summary) => h::json(StatusCode::ACCEPTED, &summary),
+        Err(r) => r,
+    }
+}
+
+/// Who sent a request.
+struct Head<'a> {
+    client: IpAddr,
+    key: Option<String>,
+    user_agent: Option<&'a str>,
+    /// More context entries (Segment's user ids).
+    extra: &'a [(&'a str, &'a str)],
+}
+
+async fn ingest_authorized(
+    state: &State,
+    proxy: &Proxy,
+    head: &Head<'_>,
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    raw: bytes::Bytes,
+) -> Result<crate::ingest::Summary, Response> {
+    let Some(key) = head.key.as_deref() else {
+        return Err(h::error(
             StatusCode::UNAUTHORIZED,
             "a write key is required: HTTP Basic (key as user), X-Weir-Key, ?key= or writeKey in the body",
-        );
+        ));
     };
-    let Some(key) = proxy.key(&key) else {
-        return h::error(StatusCode::UNAUTHORIZED, "unknown write key");
+    let Some(key) = proxy.key(key) else {
+        return Err(h::error(StatusCode::UNAUTHORIZED, "unknown write key"));
     };
     if let Some(limiter) = &key.limiter {
         if let Err(n) = limiter.check() {
             metrics::counter!(crate::metrics::PROXY_LIMITED, "by" => "key").increment(1);
-            return too_many("write key", retry_after(&n));
+            return Err(too_many("write key", retry_after(&n)));
         }
     }
-    let ip = if proxy.truncate_ip { truncate(client) } else { client }.to_string();
-    let ua = user_agent.unwrap_or("");
+    let ip = if proxy.truncate_ip {
+        truncate(head.client)
+    } else {
+        head.client
+    }
+    .to_string();
+    let ua = head.user_agent.unwrap_or("");
     let mut context: Vec<(&str, &str)> = vec![("ip", ip.as_str())];
     let parsed = (!ua.is_empty()).then(|| proxy.ua.parse(ua));
     if !ua.is_empty() {
@@ -491,12 +544,80 @@ async fn authorized(
     for (k, v) in parsed.iter().flat_map(|p| p.iter()) {
         context.push((k, v.as_str()));
     }
+    context.extend_from_slice(head.extra);
     let source = Source {
         bound_env: Some(&key.env),
         strict_env: true,
         context: &context,
     };
-    crate::http::accept(state, content_type, content_encoding, raw, source).await
+    crate::http::ingest_body(state, content_type, content_encoding, raw, source).await
+}
+
+/// The Segment API: each message becomes a weir event (see [`crate::segment`]); the
+/// answer is Segment's `200 {"success": true}`, or 400 naming what was refused.
+async fn segment_call(state: &State, proxy: &Proxy, peer: SocketAddr, kind: &str, req: Request<Incoming>) -> Response {
+    let client = client_of(proxy, peer, req.headers());
+    if let Some(r) = limit_ip(proxy, client) {
+        return r;
+    }
+    let limit = crate::segment::MAX_BATCH_BYTES;
+    let (parts, raw) = match h::read_body(req, limit).await {
+        Ok(b) => b,
+        Err(ReadError::TooLarge(n)) => {
+            return h::error(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than {n} bytes"))
+        }
+        Err(e @ ReadError::Timeout(_)) => return h::error(StatusCode::REQUEST_TIMEOUT, e.to_string()),
+        Err(ReadError::Io(msg)) => return h::error(StatusCode::BAD_REQUEST, msg),
+    };
+    let header = |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let body = match crate::body::decode(header(hyper::header::CONTENT_ENCODING), raw, limit) {
+        Ok(b) => b,
+        Err(e) => return h::error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let request = match crate::segment::parse(kind, &body, &state.catalog.load()) {
+        Ok(r) => r,
+        Err(e) => return h::error(StatusCode::BAD_REQUEST, e),
+    };
+    let key = head_key(&parts).or(request.write_key);
+    // Calls of one user share a request to the collector (the ids go into `context`).
+    let mut groups: Vec<(Who, Vec<&str>)> = Vec::new();
+    for call in &request.calls {
+        let who = (call.user_id.clone(), call.anonymous_id.clone());
+        match groups.iter_mut().find(|g| g.0 == who) {
+            Some(g) => g.1.push(&call.event),
+            None => groups.push((who, vec![&call.event])),
+        }
+    }
+    let mut errors = Vec::new();
+    for ((user, anon), events) in &groups {
+        let mut extra: Vec<(&str, &str)> = Vec::new();
+        if let Some(u) = user {
+            extra.push(("user_id", u));
+        }
+        if let Some(a) = anon {
+            extra.push(("anonymous_id", a));
+        }
+        let head = Head {
+            client,
+            key: key.clone(),
+            user_agent: header(hyper::header::USER_AGENT),
+            extra: &extra,
+        };
+        let ndjson = bytes::Bytes::from(events.join("\n"));
+        match ingest_authorized(state, proxy, &head, Some("application/x-ndjson"), None, ndjson).await {
+            Ok(summary) if summary.rejected == 0 => {}
+            Ok(summary) => errors.extend(summary.errors.into_iter().map(|e| e.error)),
+            Err(r) => return r,
+        }
+    }
+    if errors.is_empty() {
+        h::json(StatusCode::OK, &serde_json::json!({"success": true}))
+    } else {
+        h::json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"success": false, "errors": errors}),
+        )
+    }
 }
 
 fn client_of(proxy: &Proxy, peer: SocketAddr, headers: &hyper::HeaderMap) -> IpAddr {
