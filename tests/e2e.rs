@@ -165,7 +165,17 @@ fn events_reach_typed_parquet_and_bad_input_is_refused() {
             "skus",
             "channel",
             "session_id",
-            "device_id"
+            "device_id",
+            "context_ip",
+            "context_user_agent",
+            "context_ua_browser",
+            "context_ua_browser_version",
+            "context_ua_os",
+            "context_ua_device",
+            "context_country",
+            "context_region",
+            "context_user_id",
+            "context_anonymous_id"
         ]
     );
     let field = |n: &str| schema.field_with_name(n).unwrap().clone();

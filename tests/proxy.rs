@@ -204,6 +204,20 @@ env = "backend"
     assert_eq!(k5.get_str("env").unwrap(), "backend");
     assert!(up.stop().success());
     database.drop().await.unwrap();
+    // The context reaches Parquet as nullable columns.
+    let files = parquet_files(&data.join("warehouse/event=page.viewed/version=1"));
+    let batches: Vec<_> = files.iter().flat_map(|f| read_parquet(f)).collect();
+    let rows: Vec<(String, String, String)> = strings(&batches, "id")
+        .into_iter()
+        .zip(strings(&batches, "context_ip"))
+        .zip(strings(&batches, "context_ua_browser"))
+        .map(|((a, b), c)| (a, b, c))
+        .collect();
+    assert!(rows.contains(&("k1".into(), "127.0.0.1".into(), "".into())), "{rows:?}");
+    assert!(
+        rows.contains(&("k4".into(), "127.0.0.1".into(), "Chrome".into())),
+        "{rows:?}"
+    );
 }
 
 #[test]
@@ -447,5 +461,7 @@ print("errors", errors)
     assert_eq!(rows("event=page.viewed/version=1", "url"), vec!["https://shop.test/"]);
     assert_eq!(rows("event=user.identified/version=1", "id"), vec!["seg-identify-1"]);
     assert_eq!(rows("event=user.identified/version=1", "plan"), vec!["pro"]);
+    assert_eq!(rows("event=user.identified/version=1", "context_user_id"), vec!["u1"]);
+    assert_eq!(rows("event=order.completed/version=1", "context_user_agent").len(), 1);
     assert!(parquet_files(&wh.join("_invalid")).is_empty(), "all three valid");
 }

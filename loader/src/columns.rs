@@ -168,6 +168,32 @@ impl Envelope {
     }
 }
 
+/// The context columns ([`crate::schema::CONTEXT_KEYS`]).
+struct Context {
+    columns: Vec<StringBuilder>,
+}
+
+impl Context {
+    fn new(cap: usize) -> Context {
+        Context {
+            columns: crate::schema::CONTEXT_KEYS
+                .iter()
+                .map(|_| StringBuilder::with_capacity(cap, 0))
+                .collect(),
+        }
+    }
+
+    fn append(&mut self, e: &EventView<'_>) {
+        for (key, b) in crate::schema::CONTEXT_KEYS.iter().zip(self.columns.iter_mut()) {
+            b.append_option(e.context.iter().find(|(k, _)| k == key).map(|(_, v)| *v));
+        }
+    }
+
+    fn finish(self) -> impl Iterator<Item = ArrayRef> {
+        self.columns.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef)
+    }
+}
+
 /// A row that cannot be written under its schema: its index and why.
 #[derive(Debug)]
 pub struct BadRow {
@@ -180,6 +206,7 @@ pub struct BadRow {
 /// Builds one record batch of an event version from its rows.
 pub fn event_batch(schema: &SchemaRef, columns: &[Column<'_>], rows: &[EventView<'_>]) -> Result<RecordBatch, BadRow> {
     let mut env = Envelope::new(rows.len());
+    let mut context = Context::new(rows.len());
     let mut builders: Vec<Builder> = columns.iter().map(|c| Builder::new(c.def.ty, rows.len())).collect();
     let mut fields = Vec::with_capacity(16);
     for (index, e) in rows.iter().enumerate() {
@@ -212,9 +239,11 @@ pub fn event_batch(schema: &SchemaRef, columns: &[Column<'_>], rows: &[EventView
             })?;
         }
         env.append(e);
+        context.append(e);
     }
     let mut arrays = env.finish();
     arrays.extend(builders.iter_mut().map(|b| b.finish()));
+    arrays.extend(context.finish());
     RecordBatch::try_new(schema.clone(), arrays).map_err(|e| BadRow {
         index: 0,
         error: format!("schema: {e}"),
@@ -246,6 +275,7 @@ pub struct InvalidRow<'a> {
 /// Builds the record batch of `_invalid/` rows.
 pub fn invalid_batch(schema: &SchemaRef, rows: &[InvalidRow<'_>]) -> Result<RecordBatch, arrow_schema::ArrowError> {
     let mut env = Envelope::new(rows.len());
+    let mut context = Context::new(rows.len());
     let mut event = StringBuilder::new();
     let mut version = Int64Builder::new();
     let mut raw = StringBuilder::new();
@@ -253,6 +283,7 @@ pub fn invalid_batch(schema: &SchemaRef, rows: &[InvalidRow<'_>]) -> Result<Reco
     for r in rows {
         let e = &r.view;
         env.append(e);
+        context.append(e);
         event.append_value(e.event);
         version.append_value(i64::from(e.version));
         raw.append_value(raw_json(e));
@@ -269,5 +300,6 @@ pub fn invalid_batch(schema: &SchemaRef, rows: &[InvalidRow<'_>]) -> Result<Reco
     arrays.push(Arc::new(version.finish()));
     arrays.push(Arc::new(raw.finish()));
     arrays.push(Arc::new(errors.finish()));
+    arrays.extend(context.finish());
     RecordBatch::try_new(schema.clone(), arrays)
 }

@@ -41,12 +41,38 @@ pub fn envelope() -> Vec<Field> {
     ]
 }
 
-/// The schema of one event version, with its typed columns.
+/// The `context` entries every file has a column for, at its end, as `context_<key>`
+/// (nullable strings): what the proxy adds (client `ip`, the `user_agent` and its parsed
+/// `ua_*` parts, `country` and `region` from a GeoIP database) and Segment's user ids.
+/// Other context keys are kept in the buffer but not loaded.
+pub const CONTEXT_KEYS: &[&str] = &[
+    "ip",
+    "user_agent",
+    "ua_browser",
+    "ua_browser_version",
+    "ua_os",
+    "ua_device",
+    "country",
+    "region",
+    "user_id",
+    "anonymous_id",
+];
+
+/// The context columns, in [`CONTEXT_KEYS`] order.
+pub fn context_fields() -> Vec<Field> {
+    CONTEXT_KEYS
+        .iter()
+        .map(|k| Field::new(format!("context_{k}"), DataType::Utf8, true))
+        .collect()
+}
+
+/// The schema of one event version: the envelope, its typed columns, the context.
 pub fn event_schema(columns: &[Column<'_>]) -> SchemaRef {
     let mut fields = envelope();
     for c in columns {
         fields.push(Field::new(c.name, field_type(c.def.ty), !c.required));
     }
+    fields.extend(context_fields());
     Arc::new(Schema::new(fields))
 }
 
@@ -61,6 +87,7 @@ pub fn invalid_schema() -> SchemaRef {
         DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
         false,
     ));
+    fields.extend(context_fields());
     Arc::new(Schema::new(fields))
 }
 

@@ -143,8 +143,12 @@ fn loads_typed_parquet_dedups_flags_and_reloads() {
     let item = read(&warehouse.join("event=item.viewed/version=2/date=2026-11-22/hour=13/part-0.parquet"));
     let schema = item.schema();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let context: Vec<String> = weir_loader::schema::CONTEXT_KEYS
+        .iter()
+        .map(|k| format!("context_{k}"))
+        .collect();
     assert_eq!(
-        names,
+        names[..13],
         [
             "id",
             "env",
@@ -161,6 +165,12 @@ fn loads_typed_parquet_dedups_flags_and_reloads() {
             "app_version"
         ]
     );
+    assert_eq!(
+        names[13..],
+        context.iter().map(String::as_str).collect::<Vec<_>>()[..],
+        "then the context columns"
+    );
+    assert!(schema.field_with_name("context_ip").unwrap().is_nullable());
     assert!(
         !names.contains(&"event")
             && !names.contains(&"version")
