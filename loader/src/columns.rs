@@ -168,9 +168,11 @@ impl Envelope {
     }
 }
 
-/// The context columns ([`crate::schema::CONTEXT_KEYS`]).
+/// The context columns ([`crate::schema::CONTEXT_KEYS`]). Most events have no context
+/// (only the proxy adds it), so runs of them become nulls in one call per column.
 struct Context {
     columns: Vec<StringBuilder>,
+    nulls: usize,
 }
 
 impl Context {
@@ -180,16 +182,32 @@ impl Context {
                 .iter()
                 .map(|_| StringBuilder::with_capacity(cap, 0))
                 .collect(),
+            nulls: 0,
+        }
+    }
+
+    fn flush_nulls(&mut self) {
+        if self.nulls > 0 {
+            for b in &mut self.columns {
+                b.append_nulls(self.nulls);
+            }
+            self.nulls = 0;
         }
     }
 
     fn append(&mut self, e: &EventView<'_>) {
+        if e.context.is_empty() {
+            self.nulls += 1;
+            return;
+        }
+        self.flush_nulls();
         for (key, b) in crate::schema::CONTEXT_KEYS.iter().zip(self.columns.iter_mut()) {
             b.append_option(e.context.iter().find(|(k, _)| k == key).map(|(_, v)| *v));
         }
     }
 
-    fn finish(self) -> impl Iterator<Item = ArrayRef> {
+    fn finish(mut self) -> impl Iterator<Item = ArrayRef> {
+        self.flush_nulls();
         self.columns.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef)
     }
 }
