@@ -903,3 +903,99 @@ pub fn run_fanout(opts: FanoutBench) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// How to load the proxy.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ProxyBench {
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Events per request.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+}
+
+/// Starts `weir proxy` pinned to CPU 0 (write key, CORS and enrichment on, no router, so
+/// what is measured is intake: auth, CORS, client address, user-agent parsing, validation
+/// and the fsynced spool) and posts batches with HTTP Basic, an Origin and a browser's
+/// user agent.
+pub fn run_proxy(opts: ProxyBench) -> anyhow::Result<()> {
+    pin_self_to_cpu1();
+    let (cport, pport, rport) = (free_port()?, free_port()?, free_port()?);
+    let (dir, cfg) = bench_setup(&format!(
+        "[collector]\nlisten = \"127.0.0.1:{cport}\"\nrouters = [\"http://127.0.0.1:{rport}\"]\nspool_max_bytes = 68719476736\n\
+         [proxy]\nlisten = \"127.0.0.1:{pport}\"\ncors_origins = [\"http://shop.test\"]\ntrusted_proxies = [\"10.0.0.0/8\"]\n\
+         max_body_bytes = 5242880\n[[proxy.keys]]\nkey = \"bench\"\nenv = \"web\"\n"
+    ))?;
+    let log = dir.path().join("proxy.log");
+    let child = spawn_weir(&["proxy", "--config", &cfg], Some("0"), &log)?;
+    let pid = child.id();
+    let _guard = Spawned {
+        children: vec![child],
+        _dir: dir,
+    };
+    wait_for_port(pport, &log, "the proxy")?;
+    let body = body(opts.batch, true);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let before = proc_usage(pid);
+    let started = Instant::now();
+    let (mut lat, requests) = rt.block_on(async {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..opts.connections {
+            let post = Post {
+                path: "/v1/events",
+                headers: &[
+                    ("content-type", "application/x-ndjson"),
+                    ("authorization", "Basic YmVuY2g6"),
+                    ("origin", "http://shop.test"),
+                    (
+                        "user-agent",
+                        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+                    ),
+                ],
+                expect: 202,
+            };
+            tasks.push(tokio::spawn(post_loop(pport, post, body.clone(), stop.clone(), sent.clone(), None)));
+        }
+        tokio::time::sleep(Duration::from_secs(opts.duration)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.context("load task failed")??);
+        }
+        let n = all.len() as u64;
+        Ok::<_, anyhow::Error>((all, n))
+    })?;
+    let wall = started.elapsed().as_secs_f64();
+    let after = proc_usage(pid);
+    lat.sort_unstable();
+    let events = requests * opts.batch as u64;
+    println!(
+        "weir bench proxy: {} connections, {} events/request (NDJSON, Basic key, Origin, browser user agent), {} s",
+        opts.connections, opts.batch, opts.duration
+    );
+    println!("  requests/s  {:>10.0}", requests as f64 / wall);
+    println!(
+        "  events/s    {:>10.0}   (202: validated, enriched, in the fsynced spool)",
+        events as f64 / wall
+    );
+    println!(
+        "  latency     p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0)
+    );
+    if let (Some((c0, _)), Some((c1, rss))) = (before, after) {
+        println!(
+            "  proxy       CPU {:.2} cores   peak RSS {:.1} MiB   (pinned to CPU 0)",
+            (c1 - c0) / wall,
+            rss as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}

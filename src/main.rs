@@ -108,6 +108,8 @@ enum BenchCommand {
     /// End to end at a steady rate: collector accept -> router -> RabbitMQ -> a consumer;
     /// reports the latency percentiles.
     Fanout(bench::FanoutBench),
+    /// Drive the proxy (write key, CORS, enrichment) with 100-event batches.
+    Proxy(bench::ProxyBench),
 }
 
 #[derive(Subcommand)]
@@ -287,6 +289,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command: BenchCommand::Fanout(opts),
         } => {
             bench::run_fanout(opts)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::Proxy(opts),
+        } => {
+            bench::run_proxy(opts)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Catalog {
