@@ -172,6 +172,38 @@ async fn post_loop(
     Ok(lat)
 }
 
+/// Runs `connections` keep-alive POST loops of `body` against 127.0.0.1:`port` for
+/// `duration`; returns every request's latency (µs) and the number of requests.
+async fn drive(
+    port: u16,
+    post: Post,
+    body: Bytes,
+    connections: usize,
+    duration: u64,
+) -> anyhow::Result<(Vec<u32>, u64)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        tasks.push(tokio::spawn(post_loop(
+            port,
+            post,
+            body.clone(),
+            stop.clone(),
+            sent.clone(),
+            None,
+        )));
+    }
+    tokio::time::sleep(Duration::from_secs(duration)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.context("load task failed")??);
+    }
+    let n = all.len() as u64;
+    Ok((all, n))
+}
+
 fn start_collector(with_router: bool) -> anyhow::Result<(Spawned, String, PathBuf, u32)> {
     let (cport, rport) = (free_port()?, free_port()?);
     let (dir, cfg_s) = bench_setup(&format!(
@@ -611,28 +643,12 @@ pub fn run_router(opts: RouterBench) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let before = proc_usage(pid);
     let started = Instant::now();
-    let (mut lat, requests) = rt.block_on(async {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..opts.connections {
-            let (body, stop) = (body.clone(), stop.clone());
-            let post = Post {
-                path: "/v1/batches",
-                headers: &[("content-type", "application/x-protobuf"), ("content-encoding", "zstd")],
-                expect: 200,
-            };
-            tasks.push(tokio::spawn(post_loop(port, post, body, stop, sent.clone(), None)));
-        }
-        tokio::time::sleep(Duration::from_secs(opts.duration)).await;
-        stop.store(true, Ordering::Relaxed);
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.context("load task failed")??);
-        }
-        let n = all.len() as u64;
-        Ok::<_, anyhow::Error>((all, n))
-    })?;
+    let post = Post {
+        path: "/v1/batches",
+        headers: &[("content-type", "application/x-protobuf"), ("content-encoding", "zstd")],
+        expect: 200,
+    };
+    let (mut lat, requests) = rt.block_on(drive(port, post, body, opts.connections, opts.duration))?;
     let wall = started.elapsed().as_secs_f64();
     let after = proc_usage(pid);
     lat.sort_unstable();
@@ -942,35 +958,20 @@ pub fn run_proxy(opts: ProxyBench) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let before = proc_usage(pid);
     let started = Instant::now();
-    let (mut lat, requests) = rt.block_on(async {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..opts.connections {
-            let post = Post {
-                path: "/v1/events",
-                headers: &[
-                    ("content-type", "application/x-ndjson"),
-                    ("authorization", "Basic YmVuY2g6"),
-                    ("origin", "http://shop.test"),
-                    (
-                        "user-agent",
-                        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
-                    ),
-                ],
-                expect: 202,
-            };
-            tasks.push(tokio::spawn(post_loop(pport, post, body.clone(), stop.clone(), sent.clone(), None)));
-        }
-        tokio::time::sleep(Duration::from_secs(opts.duration)).await;
-        stop.store(true, Ordering::Relaxed);
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.context("load task failed")??);
-        }
-        let n = all.len() as u64;
-        Ok::<_, anyhow::Error>((all, n))
-    })?;
+    let post = Post {
+        path: "/v1/events",
+        headers: &[
+            ("content-type", "application/x-ndjson"),
+            ("authorization", "Basic YmVuY2g6"),
+            ("origin", "http://shop.test"),
+            (
+                "user-agent",
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+            ),
+        ],
+        expect: 202,
+    };
+    let (mut lat, requests) = rt.block_on(drive(pport, post, body, opts.connections, opts.duration))?;
     let wall = started.elapsed().as_secs_f64();
     let after = proc_usage(pid);
     lat.sort_unstable();

@@ -561,13 +561,9 @@ async fn segment_call(state: &State, proxy: &Proxy, peer: SocketAddr, kind: &str
         return r;
     }
     let limit = crate::segment::MAX_BATCH_BYTES;
-    let (parts, raw) = match h::read_body(req, limit).await {
+    let (parts, raw) = match read(req, limit).await {
         Ok(b) => b,
-        Err(ReadError::TooLarge(n)) => {
-            return h::error(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than {n} bytes"))
-        }
-        Err(e @ ReadError::Timeout(_)) => return h::error(StatusCode::REQUEST_TIMEOUT, e.to_string()),
-        Err(ReadError::Io(msg)) => return h::error(StatusCode::BAD_REQUEST, msg),
+        Err(r) => return r,
     };
     let header = |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
     let body = match crate::body::decode(header(hyper::header::CONTENT_ENCODING), raw, limit) {
@@ -620,6 +616,15 @@ async fn segment_call(state: &State, proxy: &Proxy, peer: SocketAddr, kind: &str
     }
 }
 
+/// Reads a body of at most `limit` bytes, or answers 413 / 408 / 400.
+async fn read(req: Request<Incoming>, limit: usize) -> Result<(hyper::http::request::Parts, bytes::Bytes), Response> {
+    h::read_body(req, limit).await.map_err(|e| match e {
+        ReadError::TooLarge(n) => h::error(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than {n} bytes")),
+        e @ ReadError::Timeout(_) => h::error(StatusCode::REQUEST_TIMEOUT, e.to_string()),
+        ReadError::Io(msg) => h::error(StatusCode::BAD_REQUEST, msg),
+    })
+}
+
 fn client_of(proxy: &Proxy, peer: SocketAddr, headers: &hyper::HeaderMap) -> IpAddr {
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     client_ip(peer.ip(), forwarded, &proxy.trusted)
@@ -630,13 +635,9 @@ async fn events(state: &State, proxy: &Proxy, peer: SocketAddr, req: Request<Inc
     if let Some(r) = limit_ip(proxy, client) {
         return r;
     }
-    let (parts, raw) = match h::read_body(req, proxy.max_body_bytes).await {
+    let (parts, raw) = match read(req, proxy.max_body_bytes).await {
         Ok(b) => b,
-        Err(ReadError::TooLarge(n)) => {
-            return h::error(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than {n} bytes"))
-        }
-        Err(e @ ReadError::Timeout(_)) => return h::error(StatusCode::REQUEST_TIMEOUT, e.to_string()),
-        Err(ReadError::Io(msg)) => return h::error(StatusCode::BAD_REQUEST, msg),
+        Err(r) => return r,
     };
     let header = |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
     let encoded = header(hyper::header::CONTENT_ENCODING).is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
