@@ -267,6 +267,27 @@ fn body(batch: usize, ndjson: bool) -> Bytes {
     }
 }
 
+/// Prints p50 / p99 / max of sorted latencies (µs) in ms.
+fn print_latency(sorted: &[u32]) {
+    println!(
+        "  latency     p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+        percentile(sorted, 0.50),
+        percentile(sorted, 0.99),
+        percentile(sorted, 1.0)
+    );
+}
+
+/// Prints a pinned process's CPU (cores) over `wall` seconds and its peak RSS.
+fn print_usage(what: &str, before: Option<(f64, u64)>, after: Option<(f64, u64)>, wall: f64) {
+    if let (Some((c0, _)), Some((c1, rss))) = (before, after) {
+        println!(
+            "  {what:<11} CPU {:.2} cores   peak RSS {:.1} MiB   (pinned to CPU 0)",
+            (c1 - c0) / wall,
+            rss as f64 / (1 << 20) as f64
+        );
+    }
+}
+
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -675,19 +696,8 @@ pub fn run_router(opts: RouterBench) -> anyhow::Result<()> {
         metric("weir_router_buffer_events_total"),
         100.0 * metric("weir_router_buffer_events_total") / events.max(1) as f64
     );
-    println!(
-        "  latency     p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
-        percentile(&lat, 0.50),
-        percentile(&lat, 0.99),
-        percentile(&lat, 1.0)
-    );
-    if let (Some((c0, _)), Some((c1, rss))) = (before, after) {
-        println!(
-            "  router      CPU {:.2} cores   peak RSS {:.1} MiB   (pinned to CPU 0)",
-            (c1 - c0) / wall,
-            rss as f64 / (1 << 20) as f64
-        );
-    }
+    print_latency(&lat);
+    print_usage("router", before, after, wall);
     Ok(())
 }
 
@@ -985,18 +995,7 @@ pub fn run_proxy(opts: ProxyBench) -> anyhow::Result<()> {
         "  events/s    {:>10.0}   (202: validated, enriched, in the fsynced spool)",
         events as f64 / wall
     );
-    println!(
-        "  latency     p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
-        percentile(&lat, 0.50),
-        percentile(&lat, 0.99),
-        percentile(&lat, 1.0)
-    );
-    if let (Some((c0, _)), Some((c1, rss))) = (before, after) {
-        println!(
-            "  proxy       CPU {:.2} cores   peak RSS {:.1} MiB   (pinned to CPU 0)",
-            (c1 - c0) / wall,
-            rss as f64 / (1 << 20) as f64
-        );
-    }
+    print_latency(&lat);
+    print_usage("proxy", before, after, wall);
     Ok(())
 }

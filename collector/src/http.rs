@@ -134,11 +134,9 @@ async fn events(state: &State, req: Request<Incoming>, source: Source<'_>) -> Re
     let Ok(_budget) = state.inflight_kib.acquire_many(want).await else {
         return unavailable("the collector is shutting down".into());
     };
-    let (parts, raw) = match h::read_body(req, limit).await {
+    let (parts, raw) = match read(req, limit).await {
         Ok(b) => b,
-        Err(ReadError::TooLarge(n)) => return body_error(BodyError::TooLarge(n)),
-        Err(e @ ReadError::Timeout(_)) => return h::error(StatusCode::REQUEST_TIMEOUT, e.to_string()),
-        Err(ReadError::Io(msg)) => return h::error(StatusCode::BAD_REQUEST, msg),
+        Err(r) => return r,
     };
     let header = |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
     accept(
@@ -149,6 +147,18 @@ async fn events(state: &State, req: Request<Incoming>, source: Source<'_>) -> Re
         source,
     )
     .await
+}
+
+/// Reads a body of at most `limit` bytes, or answers 413 / 408 / 400.
+pub(crate) async fn read(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<(hyper::http::request::Parts, bytes::Bytes), Response> {
+    h::read_body(req, limit).await.map_err(|e| match e {
+        ReadError::TooLarge(n) => body_error(BodyError::TooLarge(n)),
+        e @ ReadError::Timeout(_) => h::error(StatusCode::REQUEST_TIMEOUT, e.to_string()),
+        ReadError::Io(msg) => h::error(StatusCode::BAD_REQUEST, msg),
+    })
 }
 
 /// Decodes, validates and spools a request body already read; answers 202 with the

@@ -34,7 +34,7 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, StatusCode};
 use serde::{Deserialize, Serialize};
-use weir_proto::http::{self as h, ReadError, Response};
+use weir_proto::http::{self as h, Response};
 
 use crate::http::State;
 use crate::ingest::Source;
@@ -561,7 +561,7 @@ async fn segment_call(state: &State, proxy: &Proxy, peer: SocketAddr, kind: &str
         return r;
     }
     let limit = crate::segment::MAX_BATCH_BYTES;
-    let (parts, raw) = match read(req, limit).await {
+    let (parts, raw) = match crate::http::read(req, limit).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -616,15 +616,6 @@ async fn segment_call(state: &State, proxy: &Proxy, peer: SocketAddr, kind: &str
     }
 }
 
-/// Reads a body of at most `limit` bytes, or answers 413 / 408 / 400.
-async fn read(req: Request<Incoming>, limit: usize) -> Result<(hyper::http::request::Parts, bytes::Bytes), Response> {
-    h::read_body(req, limit).await.map_err(|e| match e {
-        ReadError::TooLarge(n) => h::error(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than {n} bytes")),
-        e @ ReadError::Timeout(_) => h::error(StatusCode::REQUEST_TIMEOUT, e.to_string()),
-        ReadError::Io(msg) => h::error(StatusCode::BAD_REQUEST, msg),
-    })
-}
-
 fn client_of(proxy: &Proxy, peer: SocketAddr, headers: &hyper::HeaderMap) -> IpAddr {
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     client_ip(peer.ip(), forwarded, &proxy.trusted)
@@ -635,7 +626,7 @@ async fn events(state: &State, proxy: &Proxy, peer: SocketAddr, req: Request<Inc
     if let Some(r) = limit_ip(proxy, client) {
         return r;
     }
-    let (parts, raw) = match read(req, proxy.max_body_bytes).await {
+    let (parts, raw) = match crate::http::read(req, proxy.max_body_bytes).await {
         Ok(b) => b,
         Err(r) => return r,
     };

@@ -59,6 +59,29 @@ struct Stats {
     oldest: AtomicI64,
 }
 
+/// The recipient's metric handles, registered once: per-event recording is then an
+/// atomic add, with no label allocation or registry lookup.
+struct Meters {
+    delivered: metrics::Counter,
+    retried: metrics::Counter,
+    dead: metrics::Counter,
+    latency: metrics::Histogram,
+    up: metrics::Gauge,
+}
+
+impl Meters {
+    fn new(name: &str) -> Meters {
+        let label = || ("recipient", name.to_string());
+        Meters {
+            delivered: metrics::counter!(m::RECIPIENT_DELIVERED, &[label()]),
+            retried: metrics::counter!(m::RECIPIENT_RETRIED, &[label()]),
+            dead: metrics::counter!(m::RECIPIENT_DEAD, &[label()]),
+            latency: metrics::histogram!(m::RECIPIENT_LATENCY, &[label()]),
+            up: metrics::gauge!(m::RECIPIENT_UP, &[label()]),
+        }
+    }
+}
+
 /// Rate-limits a repeated error log to one line per period.
 struct Quiet {
     last: Option<Instant>,
@@ -87,6 +110,7 @@ pub async fn run<S: Sink>(
 ) {
     let name = cfg.name.clone();
     let stats = Arc::new(Stats::default());
+    let meters = Meters::new(&name);
     let ticker = tokio::spawn(report(name.clone(), stats.clone(), cursors.clone()));
     let counter = tokio::task::spawn_blocking({
         let (wal, stats) = (wal.clone(), stats.clone());
@@ -149,12 +173,12 @@ pub async fn run<S: Sink>(
             }
             continue;
         }
-        let (todo, passed) = select(&records, &cfg.route, &name, &mut cfg.dead_letters);
+        let (todo, passed) = select(&records, &cfg.route, &name, &mut cfg.dead_letters, &meters);
         if let Some(first) = todo.first() {
             let at = batch::received_at(first).unwrap_or(0);
             stats.oldest.store(at, Ordering::Relaxed);
         }
-        let done = deliver(&mut sink, todo, &mut cfg, &mut stop, &mut deadline, &mut quiet).await;
+        let done = deliver(&mut sink, todo, &mut cfg, &meters, &mut stop, &mut deadline, &mut quiet).await;
         // Dead letters are durable before the cursor passes them.
         let mut backoff = Duration::from_millis(200);
         while let Err(e) = cfg.dead_letters.flush() {
@@ -187,7 +211,7 @@ pub async fn run<S: Sink>(
 
 /// Keeps the events of `records` that `route` sends to `name`; unreadable batches go to
 /// the dead letters. Returns them and how many events were passed in all.
-fn select(records: &[Bytes], route: &Route, name: &str, dead: &mut DeadLetters) -> (Vec<Bytes>, u64) {
+fn select(records: &[Bytes], route: &Route, name: &str, dead: &mut DeadLetters, meters: &Meters) -> (Vec<Bytes>, u64) {
     let catalog = match route {
         Route::Catalog(c) => Some(c.load()),
         Route::Everything => None,
@@ -198,7 +222,7 @@ fn select(records: &[Bytes], route: &Route, name: &str, dead: &mut DeadLetters) 
         let events = match batch::events(rec) {
             Ok(e) => e,
             Err(e) => {
-                metrics::counter!(m::RECIPIENT_DEAD, "recipient" => name.to_string()).increment(1);
+                meters.dead.increment(1);
                 dead.add(rec, &format!("unreadable batch in the router log: {e}"));
                 continue;
             }
@@ -209,7 +233,7 @@ fn select(records: &[Bytes], route: &Route, name: &str, dead: &mut DeadLetters) 
             Some(cat) => {
                 for ev in events {
                     let Ok(view) = EventView::decode(&ev) else {
-                        metrics::counter!(m::RECIPIENT_DEAD, "recipient" => name.to_string()).increment(1);
+                        meters.dead.increment(1);
                         dead.add(&ev, "unreadable event in the router log");
                         continue;
                     };
@@ -236,6 +260,7 @@ async fn deliver<S: Sink>(
     sink: &mut S,
     todo: Vec<Bytes>,
     cfg: &mut RunnerConfig,
+    meters: &Meters,
     stop: &mut watch::Receiver<bool>,
     deadline: &mut Option<Instant>,
     quiet: &mut Quiet,
@@ -265,11 +290,11 @@ async fn deliver<S: Sink>(
                         delivered += 1;
                         if let Ok(at) = batch::received_at(ev) {
                             let secs = (now - at).max(0) as f64 / 1e6;
-                            metrics::histogram!(m::RECIPIENT_LATENCY, "recipient" => name.clone()).record(secs);
+                            meters.latency.record(secs);
                         }
                     }
                     Some(Outcome::Refuse(why)) => {
-                        metrics::counter!(m::RECIPIENT_DEAD, "recipient" => name.clone()).increment(1);
+                        meters.dead.increment(1);
                         tracing::warn!(recipient = %name, reason = %why, "event dead-lettered");
                         cfg.dead_letters.add(ev, why);
                     }
@@ -283,13 +308,13 @@ async fn deliver<S: Sink>(
                     }
                 }
             }
-            metrics::counter!(m::RECIPIENT_DELIVERED, "recipient" => name.clone()).increment(delivered);
+            meters.delivered.increment(delivered);
             if retry.is_empty() {
-                metrics::gauge!(m::RECIPIENT_UP, "recipient" => name.clone()).set(1.0);
+                meters.up.set(1.0);
                 break;
             }
-            metrics::gauge!(m::RECIPIENT_UP, "recipient" => name.clone()).set(0.0);
-            metrics::counter!(m::RECIPIENT_RETRIED, "recipient" => name.clone()).increment(retry.len() as u64);
+            meters.up.set(0.0);
+            meters.retried.increment(retry.len() as u64);
             if let Some(n) = quiet.allow(Duration::from_secs(10)) {
                 tracing::warn!(recipient = %name, events = retry.len(), reason = %reason, retry_in_ms = backoff.as_millis() as u64, suppressed = n, "delivery failed; retrying");
             }
