@@ -942,19 +942,30 @@ pub struct ProxyBench {
     /// Seconds to run.
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// A MaxMind-format database for the country / region lookup (none = no lookup).
+    #[arg(long)]
+    geoip: Option<std::path::PathBuf>,
 }
 
 /// Starts `weir proxy` pinned to CPU 0 (write key, CORS and enrichment on, no router, so
 /// what is measured is intake: auth, CORS, client address, user-agent parsing, validation
-/// and the fsynced spool) and posts batches with HTTP Basic, an Origin and a browser's
-/// user agent.
+/// and the fsynced spool) and posts batches with HTTP Basic, an Origin, a browser's
+/// user agent and X-Forwarded-For from a trusted peer (plus the GeoIP lookup with
+/// `--geoip`).
 pub fn run_proxy(opts: ProxyBench) -> anyhow::Result<()> {
     pin_self_to_cpu1();
     let (cport, pport, rport) = (free_port()?, free_port()?, free_port()?);
+    let geoip = match &opts.geoip {
+        Some(p) => format!(
+            "geoip = {}\n",
+            toml::Value::String(std::fs::canonicalize(p)?.display().to_string())
+        ),
+        None => String::new(),
+    };
     let (dir, cfg) = bench_setup(&format!(
         "[collector]\nlisten = \"127.0.0.1:{cport}\"\nrouters = [\"http://127.0.0.1:{rport}\"]\nspool_max_bytes = 68719476736\n\
-         [proxy]\nlisten = \"127.0.0.1:{pport}\"\ncors_origins = [\"http://shop.test\"]\ntrusted_proxies = [\"10.0.0.0/8\"]\n\
-         max_body_bytes = 5242880\n[[proxy.keys]]\nkey = \"bench\"\nenv = \"web\"\n"
+         [proxy]\nlisten = \"127.0.0.1:{pport}\"\ncors_origins = [\"http://shop.test\"]\ntrusted_proxies = [\"127.0.0.1\"]\n\
+         max_body_bytes = 5242880\n{geoip}[[proxy.keys]]\nkey = \"bench\"\nenv = \"web\"\n"
     ))?;
     let log = dir.path().join("proxy.log");
     let child = spawn_weir(&["proxy", "--config", &cfg], Some("0"), &log)?;
@@ -978,6 +989,7 @@ pub fn run_proxy(opts: ProxyBench) -> anyhow::Result<()> {
                 "user-agent",
                 "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
             ),
+            ("x-forwarded-for", "81.2.69.160"),
         ],
         expect: 202,
     };
@@ -987,8 +999,11 @@ pub fn run_proxy(opts: ProxyBench) -> anyhow::Result<()> {
     lat.sort_unstable();
     let events = requests * opts.batch as u64;
     println!(
-        "weir bench proxy: {} connections, {} events/request (NDJSON, Basic key, Origin, browser user agent), {} s",
-        opts.connections, opts.batch, opts.duration
+        "weir bench proxy: {} connections, {} events/request (NDJSON, Basic key, Origin, browser user agent, X-Forwarded-For{}), {} s",
+        opts.connections,
+        opts.batch,
+        if opts.geoip.is_some() { ", GeoIP" } else { "" },
+        opts.duration
     );
     println!("  requests/s  {:>10.0}", requests as f64 / wall);
     println!(

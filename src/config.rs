@@ -334,6 +334,10 @@ max_body_bytes = 524288
 # Requests per second one client address may send (and burst); 0 = no limit. Past a
 # limit the answer is 429 with Retry-After.
 per_ip_rate = 0
+# A MaxMind-format database (GeoIP2/GeoLite2 City or Country .mmdb, kept fresh by
+# geoipupdate) for `country` and `region` in each event's context. A missing file only
+# leaves them out; a changed file is loaded within a minute, or at once on SIGHUP.
+# geoip = "/var/lib/GeoIP/GeoLite2-City.mmdb"
 
 [loader]
 # Parquet lands here (default <data_dir>/warehouse).

@@ -465,3 +465,150 @@ print("errors", errors)
     assert_eq!(rows("event=order.completed/version=1", "context_user_agent").len(), 1);
     assert!(parquet_files(&wh.join("_invalid")).is_empty(), "all three valid");
 }
+
+/// Writes a GeoIP2-City-shaped MaxMind database with PyPI's mmdb-writer (installed by
+/// `scripts/test`): network -> [country, region or null].
+fn make_geoip(out: &std::path::Path, networks: &str) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_geoip.py");
+    let o = std::process::Command::new("python3")
+        .arg(script)
+        .arg(out)
+        .arg(networks)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "make_geoip.py (needs `pip install mmdb-writer`): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn country_and_region_from_a_maxmind_database_follow_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mmdb = tmp.path().join("GeoLite2-City.mmdb");
+    let config = tmp.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[proxy]
+trusted_proxies = ["127.0.0.1"]
+truncate_ip = true
+geoip = "{}"
+
+[[proxy.keys]]
+key = "wk_web"
+env = "web"
+"#,
+            mmdb.display()
+        ),
+    )
+    .unwrap();
+    let data = tmp.path().join("data");
+    // The file does not exist yet: not an error, the fields are absent.
+    let up = Up::start(&data, &["--config", config.to_str().unwrap()], &[]);
+    let proxy = up.banner_url("proxy");
+    let metrics = format!("{}/metrics", up.collector);
+    let built = || -> f64 {
+        get_text(&metrics)
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_proxy_geoip_build_timestamp_seconds "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(built(), 0.0, "no database loaded yet");
+    let url = format!("{proxy}/v1/events");
+    let from = |id: &str, client: &str| {
+        let (code, body, _) = send(
+            &url,
+            &[
+                ("content-type", "application/json"),
+                ("x-weir-key", "wk_web"),
+                ("x-forwarded-for", client),
+            ],
+            &page(id, None),
+        );
+        assert_eq!(code, 202, "{id}: {body}");
+    };
+    from("g0", "81.2.69.160");
+
+    // The file appears; SIGHUP loads it (so does the minute's check).
+    make_geoip(
+        &mmdb,
+        r#"{"81.2.69.0/24": ["GB", "ENG"], "2001:db8::/32": ["DE", "BE"], "89.160.20.0/24": ["SE", null], "81.2.70.5/32": ["NL", null]}"#,
+    );
+    up.signal("HUP");
+    let first = eventually(Duration::from_secs(10), "the database loaded", || {
+        Some(built()).filter(|b| *b > 0.0)
+    });
+    from("g1", "81.2.69.160");
+    from("g2", "2001:db8::1");
+    from("g3", "89.160.20.128");
+    from("g4", "198.51.100.7");
+    from("g7", "81.2.70.5");
+
+    // A new edition of the file replaces the old one without a restart.
+    std::thread::sleep(Duration::from_millis(1100)); // a later build_epoch
+    make_geoip(&mmdb, r#"{"81.2.69.0/24": ["FR", "IDF"]}"#);
+    up.signal("HUP");
+    eventually(Duration::from_secs(10), "the new edition loaded", || {
+        Some(built()).filter(|b| *b > first)
+    });
+    from("g5", "81.2.69.160");
+
+    // A broken file keeps the database loaded before, and says so.
+    std::fs::write(&mmdb, b"not a database").unwrap();
+    up.signal("HUP");
+    eventually(Duration::from_secs(10), "the bad file reported", || {
+        up.stderr().contains("keeping the database loaded before").then_some(())
+    });
+    from("g6", "81.2.69.160");
+    assert!(up.stop().success());
+
+    let files = parquet_files(&data.join("warehouse/event=page.viewed/version=1"));
+    let batches: Vec<_> = files.iter().flat_map(|f| read_parquet(f)).collect();
+    type Row = (String, Option<String>, Option<String>, Option<String>);
+    let mut rows: Vec<Row> = strings(&batches, "id")
+        .into_iter()
+        .zip(opt_strings(&batches, "context_ip"))
+        .zip(opt_strings(&batches, "context_country"))
+        .zip(opt_strings(&batches, "context_region"))
+        .map(|(((id, ip), c), r)| (id, ip, c, r))
+        .collect();
+    rows.sort();
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        rows,
+        vec![
+            ("g0".into(), s("81.2.69.0"), None, None),
+            ("g1".into(), s("81.2.69.0"), s("GB"), s("ENG")),
+            ("g2".into(), s("2001:db8::"), s("DE"), s("BE")),
+            ("g3".into(), s("89.160.20.0"), s("SE"), None),
+            ("g4".into(), s("198.51.100.0"), None, None),
+            ("g5".into(), s("81.2.69.0"), s("FR"), s("IDF")),
+            ("g6".into(), s("81.2.69.0"), s("FR"), s("IDF")),
+            ("g7".into(), s("81.2.70.0"), s("NL"), None),
+        ],
+        "country and region are looked up on the full address, before truncation"
+    );
+
+    // A file that is there but is not a MaxMind database refuses to start, naming it.
+    let out = weir()
+        .args(["up", "--data-dir"])
+        .arg(tmp.path().join("d2"))
+        .arg("--config")
+        .arg(&config)
+        .env("WEIR_COLLECTOR_LISTEN", "127.0.0.1:0")
+        .env("WEIR_ROUTER_LISTEN", "127.0.0.1:0")
+        .env("WEIR_LOADER_FLIGHT", "127.0.0.1:0")
+        .env("WEIR_PROXY_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("proxy.geoip") && err.contains("GeoLite2-City.mmdb") && err.contains("MaxMind"),
+        "{err}"
+    );
+}

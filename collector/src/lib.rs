@@ -8,6 +8,7 @@ pub mod catalog_sync;
 pub mod config;
 pub mod datagram;
 pub mod forwarder;
+pub mod geoip;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
@@ -188,12 +189,17 @@ impl Collector {
         let state = self.state.clone();
         let tidy = p.clone();
         let mut stop = self.stop_http.subscribe();
+        // SIGHUP (as for the router's catalog) loads a changed GeoIP file at once.
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         self.servers.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(60)) => tidy.housekeeping(),
+                    _ = hangup(&mut hup) => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
+                let reload = tidy.clone();
+                let _ = tokio::task::spawn_blocking(move || reload.reload_geoip()).await;
             }
         }));
         self.servers.push(tokio::spawn(weir_proto::http::serve(
@@ -232,5 +238,17 @@ impl Collector {
         }
         let _ = self.stop_forwarder.send(true);
         let _ = self.forwarder.await;
+    }
+}
+
+/// The next SIGHUP (never, when the handler could not be installed).
+async fn hangup(hup: &mut Option<tokio::signal::unix::Signal>) {
+    match hup {
+        Some(h) => {
+            if h.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }

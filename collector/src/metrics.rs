@@ -53,5 +53,8 @@ pub fn refresh_spool(spool: &crate::spool::Spool) {
     metrics::gauge!(SPOOL_BYTES).set(spool.wal().bytes() as f64);
     metrics::gauge!(SPOOL_SEGMENTS).set(spool.wal().segments() as f64);
 }
+
 /// Proxy requests refused with 429 (label `by`: `key` or `ip`).
 pub const PROXY_LIMITED: &str = "weir_proxy_rate_limited_requests_total";
+/// When the GeoIP database in use was built (Unix seconds; 0 = none loaded).
+pub const PROXY_GEOIP_BUILT: &str = "weir_proxy_geoip_build_timestamp_seconds";

@@ -25,7 +25,9 @@
 //!
 //! - the Segment tracking API (`/v1/track`, `/v1/batch`, ...; see [`crate::segment`]).
 //!
-//! Not here yet: the GeoIP lookup.
+//! - `country` and `region` from a MaxMind-format database when `geoip` names one
+//!   (see [`crate::geoip`]), looked up once per request on the client's full address
+//!   (before `truncate_ip`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -75,6 +77,10 @@ pub struct ProxyConfig {
     /// Requests per second one client address may send (and as large a burst); 0 = no
     /// limit.
     pub per_ip_rate: u32,
+    /// A MaxMind-format database (GeoIP2/GeoLite2 City or Country `.mmdb`) for the
+    /// `country` and `region` context entries; none = no such entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geoip: Option<std::path::PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -87,6 +93,7 @@ impl Default for ProxyConfig {
             truncate_ip: false,
             max_body_bytes: 512 << 10,
             per_ip_rate: 0,
+            geoip: None,
         }
     }
 }
@@ -237,6 +244,7 @@ pub struct Proxy {
     trusted: Vec<Cidr>,
     truncate_ip: bool,
     max_body_bytes: usize,
+    geoip: Option<crate::geoip::GeoIp>,
 }
 
 impl Proxy {
@@ -264,7 +272,11 @@ impl Proxy {
             .iter()
             .map(|s| Cidr::parse(s).map_err(|e| format!("proxy.trusted_proxies: {e}")))
             .collect::<Result<_, _>>()?;
-        Ok(Proxy {
+        let geoip = match &cfg.geoip {
+            Some(path) => Some(crate::geoip::GeoIp::open(path).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let proxy = Proxy {
             ua: UaCache {
                 parser: woothee::parser::Parser::new(),
                 map: Default::default(),
@@ -275,7 +287,25 @@ impl Proxy {
             trusted,
             truncate_ip: cfg.truncate_ip,
             max_body_bytes: cfg.max_body_bytes,
-        })
+            geoip,
+        };
+        proxy.geoip_gauge();
+        Ok(proxy)
+    }
+
+    /// Loads the GeoIP database again if its file changed (blocking: reads the file).
+    pub fn reload_geoip(&self) {
+        if let Some(g) = &self.geoip {
+            if g.reload_if_changed() {
+                self.geoip_gauge();
+            }
+        }
+    }
+
+    fn geoip_gauge(&self) {
+        if let Some(g) = &self.geoip {
+            metrics::gauge!(crate::metrics::PROXY_GEOIP_BUILT).set(g.build_epoch() as f64);
+        }
     }
 
     fn key(&self, key: &str) -> Option<&Key> {
@@ -537,6 +567,13 @@ async fn ingest_authorized(
     .to_string();
     let ua = head.user_agent.unwrap_or("");
     let mut context: Vec<(&str, &str)> = vec![("ip", ip.as_str())];
+    let geo = proxy.geoip.as_ref().map(|g| g.lookup(head.client)).unwrap_or_default();
+    if let Some(c) = &geo.country {
+        context.push(("country", c));
+    }
+    if let Some(r) = &geo.region {
+        context.push(("region", r));
+    }
     let parsed = (!ua.is_empty()).then(|| proxy.ua.parse(ua));
     if !ua.is_empty() {
         context.push(("user_agent", ua));

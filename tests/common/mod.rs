@@ -250,6 +250,22 @@ pub fn strings(batches: &[RecordBatch], name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The values of nullable string column `name` across batches.
+pub fn opt_strings(batches: &[RecordBatch], name: &str) -> Vec<Option<String>> {
+    use arrow_array::cast::AsArray;
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name(name)
+                .unwrap_or_else(|| panic!("no column {name}"))
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.map(str::to_string))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// A server address that `scripts/services` exported (`TEST_WEIR_AMQP`, `TEST_WEIR_MONGO`,
 /// `TEST_WEIR_KAFKA`, ...). Tests of recipients talk to real servers; `./scripts/test`
 /// starts them.
