@@ -526,6 +526,9 @@ impl Catalog {
         for (name, field) in &self.fields {
             let file = &self.sources.fields[name];
             let place = format!("field {name:?}");
+            if let Some(why) = reserved_field_name(name) {
+                push(file, place.clone(), why);
+            }
             if let Some(values) = &field.enum_values {
                 let scalar = match field.ty {
                     FieldType::Scalar(s) | FieldType::Array(s) => s,
@@ -707,6 +710,35 @@ pub struct Column<'a> {
     pub required: bool,
 }
 
+/// Columns every Parquet file has besides the fields: the envelope, the hive partition
+/// keys, and the `context_*` columns. A field of one of these names would clash.
+const RESERVED_COLUMNS: &[&str] = &[
+    "id",
+    "env",
+    "received_at",
+    "client_ts",
+    "collector",
+    "event",
+    "version",
+    "date",
+    "hour",
+];
+
+/// Why `name` cannot be a field name, if it cannot.
+fn reserved_field_name(name: &str) -> Option<String> {
+    if RESERVED_COLUMNS.contains(&name) {
+        return Some(format!(
+            "{name:?} is an envelope or partition column in every Parquet file; rename the field"
+        ));
+    }
+    if name.starts_with("context_") {
+        return Some(format!(
+            "names starting with \"context_\" are the context columns in every Parquet file; rename the field"
+        ));
+    }
+    None
+}
+
 fn duplicate(items: &[String]) -> Option<&str> {
     let mut seen = BTreeSet::new();
     items.iter().find(|i| !seen.insert(i.as_str())).map(|s| s.as_str())
@@ -832,6 +864,22 @@ required = ["ghost"]
             err.contains("b.toml: field \"x\": is already defined in a.toml"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn field_names_that_clash_with_parquet_columns_are_refused() {
+        for (name, says) in [
+            ("received_at", "envelope"),
+            ("context_ip", "context_"),
+            ("hour", "partition"),
+        ] {
+            let text = format!("[fields.{name}]\ntype = \"string\"\n");
+            let e = Catalog::from_files(vec![(PathBuf::from("fields.toml"), text)])
+                .err()
+                .unwrap_or_else(|| panic!("{name} accepted"))
+                .to_string();
+            assert!(e.contains("fields.toml") && e.contains(name) && e.contains(says), "{e}");
+        }
     }
 
     #[test]
