@@ -346,6 +346,10 @@ per_ip_rate = 0
 flight = "127.0.0.1:8815"
 # buffer_dir = "weir-data/router/buffer"
 row_group_rows = 131072
+# Memory for one hour's index, about 64 bytes an event (256 MiB: 4M events); a larger
+# hour is indexed through spill files under the warehouse's _staging, so any hour loads
+# in bounded memory.
+index_memory_bytes = 268435456
 # How often closed hours are looked for.
 interval_secs = 30
 "#;

@@ -54,6 +54,7 @@ pub fn make_loader(cfg: &Config, catalog: Catalog) -> Loader {
         buffer_dir: cfg.buffer_dir(),
         warehouse: cfg.warehouse(),
         row_group_rows: cfg.loader.row_group_rows,
+        index_memory_bytes: cfg.loader.index_memory_bytes,
     }
 }
 

@@ -58,6 +58,7 @@ fn loader(buffer: &Path, warehouse: &Path) -> Loader {
         buffer_dir: buffer.to_path_buf(),
         warehouse: warehouse.to_path_buf(),
         row_group_rows: 1000,
+        index_memory_bytes: 1 << 20,
     }
 }
 

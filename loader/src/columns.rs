@@ -71,6 +71,21 @@ impl Builder {
         }
     }
 
+    /// Whether `v` fits type `t` (what [`Builder::append`] would say), appending nothing.
+    fn check(t: FieldType, v: &RawValue) -> Result<(), String> {
+        match t {
+            FieldType::Scalar(Scalar::String) => parse_str(v).map(drop),
+            FieldType::Scalar(Scalar::Int) => parse_int(v).map(drop),
+            FieldType::Scalar(Scalar::Float) => parse_float(v).map(drop),
+            FieldType::Scalar(Scalar::Bool) => parse_bool(v).map(drop),
+            FieldType::Scalar(Scalar::Timestamp) => parse_timestamp(v).map(drop),
+            FieldType::Array(Scalar::Int) => parse_list(v, parse_int).map(drop),
+            FieldType::Array(Scalar::Float) => parse_list(v, parse_float).map(drop),
+            FieldType::Array(Scalar::Bool) => parse_list(v, parse_bool).map(drop),
+            FieldType::Array(_) => parse_list(v, parse_str).map(drop),
+        }
+    }
+
     /// Appends one value (`None` is null). On error nothing was appended.
     fn append(&mut self, v: Option<&RawValue>) -> Result<(), String> {
         match (self, v) {
@@ -221,51 +236,105 @@ pub struct BadRow {
     pub error: String,
 }
 
-/// Builds one record batch of an event version from its rows.
-pub fn event_batch(schema: &SchemaRef, columns: &[Column<'_>], rows: &[EventView<'_>]) -> Result<RecordBatch, BadRow> {
+/// Builds one record batch of an event version from its rows, leaving out the rows
+/// its columns refuse (returned, with why). `None` only if Arrow refuses the batch.
+pub fn event_batch(
+    schema: &SchemaRef,
+    columns: &[Column<'_>],
+    rows: &[EventView<'_>],
+) -> (Option<RecordBatch>, Vec<BadRow>) {
+    // Not careful: `None` as soon as a row fails half-way through its columns. Then build
+    // again checking each row before appending it (only batches with a bad row pay for
+    // the checks); a careful build always gives a result.
+    build(schema, columns, rows, false)
+        .or_else(|| build(schema, columns, rows, true))
+        .unwrap_or_default()
+}
+
+/// Builds the batch and lists the rows left out. Not careful: `None` at the first bad
+/// row. Careful: checks every value of a row before appending it and skips bad rows.
+fn build(
+    schema: &SchemaRef,
+    columns: &[Column<'_>],
+    rows: &[EventView<'_>],
+    careful: bool,
+) -> Option<(Option<RecordBatch>, Vec<BadRow>)> {
     let mut env = Envelope::new(rows.len());
     let mut context = Context::new(rows.len());
     let mut builders: Vec<Builder> = columns.iter().map(|c| Builder::new(c.def.ty, rows.len())).collect();
     let mut fields = Vec::with_capacity(16);
+    let mut bad = Vec::new();
+    // Each column's value in the current row, and for each position in a row's `fields`
+    // the column it held last time: rows of one event version mostly list their fields
+    // in the same order, so a field costs one name comparison.
+    let mut slots: Vec<Option<&RawValue>> = vec![None; columns.len()];
+    let mut hint: Vec<usize> = Vec::new();
     for (index, e) in rows.iter().enumerate() {
-        let text = std::str::from_utf8(e.fields).map_err(|_| BadRow {
-            index,
-            error: "fields: not UTF-8".into(),
-        })?;
-        parse_fields_into(text, &mut fields).map_err(|err| BadRow {
-            index,
-            error: format!("fields: {err}"),
-        })?;
-        // Check every column first, so a bad row leaves no half-appended values.
-        for c in columns {
-            let present = fields.iter().any(|(k, v)| k == c.name && v.get() != "null");
-            if !present && c.required {
-                return Err(BadRow {
-                    index,
-                    error: format!("{}: missing required field", c.name),
-                });
+        let mut row = || -> Result<(), String> {
+            let text = std::str::from_utf8(e.fields).map_err(|_| "fields: not UTF-8".to_string())?;
+            parse_fields_into(text, &mut fields).map_err(|err| format!("fields: {err}"))?;
+            slots.iter_mut().for_each(|s| *s = None);
+            if hint.len() < fields.len() {
+                hint.resize(fields.len(), usize::MAX);
             }
+            for (j, (k, v)) in fields.iter().enumerate() {
+                if v.get() == "null" {
+                    continue;
+                }
+                let c = match columns.get(hint[j]) {
+                    Some(c) if c.name == k.as_ref() => hint[j],
+                    _ => match columns.iter().position(|c| c.name == k.as_ref()) {
+                        Some(c) => {
+                            hint[j] = c;
+                            c
+                        }
+                        None => continue,
+                    },
+                };
+                if slots[c].is_none() {
+                    slots[c] = Some(*v);
+                }
+            }
+            for (c, v) in columns.iter().zip(&slots) {
+                if v.is_none() && c.required {
+                    return Err(format!("{}: missing required field", c.name));
+                }
+                if careful {
+                    if let Some(v) = v {
+                        Builder::check(c.def.ty, v).map_err(|err| format!("{}: {err}", c.name))?;
+                    }
+                }
+            }
+            for ((c, b), v) in columns.iter().zip(builders.iter_mut()).zip(&slots) {
+                b.append(*v).map_err(|err| format!("{}: {err}", c.name))?;
+            }
+            Ok(())
+        };
+        match row() {
+            Ok(()) => {
+                env.append(e);
+                context.append(e);
+            }
+            Err(error) if careful => bad.push(BadRow { index, error }),
+            Err(_) => return None,
         }
-        for (c, b) in columns.iter().zip(builders.iter_mut()) {
-            let v = fields
-                .iter()
-                .find(|(k, v)| k == c.name && v.get() != "null")
-                .map(|(_, v)| *v);
-            b.append(v).map_err(|err| BadRow {
-                index,
-                error: format!("{}: {err}", c.name),
-            })?;
-        }
-        env.append(e);
-        context.append(e);
     }
     let mut arrays = env.finish();
     arrays.extend(builders.iter_mut().map(|b| b.finish()));
     arrays.extend(context.finish());
-    RecordBatch::try_new(schema.clone(), arrays).map_err(|e| BadRow {
-        index: 0,
-        error: format!("schema: {e}"),
-    })
+    let batch = match RecordBatch::try_new(schema.clone(), arrays) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::error!(error = %e, "a record batch was refused; its rows go to _invalid");
+            let left_out: Vec<usize> = bad.iter().map(|b| b.index).collect();
+            bad.extend((0..rows.len()).filter(|i| !left_out.contains(i)).map(|index| BadRow {
+                index,
+                error: format!("schema: {e}"),
+            }));
+            None
+        }
+    };
+    Some((batch, bad))
 }
 
 /// The raw JSON kept for an invalid event: as sent, or rebuilt from what was stored.

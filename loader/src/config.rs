@@ -16,6 +16,10 @@ pub struct LoaderConfig {
     pub buffer_dir: Option<PathBuf>,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
+    /// Memory for one hour's index (about 64 bytes an event: 256 MiB indexes 4M events
+    /// in memory); larger hours are indexed through spill files in the warehouse's
+    /// `_staging`, so an hour of any size loads in bounded memory.
+    pub index_memory_bytes: usize,
     /// How often `weir up` and `loader run --watch` look for closed hours.
     pub interval_secs: u64,
 }
@@ -27,6 +31,7 @@ impl Default for LoaderConfig {
             flight: "127.0.0.1:8815".into(),
             buffer_dir: None,
             row_group_rows: 128 * 1024,
+            index_memory_bytes: 256 << 20,
             interval_secs: 30,
         }
     }

@@ -11,6 +11,7 @@ pub mod columns;
 pub mod commit;
 pub mod config;
 pub mod flight;
+mod index;
 pub mod mongo_mirror;
 pub mod schema;
 
@@ -23,12 +24,12 @@ use std::sync::Arc;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use weir_proto::buffer::{buffer_path, list_hours};
 use weir_proto::catalog::Catalog;
 use weir_proto::event::EventView;
-use weir_proto::record::{self, Decoded};
 use weir_proto::{event, hour};
 
 pub use commit::Manifest;
@@ -75,6 +76,9 @@ pub struct HourReport {
     pub hour: i64,
     /// Its manifest.
     pub manifest: Manifest,
+    /// Whether its index was larger than `index_memory_bytes` and went through spill
+    /// files.
+    pub spilled: bool,
 }
 
 /// Loads hours from a buffer directory into a warehouse.
@@ -87,6 +91,9 @@ pub struct Loader {
     pub warehouse: PathBuf,
     /// Rows per row group.
     pub row_group_rows: usize,
+    /// Memory for the index of one hour (about 64 bytes an event); an hour with more
+    /// events is indexed through spill files, so any hour loads in bounded memory.
+    pub index_memory_bytes: usize,
 }
 
 struct Lock(#[allow(dead_code)] fs::File);
@@ -175,62 +182,59 @@ impl Loader {
         let data: &[u8] = map.as_deref().unwrap_or(&[]);
         let data = &data[..(len as usize).min(data.len())];
 
-        // Pass 1: a compact index of the hour (about 48 bytes an event, whatever their
-        // size); events stay in the mapped file.
-        let mut index = Index::default();
-        let mut pos = 0usize;
-        let mut unreadable = 0u64;
-        while let Decoded::Record(payload, used) = record::decode(&data[pos..]) {
-            match EventView::decode(payload) {
-                Ok(v) => index.add(&self.catalog, pos + record::HEADER_LEN, payload.len(), &v),
-                Err(_) => unreadable += 1,
-            }
-            pos += used;
-        }
-        if unreadable > 0 {
-            tracing::error!(hour = %hour::display(h), unreadable, "unreadable events in the buffer were skipped");
-        }
-        let source_events = index.entries.len() as u64;
-        let duplicates = index.mark_duplicates();
-        let (mut groups, mut invalid) = index.split();
+        // Pass 1: the index (32 bytes an event, bounded: see `index`), deduplicated and
+        // sorted; the events stay in the mapped file.
+        let spill_dir = self
+            .warehouse
+            .join("_staging")
+            .join(format!("{}.index", hour::compact(h)));
+        let max_entries = (self.index_memory_bytes / INDEX_BYTES_PER_EVENT).max(1024);
+        let index = index::build(data, &self.catalog, max_entries, &spill_dir)?;
+        let mut unreadable = index.unreadable;
 
         let staging = self.warehouse.join("_staging").join(hour::compact(h));
         if staging.exists() {
             fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
         }
         let (date, hh) = hour::date_and_hour(h);
-        let view = |e: &Entry<'_>| EventView::decode(&data[e.off..e.off + e.len]).unwrap_or_default();
         let mut files = Vec::new();
         let mut rows = 0u64;
         let chunk = self.row_group_rows.max(1);
-        for (g, entries) in groups.iter_mut().enumerate() {
-            let (name, version) = index.groups[g];
-            entries.sort_unstable_by(|a, b| (a.at, a.id).cmp(&(b.at, b.id)));
+        let mut entries: Vec<index::Entry> = Vec::with_capacity(chunk);
+        let mut views: Vec<EventView<'_>> = Vec::with_capacity(chunk);
+        let mut kept: Vec<index::Entry> = Vec::with_capacity(chunk);
+        // Events the catalog's columns refuse (the collector thought them valid).
+        let mut refused: Vec<(index::Entry, String)> = Vec::new();
+        for (g, &(name, version)) in index.groups.iter().enumerate() {
             let columns = self.catalog.columns(name, version);
             let schema = schema::event_schema(&columns);
             let rel = format!("event={name}/version={version}/date={date}/hour={hh}/part-0.parquet");
             let mut writer: Option<PartWriter> = None;
             let mut written = 0u64;
-            for part in entries.chunks(chunk) {
-                let mut views: Vec<EventView<'_>> = part.iter().map(view).collect();
-                let batch = loop {
-                    match columns::event_batch(&schema, &columns, &views) {
-                        Ok(b) => break b,
-                        Err(bad) => {
-                            let v = views.remove(bad.index);
-                            invalid.push(Bad {
-                                at: v.received_at,
-                                id: v.id,
-                                view: Some(v),
-                                extra: vec![format!("loader: {}", bad.error)],
-                                entry: None,
-                            });
-                        }
-                    }
-                };
-                if batch.num_rows() == 0 {
-                    continue;
+            let mut merge = index.class(g as u32)?;
+            loop {
+                merge.chunk(chunk, &mut entries)?;
+                if entries.is_empty() {
+                    break;
                 }
+                views.clear();
+                kept.clear();
+                for e in &entries {
+                    match EventView::decode(e.bytes(data)) {
+                        Ok(v) => {
+                            views.push(v);
+                            kept.push(*e);
+                        }
+                        Err(_) => unreadable += 1,
+                    }
+                }
+                let (batch, bad) = columns::event_batch(&schema, &columns, &views);
+                for b in bad {
+                    refused.push((kept[b.index], format!("loader: {}", b.error)));
+                }
+                let Some(batch) = batch.filter(|b| b.num_rows() > 0) else {
+                    continue;
+                };
                 if writer.is_none() {
                     writer = Some(PartWriter::create(&staging, &rel, &schema, self.row_group_rows)?);
                 }
@@ -244,159 +248,106 @@ impl Loader {
                 rows += written;
             }
         }
-        let invalid_rows = invalid.len() as u64;
-        if !invalid.is_empty() {
-            invalid.sort_unstable_by(|a, b| (a.at, a.id).cmp(&(b.at, b.id)));
-            let schema = schema::invalid_schema();
-            let rel = format!("_invalid/date={date}/hour={hh}/part-0.parquet");
-            let mut w = PartWriter::create(&staging, &rel, &schema, self.row_group_rows)?;
-            for part in invalid.chunks_mut(chunk) {
-                let rows: Vec<columns::InvalidRow<'_>> = part
-                    .iter_mut()
-                    .map(|b| columns::InvalidRow {
-                        view: b
-                            .view
-                            .take()
-                            .unwrap_or_else(|| b.entry.as_ref().map(view).unwrap_or_default()),
-                        extra: std::mem::take(&mut b.extra),
-                    })
-                    .collect();
-                let batch = columns::invalid_batch(&schema, &rows).map_err(|e| LoadError::Parquet {
-                    path: staging.join(&rel),
-                    message: e.to_string(),
-                })?;
-                w.write(&batch)?;
+
+        // `_invalid/`: events kept invalid, versions the catalog lacks, and what the
+        // columns refused, merged in row order.
+        refused.sort_unstable_by_key(|(e, _)| e.row_key());
+        let mut refused = refused.into_iter().peekable();
+        let mut merge = index.class(index::UNKNOWN)?;
+        let mut next_invalid = merge.next()?;
+        let mut invalid_rows = 0u64;
+        let mut invalid_writer: Option<PartWriter> = None;
+        let rel = format!("_invalid/date={date}/hour={hh}/part-0.parquet");
+        let invalid_schema = schema::invalid_schema();
+        let mut part: Vec<columns::InvalidRow<'_>> = Vec::with_capacity(chunk.min(4096));
+        loop {
+            let take_refused = match (&next_invalid, refused.peek()) {
+                (None, None) => break,
+                (Some(e), Some((r, _))) => r.row_key() < e.row_key(),
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+            };
+            let (e, extra) = if take_refused {
+                let Some((e, why)) = refused.next() else { break };
+                (e, vec![why])
+            } else {
+                let Some(e) = next_invalid else { break };
+                next_invalid = merge.next()?;
+                let extra = if e.group == index::UNKNOWN {
+                    vec!["loader: this event version is not in the catalog".to_string()]
+                } else {
+                    Vec::new()
+                };
+                (e, extra)
+            };
+            match EventView::decode(e.bytes(data)) {
+                Ok(view) => part.push(columns::InvalidRow { view, extra }),
+                Err(_) => unreadable += 1,
             }
+            if part.len() >= chunk {
+                invalid_rows += self.write_invalid(&staging, &rel, &invalid_schema, &mut invalid_writer, &mut part)?;
+            }
+        }
+        invalid_rows += self.write_invalid(&staging, &rel, &invalid_schema, &mut invalid_writer, &mut part)?;
+        if let Some(w) = invalid_writer {
             files.push(w.finish(None)?);
+        }
+        if unreadable > 0 {
+            tracing::error!(hour = %hour::display(h), unreadable, "unreadable events in the buffer were skipped");
         }
         let manifest = Manifest {
             hour: hour::display(h),
             loaded_at: event::format_micros(event::now_micros()),
             catalog_revision: self.catalog.revision.clone(),
-            source_bytes: pos as u64,
-            source_events,
-            duplicates,
+            source_bytes: index.bytes,
+            source_events: index.events,
+            duplicates: index.duplicates,
             rows,
             invalid_rows,
             files,
         };
+        let spilled = index.spilled;
+        drop(index);
         fs::create_dir_all(&staging).map_err(io_err(&staging))?;
         commit::commit(&self.warehouse, h, &staging, manifest.clone())?;
-        tracing::info!(hour = %manifest.hour, rows, invalid_rows, duplicates, files = manifest.files.len(), "hour loaded");
-        Ok(HourReport { hour: h, manifest })
-    }
-}
-
-/// One event of the hour in the index: where it is and what it is sorted by.
-#[derive(Clone, Copy)]
-struct Entry<'a> {
-    off: usize,
-    len: usize,
-    at: i64,
-    id: &'a str,
-    id_hash: u64,
-    /// Index into `Index::groups`, or `INVALID`.
-    group: u32,
-    /// Valid when collected, but its version is not in the loader's catalog.
-    unknown_version: bool,
-    duplicate: bool,
-}
-
-const INVALID: u32 = u32::MAX;
-
-/// The index of an hour (pass 1).
-#[derive(Default)]
-struct Index<'a> {
-    entries: Vec<Entry<'a>>,
-    groups: Vec<(&'a str, u32)>,
-    group_of: std::collections::HashMap<(&'a str, u32), u32>,
-}
-
-/// A row for `_invalid/`: from the index, or already decoded (moved there by pass 2).
-struct Bad<'a> {
-    at: i64,
-    id: &'a str,
-    entry: Option<Entry<'a>>,
-    view: Option<EventView<'a>>,
-    extra: Vec<String>,
-}
-
-impl<'a> Index<'a> {
-    fn add(&mut self, catalog: &Catalog, off: usize, len: usize, v: &EventView<'a>) {
-        let known = v.valid && schema::known(catalog, v.event, v.version);
-        let group = if known {
-            let next = self.groups.len() as u32;
-            *self.group_of.entry((v.event, v.version)).or_insert_with(|| {
-                self.groups.push((v.event, v.version));
-                next
-            })
-        } else {
-            INVALID
-        };
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        std::hash::Hash::hash(v.id, &mut hasher);
-        self.entries.push(Entry {
-            off,
-            len,
-            at: v.received_at,
-            id: v.id,
-            id_hash: std::hash::Hasher::finish(&hasher),
-            group,
-            unknown_version: v.valid && !known,
-            duplicate: false,
-        });
+        tracing::info!(hour = %manifest.hour, rows, invalid_rows, duplicates = manifest.duplicates, files = manifest.files.len(), spilled, "hour loaded");
+        Ok(HourReport {
+            hour: h,
+            manifest,
+            spilled,
+        })
     }
 
-    /// Marks every repeat of an id already seen earlier in the buffer; returns how many.
-    fn mark_duplicates(&mut self) -> u64 {
-        let mut order: Vec<u32> = (0..self.entries.len() as u32).collect();
-        order.sort_unstable_by_key(|&i| (self.entries[i as usize].id_hash, self.entries[i as usize].off));
-        let hashes: Vec<u64> = order.iter().map(|&i| self.entries[i as usize].id_hash).collect();
-        let mut duplicates = 0;
-        let mut start = 0;
-        while start < order.len() {
-            let end = start + hashes[start..].iter().take_while(|&&h| h == hashes[start]).count();
-            for k in start + 1..end {
-                let i = order[k] as usize;
-                let id = self.entries[i].id;
-                let seen = order[start..k]
-                    .iter()
-                    .any(|&j| !self.entries[j as usize].duplicate && self.entries[j as usize].id == id);
-                if seen {
-                    self.entries[i].duplicate = true;
-                    duplicates += 1;
-                }
-            }
-            start = end;
+    /// Writes `part` (then empties it) to the `_invalid` file, opened on first use.
+    fn write_invalid(
+        &self,
+        staging: &Path,
+        rel: &str,
+        schema: &SchemaRef,
+        writer: &mut Option<PartWriter>,
+        part: &mut Vec<columns::InvalidRow<'_>>,
+    ) -> Result<u64, LoadError> {
+        if part.is_empty() {
+            return Ok(0);
         }
-        duplicates
-    }
-
-    /// Entries by group, and the invalid ones, without duplicates.
-    fn split(&self) -> (Vec<Vec<Entry<'a>>>, Vec<Bad<'a>>) {
-        let mut groups = vec![Vec::new(); self.groups.len()];
-        let mut invalid = Vec::new();
-        for e in self.entries.iter().filter(|e| !e.duplicate) {
-            if e.group == INVALID {
-                let extra = if e.unknown_version {
-                    vec!["loader: this event version is not in the catalog".to_string()]
-                } else {
-                    Vec::new()
-                };
-                invalid.push(Bad {
-                    at: e.at,
-                    id: e.id,
-                    entry: Some(*e),
-                    view: None,
-                    extra,
-                });
-            } else {
-                groups[e.group as usize].push(*e);
-            }
+        let batch = columns::invalid_batch(schema, part).map_err(|e| LoadError::Parquet {
+            path: staging.join(rel),
+            message: e.to_string(),
+        })?;
+        part.clear();
+        if writer.is_none() {
+            *writer = Some(PartWriter::create(staging, rel, schema, self.row_group_rows)?);
         }
-        (groups, invalid)
+        if let Some(w) = writer.as_mut() {
+            w.write(&batch)?;
+        }
+        Ok(batch.num_rows() as u64)
     }
 }
+
+/// Bytes of memory one event's index costs at most (the 32-byte entry, the
+/// deduplication map, headroom): `index_memory_bytes` / this = events indexed in memory.
+pub const INDEX_BYTES_PER_EVENT: usize = 64;
 
 /// One Parquet file being written from staging: row groups go out as they are built.
 struct PartWriter {
@@ -418,6 +369,13 @@ impl PartWriter {
             .set_max_row_group_row_count(Some(row_group_rows.max(1)))
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
+            // Unique per row: a dictionary only costs (every id is interned, then the
+            // writer falls back to plain). Times sorted within the file delta-encode.
+            .set_column_dictionary_enabled(ColumnPath::from("id"), false)
+            .set_column_dictionary_enabled(ColumnPath::from("received_at"), false)
+            .set_column_encoding(ColumnPath::from("received_at"), Encoding::DELTA_BINARY_PACKED)
+            .set_column_dictionary_enabled(ColumnPath::from("client_ts"), false)
+            .set_column_encoding(ColumnPath::from("client_ts"), Encoding::DELTA_BINARY_PACKED)
             .build();
         let sink = Crc32Writer {
             inner: BufWriter::with_capacity(1 << 20, file),

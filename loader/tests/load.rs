@@ -134,6 +134,7 @@ fn loads_typed_parquet_dedups_flags_and_reloads() {
         buffer_dir: buffer.clone(),
         warehouse: warehouse.clone(),
         row_group_rows: 1000,
+        index_memory_bytes: 1 << 20,
     };
     let reports = loader.run(false).unwrap();
     assert_eq!(reports.len(), 1);
@@ -277,6 +278,7 @@ fn open_hours_load_only_with_now() {
         buffer_dir: buffer,
         warehouse: tmp.path().join("w"),
         row_group_rows: 10,
+        index_memory_bytes: 1 << 20,
     };
     assert!(loader.run(false).unwrap().is_empty());
     assert_eq!(loader.run(true).unwrap().len(), 1);
@@ -302,6 +304,7 @@ fn interrupted_commit_is_finished_by_the_next_run() {
         buffer_dir: buffer.clone(),
         warehouse: warehouse.clone(),
         row_group_rows: 10,
+        index_memory_bytes: 1 << 20,
     };
     loader.run(false).unwrap();
     // Simulate a crash after the commit record was written but before the swap: stage a
@@ -378,6 +381,7 @@ fn a_row_that_does_not_fit_its_schema_moves_to_invalid_with_the_reason() {
         buffer_dir: buffer,
         warehouse: warehouse.clone(),
         row_group_rows: 10,
+        index_memory_bytes: 1 << 20,
     };
     let m = loader.run(false).unwrap().remove(0).manifest;
     assert_eq!((m.rows, m.invalid_rows), (1, 3));
@@ -439,6 +443,7 @@ fn row_groups_hold_the_configured_number_of_rows() {
         buffer_dir: buffer,
         warehouse: warehouse.clone(),
         row_group_rows: 10,
+        index_memory_bytes: 1 << 20,
     };
     loader.run(false).unwrap();
     let path = warehouse.join("event=page.viewed/version=1/date=2026-11-22/hour=09/part-0.parquet");
@@ -469,4 +474,138 @@ fn row_groups_hold_the_configured_number_of_rows() {
         .collect();
     let want: Vec<String> = (0..35).map(|i| format!("r-{i:02}")).collect();
     assert_eq!(ids, want);
+}
+
+/// An hour whose index does not fit `index_memory_bytes` goes through spill files and
+/// gives byte-identical Parquet: the same rows in the same order, duplicates dropped
+/// across the whole hour, invalid events, unknown versions and rows the columns refuse
+/// in `_invalid`.
+#[test]
+fn an_hour_larger_than_the_index_memory_spills_and_gives_the_same_files() {
+    let Setup {
+        buffer,
+        warehouse,
+        h,
+        t0,
+        _tmp,
+    } = setup("2026-11-22T15");
+    let n = 6000;
+    let mut events = Vec::new();
+    for i in 0..n {
+        // Ten events share each received_at (one request), and time runs backwards in
+        // every other block of 500 (spools from collectors arriving late).
+        let block = i / 500;
+        let at = if block % 2 == 0 {
+            t0 + (i / 10) as i64
+        } else {
+            t0 + 10_000 - (i / 10) as i64
+        };
+        let id = format!("e{i:05}");
+        let mut e = match i % 5 {
+            0 | 1 => ev(
+                &id,
+                "item.viewed",
+                2,
+                "web",
+                at,
+                &format!(r#"{{"item_id":{i},"source":"feed","session_id":"s"}}"#),
+            ),
+            2 => ev(
+                &id,
+                "page.viewed",
+                1,
+                "web",
+                at,
+                &format!(r#"{{"url":"https://x/{i}","session_id":"s"}}"#),
+            ),
+            3 => ev(&id, "search.performed", 1, "backend", at, r#"{"query":"q"}"#),
+            _ => ev(&id, "item.viewed", 9, "web", at, r#"{"item_id":1}"#), // not in the catalog
+        };
+        if i % 97 == 0 {
+            e.valid = false;
+            e.errors = vec!["item_id: missing required field".into()];
+        }
+        if i % 211 == 0 {
+            // Valid when collected, refused by the loader's columns.
+            e = ev(&id, "page.viewed", 1, "web", at, r#"{"url":7,"session_id":"s"}"#);
+        }
+        events.push(e);
+    }
+    // 300 repeats, some right after, some far later in the buffer.
+    let repeats: Vec<Event> = (0..300).map(|k| events[(k * 19) % n].clone()).collect();
+    events.extend(repeats);
+    append(&buffer, h, &events);
+    fs::write(closed_path(&buffer, h), "{}").unwrap();
+
+    let load = |warehouse: &Path, index_memory_bytes: usize| {
+        let loader = Loader {
+            catalog: Arc::new(Catalog::demo()),
+            buffer_dir: buffer.clone(),
+            warehouse: warehouse.to_path_buf(),
+            row_group_rows: 700,
+            index_memory_bytes,
+        };
+        let mut reports = loader.run(false).unwrap();
+        assert_eq!(reports.len(), 1);
+        reports.remove(0)
+    };
+    let in_memory = load(&warehouse, 1 << 30);
+    let spilled_wh = warehouse.with_file_name("warehouse-spilled");
+    // Smaller than any hour: 1024 entries (the floor), so 6300 events go to 7 buckets.
+    let spilled = load(&spilled_wh, 0);
+    assert!(!in_memory.spilled);
+    assert!(spilled.spilled);
+
+    let (a, b) = (&in_memory.manifest, &spilled.manifest);
+    assert_eq!(a.source_events, 6300);
+    assert_eq!(a.duplicates, 300);
+    assert_eq!(b.duplicates, 300);
+    assert_eq!(a.rows + a.invalid_rows, 6000, "every distinct event is somewhere");
+    assert_eq!((a.rows, a.invalid_rows), (b.rows, b.invalid_rows));
+    assert_eq!(a.files, b.files, "same files, rows, sizes and checksums");
+    for f in &a.files {
+        assert_eq!(
+            fs::read(warehouse.join(&f.path)).unwrap(),
+            fs::read(spilled_wh.join(&f.path)).unwrap(),
+            "{} differs",
+            f.path
+        );
+    }
+    assert!(!spilled_wh.join("_staging").exists(), "spill files are removed");
+
+    // Rows are in received_at order, and the refused rows say why.
+    let page = spilled_wh.join("event=page.viewed/version=1/date=2026-11-22/hour=15/part-0.parquet");
+    let f = fs::File::open(&page).unwrap();
+    let mut last = i64::MIN;
+    let mut rows = 0;
+    for batch in ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap() {
+        let batch = batch.unwrap();
+        let at = batch
+            .column_by_name("received_at")
+            .unwrap()
+            .as_primitive::<TimestampMicrosecondType>();
+        for v in at.values() {
+            assert!(*v >= last, "rows sorted by received_at");
+            last = *v;
+            rows += 1;
+        }
+    }
+    let refused = (0..n).filter(|i| i % 211 == 0).count();
+    let page_valid = (0..n).filter(|i| i % 5 == 2 && i % 97 != 0 && i % 211 != 0).count();
+    assert_eq!(rows, page_valid);
+    let inv = spilled_wh.join("_invalid/date=2026-11-22/hour=15/part-0.parquet");
+    let f = fs::File::open(&inv).unwrap();
+    let mut loader_refused = 0;
+    for batch in ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap() {
+        let batch = batch.unwrap();
+        let errors = batch.column_by_name("errors").unwrap().as_list::<i32>();
+        for i in 0..batch.num_rows() {
+            let list = errors.value(i);
+            let list = list.as_string::<i32>();
+            if list.iter().flatten().any(|e| e.starts_with("loader: url:")) {
+                loader_refused += 1;
+            }
+        }
+    }
+    assert_eq!(loader_refused, refused);
 }

@@ -732,9 +732,10 @@ fn reserved_field_name(name: &str) -> Option<String> {
         ));
     }
     if name.starts_with("context_") {
-        return Some(format!(
+        return Some(
             "names starting with \"context_\" are the context columns in every Parquet file; rename the field"
-        ));
+                .to_string(),
+        );
     }
     None
 }
