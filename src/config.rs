@@ -56,6 +56,65 @@ pub enum ConfigError {
     },
 }
 
+/// Replaces `${NAME}` in the config text with the environment variable `NAME`
+/// (`${NAME:-default}` when it may be unset; `$$` is a literal `$`), as Vector does, so
+/// secrets (recipient URLs with passwords) come from the environment (a Kubernetes
+/// Secret) and never sit in the file. Comment lines are left alone. The error names the
+/// line and the variable.
+pub fn interpolate(text: &str, env: &[(String, String)]) -> Result<String, String> {
+    let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_start().starts_with('#') || !line.contains('$') {
+            out.push_str(line);
+            continue;
+        }
+        let mut rest = line;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            if let Some(r) = after.strip_prefix('$') {
+                out.push('$');
+                rest = r;
+            } else if let Some(r) = after.strip_prefix('{') {
+                let end = r
+                    .find('}')
+                    .ok_or_else(|| format!("line {}: `${{` without a closing `}}`", n + 1))?;
+                let inner = &r[..end];
+                let (name, default) = match inner.split_once(":-") {
+                    Some((name, d)) => (name, Some(d)),
+                    None => (inner, None),
+                };
+                let valid = !name.is_empty()
+                    && !name.starts_with(|c: char| c.is_ascii_digit())
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    return Err(format!(
+                        "line {}: `${{{inner}}}` is not an environment variable reference (write $$ for a literal $)",
+                        n + 1
+                    ));
+                }
+                match (lookup(name), default) {
+                    (Some(v), _) => out.push_str(v),
+                    (None, Some(d)) => out.push_str(d),
+                    (None, None) => {
+                        return Err(format!(
+                            "line {}: environment variable {name} is not set (referenced as ${{{name}}}; use ${{{name}:-default}} for an optional one)",
+                            n + 1
+                        ))
+                    }
+                }
+                rest = &r[end + 1..];
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
 /// Variables starting with `WEIR_` that are not config keys.
 const RESERVED_ENV: &[&str] = &["WEIR_LOG", "WEIR_BENCH_PINNED"];
 const SECTIONS: &[&str] = &["collector", "router", "loader", "proxy"];
@@ -64,6 +123,7 @@ impl Config {
     /// Reads `path` (or the defaults when `None`) and applies `WEIR_*` variables from
     /// `env`.
     pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
         let (label, text) = match path {
             Some(p) => (
                 p.to_path_buf(),
@@ -74,6 +134,10 @@ impl Config {
             ),
             None => (PathBuf::from("<defaults>"), String::new()),
         };
+        let text = interpolate(&text, &env).map_err(|message| ConfigError::Invalid {
+            path: label.clone(),
+            message,
+        })?;
         let invalid = |e: toml::de::Error| ConfigError::Invalid {
             path: label.clone(),
             message: e.to_string().trim_end().to_string(),
@@ -223,6 +287,8 @@ impl Config {
 pub const EXAMPLE: &str = r#"# weir config. Every key is optional; these are the defaults.
 # Any key can also be set in the environment: WEIR_DATA_DIR, WEIR_COLLECTOR_LISTEN,
 # WEIR_ROUTER_RETENTION_DAYS, ... An unknown key is an error naming the key and file.
+# Values can name environment variables, for secrets kept out of the file:
+#   url = "${RABBITMQ_URL}"   (unset: an error naming it)   "${X:-default}"   "$$" is a "$"
 
 # Spool, router log, hourly buffers and (by default) the warehouse live here.
 data_dir = "weir-data"
@@ -363,6 +429,20 @@ mod tests {
         let p = dir.path().join("weir.toml");
         std::fs::write(&p, text).unwrap();
         (dir, p)
+    }
+
+    #[test]
+    fn environment_references_are_replaced_and_missing_ones_named() {
+        let env = vec![("AMQP_URL".to_string(), "amqp://u:p@mq:5672/%2f".to_string())];
+        let text = "# ${NOT_EXPANDED}\nurl = \"${AMQP_URL}\"\nx = \"${UNSET:-fallback} $$5 $HOME\"\n";
+        assert_eq!(
+            interpolate(text, &env).unwrap(),
+            "# ${NOT_EXPANDED}\nurl = \"amqp://u:p@mq:5672/%2f\"\nx = \"fallback $5 $HOME\"\n"
+        );
+        let e = interpolate("a = 1\nurl = \"${MISSING_URL}\"\n", &env).unwrap_err();
+        assert!(e.contains("line 2") && e.contains("MISSING_URL"), "{e}");
+        assert!(interpolate("x = \"${bad name}\"", &env).unwrap_err().contains("$$"));
+        assert!(interpolate("x = \"${OPEN", &env).unwrap_err().contains("closing"));
     }
 
     #[test]
