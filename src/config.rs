@@ -410,6 +410,8 @@ per_ip_rate = 0
 # warehouse = "weir-data/warehouse"
 # Arrow Flight address (weir loader serve).
 flight = "127.0.0.1:8815"
+# /healthz, /readyz and /metrics of the loader component (weir loader --config FILE).
+listen = "127.0.0.1:8816"
 # buffer_dir = "weir-data/router/buffer"
 row_group_rows = 131072
 # Memory for one hour's index, about 64 bytes an event (256 MiB: 4M events); a larger

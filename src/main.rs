@@ -57,10 +57,14 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Load hourly buffers into Parquet.
+    /// The loader: without a subcommand, the deployed component (loads closed hours as
+    /// they close, serves Arrow Flight, /healthz, /readyz and /metrics on loader.listen).
+    #[command(args_conflicts_with_subcommands = true)]
     Loader {
         #[command(subcommand)]
-        command: LoaderCommand,
+        command: Option<LoaderCommand>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Check the event catalog.
     Catalog {
@@ -266,7 +270,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             run::runtime()?.block_on(run::router(cfg, catalog))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Loader { command } => loader(command),
+        Command::Loader { command: None, config } => {
+            let cfg = load_config(&config)?;
+            let (catalog, _) = load_catalog(&cfg, true)?;
+            run::runtime()?.block_on(run::loader_component(cfg, catalog))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Loader {
+            command: Some(command), ..
+        } => loader(command),
         Command::Bench {
             command: BenchCommand::Collector(opts),
         } => {

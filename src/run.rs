@@ -327,3 +327,123 @@ pub async fn flight(cfg: Config, catalog: Catalog) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `weir loader --config FILE`: the loader as a deployed component. Loads closed hours
+/// (from the file buffer or the MongoDB buffer) every `loader.interval_secs`, serves
+/// Arrow Flight on `loader.flight`, and `/healthz`, `/readyz` (the warehouse is writable)
+/// and `/metrics` on `loader.listen`. SIGINT/SIGTERM stop it after the load in progress
+/// (an interrupted load is finished or discarded by the next start: see the commit
+/// protocol).
+pub async fn loader_component(cfg: Config, catalog: Catalog) -> anyhow::Result<()> {
+    let signals = Signals::install()?;
+    init_tracing();
+    let prom = install_metrics();
+    let shared = Arc::new(arc_swap::ArcSwap::from_pointee(catalog));
+    let warehouse = cfg.warehouse();
+    std::fs::create_dir_all(&warehouse).with_context(|| {
+        format!(
+            "cannot create the warehouse {} (set loader.warehouse)",
+            warehouse.display()
+        )
+    })?;
+    let (flight_listener, flight_addr) = weir_proto::http::bind(&cfg.loader.flight).await.with_context(|| {
+        format!(
+            "cannot listen on {} for Arrow Flight (set loader.flight)",
+            cfg.loader.flight
+        )
+    })?;
+    let (http_listener, http_addr) = weir_proto::http::bind(&cfg.loader.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (set loader.listen)", cfg.loader.listen))?;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let service = weir_loader::flight::WarehouseFlight::new(warehouse.clone(), shared.clone());
+    let flight = tokio::spawn(weir_loader::flight::serve(flight_listener, service, stop_rx.clone()));
+    let http = {
+        let warehouse = warehouse.clone();
+        tokio::spawn(weir_proto::http::serve(
+            http_listener,
+            move |req: hyper::Request<hyper::body::Incoming>| {
+                let warehouse = warehouse.clone();
+                let prom = prom.clone();
+                async move { loader_http(&req, &warehouse, prom.as_ref()) }
+            },
+            stop_rx,
+        ))
+    };
+    println!("weir loader: {} -> {}", cfg.buffer_dir().display(), warehouse.display());
+    println!("  flight     grpc://{flight_addr}");
+    println!("  health     http://{http_addr}/healthz, /readyz, /metrics");
+    let interval = Duration::from_secs(cfg.loader.interval_secs.max(1));
+    let loader_for = {
+        let cfg = cfg.clone();
+        move || Arc::new(make_loader(&cfg, (**shared.load()).clone()))
+    };
+    let stopping = signals.wait();
+    tokio::pin!(stopping);
+    loop {
+        if let Err(e) = mirror_mongo(&cfg, weir_loader::mongo_mirror::Hours::Closed).await {
+            metrics::counter!("weir_loader_failures_total").increment(1);
+            tracing::error!(error = %e, "reading the MongoDB buffer failed; will retry");
+        } else {
+            let l = loader_for();
+            match tokio::task::spawn_blocking(move || l.run(false)).await {
+                Ok(Ok(reports)) => {
+                    for r in &reports {
+                        metrics::counter!("weir_loader_hours_loaded_total").increment(1);
+                        metrics::counter!("weir_loader_rows_written_total").increment(r.manifest.rows);
+                        metrics::counter!("weir_loader_invalid_rows_written_total").increment(r.manifest.invalid_rows);
+                    }
+                    metrics::gauge!("weir_loader_last_success_timestamp_seconds")
+                        .set(weir_proto::event::now_micros() as f64 / 1e6);
+                }
+                Ok(Err(e)) => {
+                    metrics::counter!("weir_loader_failures_total").increment(1);
+                    tracing::error!(error = %e, "loading closed hours failed; will retry");
+                }
+                Err(e) => {
+                    metrics::counter!("weir_loader_failures_total").increment(1);
+                    tracing::error!(error = %e, "loader task failed; will retry");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = &mut stopping => break,
+        }
+    }
+    let _ = stop.send(true);
+    let _ = http.await;
+    match tokio::time::timeout(FLIGHT_GRACE, flight).await {
+        Ok(joined) => joined.context("flight task failed")??,
+        Err(_) => tracing::warn!("Flight clients still connected after {FLIGHT_GRACE:?}; closing them"),
+    }
+    Ok(())
+}
+
+/// The loader's health and metrics endpoints.
+fn loader_http(
+    req: &hyper::Request<hyper::body::Incoming>,
+    warehouse: &std::path::Path,
+    metrics: Option<&PrometheusHandle>,
+) -> weir_proto::http::Response {
+    use hyper::{Method, StatusCode};
+    use weir_proto::http as h;
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => h::text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            let probe = warehouse.join(".readyz");
+            match std::fs::write(&probe, b"ok") {
+                Ok(()) => h::text(StatusCode::OK, "ready\n"),
+                Err(e) => h::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the warehouse {} is not writable: {e}", warehouse.display()),
+                ),
+            }
+        }
+        (&Method::GET, "/metrics") => h::text(StatusCode::OK, metrics.map(|m| m.render()).unwrap_or_default()),
+        _ => h::error(
+            StatusCode::NOT_FOUND,
+            "no such endpoint: the loader serves GET /healthz, /readyz and /metrics (and Arrow Flight on loader.flight)",
+        ),
+    }
+}

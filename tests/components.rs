@@ -299,3 +299,59 @@ fn a_full_spool_answers_503_with_retry_after_and_recovers_once_drained() {
     assert_eq!(ids.len(), unique.len());
     assert_eq!(unique, acked, "every acknowledged event, none of the refused ones");
 }
+
+/// `weir loader --config FILE`, the component a Deployment runs: loads a closed hour on
+/// its own, answers /healthz, /readyz and /metrics, serves Flight, and stops on SIGTERM.
+#[test]
+fn the_loader_component_loads_closed_hours_and_answers_probes() {
+    use prost::Message;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let buffer = data.join("router/buffer");
+    fs::create_dir_all(&buffer).unwrap();
+    let h = weir_proto::hour::of_micros(weir_proto::event::now_micros()) - 2;
+    let mut bytes = Vec::new();
+    for i in 0..3 {
+        let e = weir_proto::pb::Event {
+            id: format!("lc-{i}"),
+            event: "page.viewed".into(),
+            version: 1,
+            env: "web".into(),
+            received_at: h * weir_proto::hour::HOUR_MICROS + i,
+            collector: "node-1".into(),
+            fields: br#"{"url":"https://x/","session_id":"s"}"#.to_vec().into(),
+            valid: true,
+            ..Default::default()
+        };
+        weir_proto::record::encode_into(&mut bytes, &e.encode_to_vec());
+    }
+    fs::write(weir_proto::buffer::buffer_path(&buffer, h), &bytes).unwrap();
+    fs::write(weir_proto::buffer::closed_path(&buffer, h), "{}").unwrap();
+    let (listen, flight) = (free_port(), free_port());
+    let cfg = write_config(
+        &tmp.path().join("weir.toml"),
+        format!(
+            "data_dir = \"{}\"\n[loader]\nlisten = \"127.0.0.1:{listen}\"\nflight = \"127.0.0.1:{flight}\"\ninterval_secs = 1\n",
+            data.display()
+        ),
+    );
+    let loader = spawn(&["loader", "--config", &cfg], &tmp.path().join("loader.log"));
+    let url = format!("http://127.0.0.1:{listen}");
+    wait_until("the loader's /healthz", || {
+        ureq::get(&format!("{url}/healthz")).call().is_ok()
+    });
+    assert_eq!(ureq::get(&format!("{url}/readyz")).call().unwrap().status(), 200);
+    let manifest = data.join(format!("warehouse/_manifests/{}.json", weir_proto::hour::display(h)));
+    wait_until("the hour loaded", || manifest.exists());
+    wait_until("the metrics", || {
+        get_text(&format!("{url}/metrics")).contains("weir_loader_rows_written_total 3")
+    });
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", flight)).is_ok(),
+        "Flight listens"
+    );
+    stop(loader);
+    let files = parquet_files(&data.join("warehouse/event=page.viewed"));
+    let batches: Vec<_> = files.iter().flat_map(|f| read_parquet(f)).collect();
+    assert_eq!(strings(&batches, "id"), vec!["lc-0", "lc-1", "lc-2"]);
+}

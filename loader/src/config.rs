@@ -12,6 +12,8 @@ pub struct LoaderConfig {
     pub warehouse: Option<PathBuf>,
     /// Arrow Flight address (`weir loader serve`).
     pub flight: String,
+    /// `/healthz`, `/readyz` and `/metrics` of `weir loader --config FILE`.
+    pub listen: String,
     /// The router's hourly buffer to read (default `<data>/router/buffer`).
     pub buffer_dir: Option<PathBuf>,
     /// Rows per Parquet row group.
@@ -29,6 +31,7 @@ impl Default for LoaderConfig {
         LoaderConfig {
             warehouse: None,
             flight: "127.0.0.1:8815".into(),
+            listen: "127.0.0.1:8816".into(),
             buffer_dir: None,
             row_group_rows: 128 * 1024,
             index_memory_bytes: 256 << 20,
