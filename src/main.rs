@@ -354,13 +354,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command: ConfigCommand::Check { file },
         } => {
             let cfg = Config::load(Some(&file), std::env::vars())?;
-            let (catalog, source) = load_catalog(&cfg, true)?;
-            println!(
-                "{}: ok (catalog {source}: {} events, revision {})",
-                file.display(),
-                catalog.events.len(),
-                catalog.revision
-            );
+            // What starting would check beyond the file: proxy keys, CIDRs, GeoIP file.
+            weir_collector::proxy::Proxy::new(&cfg.proxy).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let catalog = match cfg.catalog.as_deref() {
+                Some(url) if is_url(url) => format!("pulled from {url} at run time"),
+                _ => {
+                    let (catalog, source) = load_catalog(&cfg, true)?;
+                    format!(
+                        "{source}: {} events, revision {}",
+                        catalog.events.len(),
+                        catalog.revision
+                    )
+                }
+            };
+            println!("{}: ok (catalog {catalog})", file.display());
             Ok(ExitCode::SUCCESS)
         }
     }
