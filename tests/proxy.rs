@@ -239,11 +239,21 @@ fn demo_key_on_embedded_defaults_and_bad_proxy_config() {
         "[[proxy.keys]]\nkey_env = \"TEST_UNSET_WRITE_KEY\"\nenv = \"web\"\n",
     )
     .unwrap();
+    let err = up_refused(&tmp.path().join("d2"), &config);
+    assert!(
+        err.contains("proxy.keys[0].key_env") && err.contains("TEST_UNSET_WRITE_KEY"),
+        "{err}"
+    );
+}
+
+/// Starts `weir up` with `config` (on free ports), expects it to refuse to start, and
+/// returns what it said.
+fn up_refused(data: &std::path::Path, config: &std::path::Path) -> String {
     let out = weir()
         .args(["up", "--data-dir"])
-        .arg(tmp.path().join("d2"))
+        .arg(data)
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .env("WEIR_COLLECTOR_LISTEN", "127.0.0.1:0")
         .env("WEIR_ROUTER_LISTEN", "127.0.0.1:0")
         .env("WEIR_LOADER_FLIGHT", "127.0.0.1:0")
@@ -251,12 +261,8 @@ fn demo_key_on_embedded_defaults_and_bad_proxy_config() {
         .env_remove("TEST_UNSET_WRITE_KEY")
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("proxy.keys[0].key_env") && err.contains("TEST_UNSET_WRITE_KEY"),
-        "{err}"
-    );
+    assert!(!out.status.success(), "weir up started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Sends `n` requests quickly; returns the statuses and the Retry-After values seen.
@@ -594,19 +600,7 @@ env = "web"
     );
 
     // A file that is there but is not a MaxMind database refuses to start, naming it.
-    let out = weir()
-        .args(["up", "--data-dir"])
-        .arg(tmp.path().join("d2"))
-        .arg("--config")
-        .arg(&config)
-        .env("WEIR_COLLECTOR_LISTEN", "127.0.0.1:0")
-        .env("WEIR_ROUTER_LISTEN", "127.0.0.1:0")
-        .env("WEIR_LOADER_FLIGHT", "127.0.0.1:0")
-        .env("WEIR_PROXY_LISTEN", "127.0.0.1:0")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = up_refused(&tmp.path().join("d2"), &config);
     assert!(
         err.contains("proxy.geoip") && err.contains("GeoLite2-City.mmdb") && err.contains("MaxMind"),
         "{err}"

@@ -359,6 +359,23 @@ fn take_bytes<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], ViewError> {
     Ok(head)
 }
 
+/// Skips a field of wire type `wire` that is not read (as prost skips unknown fields).
+#[inline(always)]
+fn skip_field(wire: u64, buf: &mut &[u8]) -> Result<(), ViewError> {
+    match wire {
+        0 => {
+            take_varint(buf)?;
+        }
+        1 => *buf = buf.get(8..).ok_or(ViewError("truncated"))?,
+        2 => {
+            take_bytes(buf)?;
+        }
+        5 => *buf = buf.get(4..).ok_or(ViewError("truncated"))?,
+        _ => return Err(ViewError("unsupported wire type")),
+    }
+    Ok(())
+}
+
 #[inline(always)]
 fn take_str<'a>(buf: &mut &'a [u8]) -> Result<&'a str, ViewError> {
     std::str::from_utf8(take_bytes(buf)?).map_err(|_| ViewError("string is not UTF-8"))
@@ -396,15 +413,7 @@ impl<'a> EventHead<'a> {
                 (3, 0) => h.version = take_varint(&mut buf)? as u32,
                 (5, 0) => h.received_at = take_varint(&mut buf)? as i64,
                 (9, 0) => h.valid = take_varint(&mut buf)? != 0,
-                (_, 0) => {
-                    take_varint(&mut buf)?;
-                }
-                (_, 1) => buf = buf.get(8..).ok_or(ViewError("truncated"))?,
-                (_, 2) => {
-                    take_bytes(&mut buf)?;
-                }
-                (_, 5) => buf = buf.get(4..).ok_or(ViewError("truncated"))?,
-                _ => return Err(ViewError("unsupported wire type")),
+                (_, wire) => skip_field(wire, &mut buf)?,
             }
         }
         Ok(h)
@@ -442,15 +451,7 @@ impl<'a> EventView<'a> {
                     }
                     v.context.push((k, val));
                 }
-                (_, 0) => {
-                    take_varint(&mut buf)?;
-                }
-                (_, 1) => buf = buf.get(8..).ok_or(ViewError("truncated"))?,
-                (_, 2) => {
-                    take_bytes(&mut buf)?;
-                }
-                (_, 5) => buf = buf.get(4..).ok_or(ViewError("truncated"))?,
-                _ => return Err(ViewError("unsupported wire type")),
+                (_, wire) => skip_field(wire, &mut buf)?,
             }
         }
         Ok(v)
