@@ -161,6 +161,7 @@ fn the_chart_renders_lints_validates_and_passes_checkov() {
             }
             assert!(manifests.contains("secretKeyRef"), "credentials by Secret reference");
             assert!(manifests.contains(r#""sasl.password" = "${RECIPIENT_STREAM_SASL_PASSWORD}""#));
+            assert!(manifests.contains(r#"geoip = "/var/lib/geoip/GeoLite2-City.mmdb""#));
             assert!(
                 manifests.contains("weir-router-2.weir-router-headless.weir.svc:8081"),
                 "collectors list every router"
