@@ -162,6 +162,13 @@ fn the_chart_renders_lints_validates_and_passes_checkov() {
             assert!(manifests.contains("secretKeyRef"), "credentials by Secret reference");
             assert!(manifests.contains(r#""sasl.password" = "${RECIPIENT_STREAM_SASL_PASSWORD}""#));
             assert!(manifests.contains(r#"geoip = "/var/lib/geoip/GeoLite2-City.mmdb""#));
+            // Scraped: collector, router, flight and proxy-metrics Services, once each.
+            assert_eq!(manifests.matches("weir.dev/metrics: \"true\"").count(), 5);
+            // With `from` set, weir's own pods still reach each other (4 policies).
+            assert_eq!(
+                manifests.matches("# weir's own pods always reach each other").count(),
+                4
+            );
             assert!(
                 manifests.contains("weir-router-2.weir-router-headless.weir.svc:8081"),
                 "collectors list every router"

@@ -198,3 +198,26 @@ impl Sink for KafkaSink {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Managed Kafka (MSK, Confluent, Aiven) wants TLS and SCRAM: librdkafka must be built
+    /// with them, or the producer cannot even be created.
+    #[tokio::test]
+    async fn a_sasl_ssl_scram_producer_can_be_created() {
+        let options: BTreeMap<String, String> = [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "weir"),
+            ("sasl.password", "secret"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let created = producer_config("127.0.0.1:1", &options)
+            .create_with_context::<_, FutureProducer<QuietContext>>(QuietContext::default());
+        assert!(created.is_ok(), "{:?}", created.err());
+    }
+}
