@@ -100,9 +100,10 @@ impl Entry {
         }
     }
 
-    /// The encoded event in `data`.
-    pub(crate) fn bytes<'d>(&self, data: &'d [u8]) -> &'d [u8] {
-        &data[self.off as usize..self.off as usize + self.len as usize]
+    /// The encoded event in `data` (empty if out of range, which a decode refuses).
+    fn bytes<'d>(&self, data: &'d [u8]) -> &'d [u8] {
+        let start = self.off as usize;
+        data.get(start..start + self.len as usize).unwrap_or_default()
     }
 }
 
@@ -170,12 +171,18 @@ pub(crate) struct Index<'a> {
     pub bytes: u64,
     /// Whether the index went to spill files.
     pub spilled: bool,
-    runs: Runs,
+    runs: Runs<'a>,
 }
 
-enum Runs {
-    Memory(Vec<Entry>),
-    Files { dir: PathBuf, runs: Vec<RunFile> },
+enum Runs<'a> {
+    /// Entries point into the buffer.
+    Memory(Vec<Entry>, &'a [u8]),
+    /// Entries point into their class's file.
+    Files {
+        dir: PathBuf,
+        runs: Vec<RunFile>,
+        classes: HashMap<u32, memmap2::Mmap>,
+    },
 }
 
 /// A sorted run on disk and where each class starts in it.
@@ -185,11 +192,23 @@ struct RunFile {
     classes: Vec<(u32, u64, u64)>,
 }
 
-/// Bucket files while indexing an hour that does not fit.
+/// Bucket files while indexing an hour that does not fit, and the events' bytes copied
+/// per class (one file per event version, one for `_invalid`) in buffer order, so that
+/// pass 2 reads each class from its own file instead of sweeping the whole buffer once
+/// per event version (which, for an hour larger than the page cache, would read it from
+/// disk that many times).
 struct Spill {
     dir: PathBuf,
     paths: Vec<PathBuf>,
     writers: Vec<BufWriter<File>>,
+    classes: HashMap<u32, ClassFile>,
+}
+
+/// One class's events, copied.
+struct ClassFile {
+    path: PathBuf,
+    writer: BufWriter<File>,
+    written: u64,
 }
 
 impl Spill {
@@ -210,12 +229,52 @@ impl Spill {
             dir: dir.to_path_buf(),
             paths,
             writers,
+            classes: HashMap::new(),
         })
     }
 
-    fn push(&mut self, e: Entry) -> Result<(), LoadError> {
+    /// Copies the event's `bytes` to its class file, points the entry there, and files
+    /// the entry in its bucket.
+    fn push(&mut self, mut e: Entry, bytes: &[u8]) -> Result<(), LoadError> {
+        let class = e.class();
+        let file = match self.classes.entry(class) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let path = self.dir.join(format!("class-{class}.buf"));
+                let f = File::create(&path).map_err(io_err(&path))?;
+                v.insert(ClassFile {
+                    path,
+                    writer: BufWriter::with_capacity(SPILL_BUFFER, f),
+                    written: 0,
+                })
+            }
+        };
+        file.writer.write_all(bytes).map_err(io_err(&file.path))?;
+        e.off = file.written;
+        file.written += bytes.len() as u64;
         let b = (e.id_hash % self.writers.len() as u64) as usize;
         self.writers[b].write_all(&e.to_bytes()).map_err(io_err(&self.paths[b]))
+    }
+
+    /// Flushes the class files and maps them.
+    fn map_classes(&mut self) -> Result<HashMap<u32, memmap2::Mmap>, LoadError> {
+        let mut maps = HashMap::new();
+        for (class, file) in self.classes.drain() {
+            let written = file
+                .writer
+                .into_inner()
+                .map_err(|e| io_err(&file.path)(e.into_error()))?;
+            drop(written);
+            if file.written == 0 {
+                continue;
+            }
+            let f = File::open(&file.path).map_err(io_err(&file.path))?;
+            // SAFETY: the file was just written by this load, in a directory of its own
+            // that nothing else writes, and is not changed while mapped.
+            let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io_err(&file.path))?;
+            maps.insert(class, map);
+        }
+        Ok(maps)
     }
 }
 
@@ -231,8 +290,8 @@ fn read_entries(path: &Path) -> Result<Vec<Entry>, LoadError> {
 
 /// Drops repeats of an id, keeping the first in the buffer: `entries` must be in buffer
 /// order. Hash matches are confirmed by comparing the ids. Returns how many it dropped.
-fn dedup(entries: &mut Vec<Entry>, data: &[u8]) -> u64 {
-    let id_of = |e: &Entry| EventHead::decode(e.bytes(data)).map(|h| h.id).unwrap_or_default();
+fn dedup<'d>(entries: &mut Vec<Entry>, bytes: impl Fn(&Entry) -> &'d [u8]) -> u64 {
+    let id_of = |e: &Entry| EventHead::decode(bytes(e)).map(|h| h.id).unwrap_or_default();
     let mut first: HashMap<u64, u32, BuildHasherDefault<Identity>> =
         HashMap::with_capacity_and_hasher(entries.len(), Default::default());
     // Other ids with a hash already taken (64-bit collisions: practically never).
@@ -297,7 +356,7 @@ pub(crate) fn build<'a>(
         };
         events += 1;
         if let Some(s) = spill.as_mut() {
-            s.push(e)?;
+            s.push(e, payload)?;
             continue;
         }
         mem.push(e);
@@ -307,7 +366,7 @@ pub(crate) fn build<'a>(
             let buckets = ((estimate * 1.25 / max_entries as f64).ceil() as usize).clamp(2, MAX_BUCKETS);
             let mut s = Spill::start(spill_dir, buckets)?;
             for e in mem.drain(..) {
-                s.push(e)?;
+                s.push(e, e.bytes(data))?;
             }
             mem = Vec::new();
             tracing::info!(
@@ -326,21 +385,23 @@ pub(crate) fn build<'a>(
         duplicates: 0,
         bytes: pos as u64,
         spilled: spill.is_some(),
-        runs: Runs::Memory(Vec::new()),
+        runs: Runs::Memory(Vec::new(), data),
     };
     match spill {
         None => {
-            index.duplicates = dedup(&mut mem, data);
+            index.duplicates = dedup(&mut mem, |e| e.bytes(data));
             sort(&mut mem);
-            index.runs = Runs::Memory(mem);
+            index.runs = Runs::Memory(mem, data);
         }
-        Some(s) => {
+        Some(mut s) => {
+            let maps = s.map_classes()?;
+            let class_bytes = |e: &Entry| -> &[u8] { maps.get(&e.class()).map_or(&[][..], |m| e.bytes(m)) };
             let mut runs = Vec::with_capacity(s.paths.len());
             for (path, w) in s.paths.iter().zip(s.writers) {
                 let f = w.into_inner().map_err(|e| io_err(path)(e.into_error()))?;
                 drop(f);
                 let mut entries = read_entries(path)?;
-                index.duplicates += dedup(&mut entries, data);
+                index.duplicates += dedup(&mut entries, class_bytes);
                 sort(&mut entries);
                 let mut classes: Vec<(u32, u64, u64)> = Vec::new();
                 let mut out = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io_err(path))?);
@@ -357,18 +418,30 @@ pub(crate) fn build<'a>(
                     classes,
                 });
             }
-            index.runs = Runs::Files { dir: s.dir, runs };
+            index.runs = Runs::Files {
+                dir: s.dir,
+                runs,
+                classes: maps,
+            };
         }
     }
     Ok(index)
 }
 
 impl Index<'_> {
+    /// The encoded event an entry points at.
+    pub(crate) fn bytes(&self, e: &Entry) -> &[u8] {
+        match &self.runs {
+            Runs::Memory(_, data) => e.bytes(data),
+            Runs::Files { classes, .. } => classes.get(&e.class()).map_or(&[][..], |m| e.bytes(m)),
+        }
+    }
+
     /// The entries of `class` (a group, or [`UNKNOWN`] for every invalid event) in row
     /// order.
     pub(crate) fn class(&self, class: u32) -> Result<Merge<'_>, LoadError> {
         match &self.runs {
-            Runs::Memory(entries) => {
+            Runs::Memory(entries, _) => {
                 let start = entries.partition_point(|e| e.class() < class);
                 let end = entries.partition_point(|e| e.class() <= class);
                 Ok(Merge::Memory(entries[start..end].iter()))

@@ -220,7 +220,7 @@ impl Loader {
                 views.clear();
                 kept.clear();
                 for e in &entries {
-                    match EventView::decode(e.bytes(data)) {
+                    match EventView::decode(index.bytes(&e)) {
                         Ok(v) => {
                             views.push(v);
                             kept.push(*e);
@@ -280,7 +280,7 @@ impl Loader {
                 };
                 (e, extra)
             };
-            match EventView::decode(e.bytes(data)) {
+            match EventView::decode(index.bytes(&e)) {
                 Ok(view) => part.push(columns::InvalidRow { view, extra }),
                 Err(_) => unreadable += 1,
             }
