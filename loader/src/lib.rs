@@ -220,7 +220,7 @@ impl Loader {
                 views.clear();
                 kept.clear();
                 for e in &entries {
-                    match EventView::decode(index.bytes(&e)) {
+                    match EventView::decode(index.bytes(e)) {
                         Ok(v) => {
                             views.push(v);
                             kept.push(*e);
