@@ -329,7 +329,8 @@ pub async fn flight(cfg: Config, catalog: Catalog) -> anyhow::Result<()> {
 }
 
 /// `weir loader --config FILE`: the loader as a deployed component. Loads closed hours
-/// (from the file buffer or the MongoDB buffer) every `loader.interval_secs`, serves
+/// (from the file buffer or the MongoDB buffer) every `loader.interval_secs` with the
+/// catalog directory as it is then (watched like the router's), serves
 /// Arrow Flight on `loader.flight`, and `/healthz`, `/readyz` (the warehouse is writable)
 /// and `/metrics` on `loader.listen`. SIGINT/SIGTERM stop it after the load in progress
 /// (an interrupted load is finished or discarded by the next start: see the commit
@@ -356,6 +357,7 @@ pub async fn loader_component(cfg: Config, catalog: Catalog) -> anyhow::Result<(
         .await
         .with_context(|| format!("cannot listen on {} (set loader.listen)", cfg.loader.listen))?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx_for_catalog = stop_rx.clone();
     let service = weir_loader::flight::WarehouseFlight::new(warehouse.clone(), shared.clone());
     let flight = tokio::spawn(weir_loader::flight::serve(flight_listener, service, stop_rx.clone()));
     let http = {
@@ -370,6 +372,20 @@ pub async fn loader_component(cfg: Config, catalog: Catalog) -> anyhow::Result<(
             stop_rx,
         ))
     };
+    // The catalog directory is watched as the router watches it (and SIGHUP), so a new
+    // event version gets its own Parquet files without a restart.
+    if let Some(dir) = cfg
+        .catalog
+        .as_deref()
+        .filter(|c| !c.starts_with("http://") && !c.starts_with("https://"))
+    {
+        tokio::spawn(weir_router::catalog::watch_dir(
+            std::path::PathBuf::from(dir),
+            shared.clone(),
+            Duration::from_secs(cfg.router.catalog_watch_secs.max(1)),
+            stop_rx_for_catalog,
+        ));
+    }
     println!("weir loader: {} -> {}", cfg.buffer_dir().display(), warehouse.display());
     println!("  flight     grpc://{flight_addr}");
     println!("  health     http://{http_addr}/healthz, /readyz, /metrics");

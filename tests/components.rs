@@ -328,11 +328,17 @@ fn the_loader_component_loads_closed_hours_and_answers_probes() {
     fs::write(weir_proto::buffer::buffer_path(&buffer, h), &bytes).unwrap();
     fs::write(weir_proto::buffer::closed_path(&buffer, h), "{}").unwrap();
     let (listen, flight) = (free_port(), free_port());
+    let catalog = tmp.path().join("catalog");
+    fs::create_dir_all(&catalog).unwrap();
+    for (name, text) in weir_proto::catalog::DEMO_FILES {
+        fs::write(catalog.join(name), text).unwrap();
+    }
     let cfg = write_config(
         &tmp.path().join("weir.toml"),
         format!(
-            "data_dir = \"{}\"\n[loader]\nlisten = \"127.0.0.1:{listen}\"\nflight = \"127.0.0.1:{flight}\"\ninterval_secs = 1\n",
-            data.display()
+            "data_dir = \"{}\"\ncatalog = \"{}\"\n[router]\ncatalog_watch_secs = 1\n[loader]\nlisten = \"127.0.0.1:{listen}\"\nflight = \"127.0.0.1:{flight}\"\ninterval_secs = 1\n",
+            data.display(),
+            catalog.display()
         ),
     );
     let loader = spawn(&["loader", "--config", &cfg], &tmp.path().join("loader.log"));
@@ -350,8 +356,39 @@ fn the_loader_component_loads_closed_hours_and_answers_probes() {
         std::net::TcpStream::connect(("127.0.0.1", flight)).is_ok(),
         "Flight listens"
     );
+
+    // A new event added to the catalog directory while the loader runs: an hour holding
+    // it loads into its own typed files, not `_invalid`, with no restart.
+    fs::write(
+        catalog.join("zz-new.toml"),
+        "[fields.note]\ntype = \"string\"\n\n[events.\"note.taken\"]\nowner = \"test\"\n\n[[events.\"note.taken\".versions]]\nversion = 1\nenvironments = [\"backend\"]\nrequired = [\"note\"]\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2500)); // two watch periods
+    let h2 = h - 1;
+    let e = weir_proto::pb::Event {
+        id: "lc-new".into(),
+        event: "note.taken".into(),
+        version: 1,
+        env: "backend".into(),
+        received_at: h2 * weir_proto::hour::HOUR_MICROS + 5,
+        collector: "node-1".into(),
+        fields: br#"{"note":"hello"}"#.to_vec().into(),
+        valid: true,
+        ..Default::default()
+    };
+    let mut bytes = Vec::new();
+    weir_proto::record::encode_into(&mut bytes, &e.encode_to_vec());
+    fs::write(weir_proto::buffer::buffer_path(&buffer, h2), &bytes).unwrap();
+    fs::write(weir_proto::buffer::closed_path(&buffer, h2), "{}").unwrap();
+    let typed = data.join("warehouse/event=note.taken/version=1");
+    wait_until("the new event version loaded as its own files", || {
+        !parquet_files(&typed).is_empty()
+    });
     stop(loader);
     let files = parquet_files(&data.join("warehouse/event=page.viewed"));
     let batches: Vec<_> = files.iter().flat_map(|f| read_parquet(f)).collect();
     assert_eq!(strings(&batches, "id"), vec!["lc-0", "lc-1", "lc-2"]);
+    let batches: Vec<_> = parquet_files(&typed).iter().flat_map(|f| read_parquet(f)).collect();
+    assert_eq!(strings(&batches, "note"), vec!["hello"]);
 }
