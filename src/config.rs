@@ -433,6 +433,20 @@ mod tests {
         (dir, p)
     }
 
+    proptest::proptest! {
+        /// Any config text: no panic, and text without `$` comes back unchanged.
+        #[test]
+        fn interpolation_never_panics(text in "\\PC{0,200}", dollar_heavy in "[${}:A-Z_a-z0-9 \n#-]{0,80}") {
+            let env = vec![("A".to_string(), "x".to_string()), ("B_1".to_string(), "${A}".to_string())];
+            for t in [&text, &dollar_heavy] {
+                let out = interpolate(t, &env);
+                if !t.contains('$') {
+                    proptest::prop_assert_eq!(out.as_deref(), Ok(t.as_str()));
+                }
+            }
+        }
+    }
+
     #[test]
     fn environment_references_are_replaced_and_missing_ones_named() {
         let env = vec![("AMQP_URL".to_string(), "amqp://u:p@mq:5672/%2f".to_string())];
