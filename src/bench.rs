@@ -237,15 +237,18 @@ fn proc_usage(pid: u32) -> Option<(f64, u64)> {
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some((ticks / 100.0, status_bytes(pid, "VmHWM:")?))
+}
+
+/// A size line of `/proc/<pid>/status` (`VmHWM:`, `RssAnon:`), in bytes.
+fn status_bytes(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm = status
+    let kb = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(key))?
         .split_whitespace()
-        .nth(1)?
-        .parse::<u64>()
-        .ok()?;
-    Some((ticks / 100.0, hwm * 1024))
+        .next()?;
+    Some(kb.parse::<u64>().ok()? * 1024)
 }
 
 fn event_json(i: u64) -> String {
@@ -492,14 +495,7 @@ fn peak_rss_self() -> u64 {
 
 /// This process's resident anonymous memory (`RssAnon`), bytes.
 fn rss_anon_self() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("RssAnon:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    status_bytes(std::process::id(), "RssAnon:").unwrap_or(0)
 }
 
 fn cpu_self() -> f64 {

@@ -115,6 +115,12 @@ pub fn interpolate(text: &str, env: &[(String, String)]) -> Result<String, Strin
     Ok(out)
 }
 
+/// Whether a `catalog` value is a router's URL (collectors and proxies pull it) rather
+/// than a directory.
+pub fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
 /// Variables starting with `WEIR_` that are not config keys.
 const RESERVED_ENV: &[&str] = &["WEIR_LOG", "WEIR_BENCH_PINNED"];
 const SECTIONS: &[&str] = &["collector", "router", "loader", "proxy"];

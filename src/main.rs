@@ -217,7 +217,7 @@ fn collector_command(config: ConfigArg, with_proxy: bool) -> anyhow::Result<Exit
     // A directory is read once; otherwise the catalog is pulled from the routers
     // (or the URL `catalog` names) and kept current.
     let source = match &cfg.catalog {
-        Some(dir) if !is_url(dir) => run::CatalogSource::Local(load_catalog(&cfg, false)?.0),
+        Some(dir) if !config::is_url(dir) => run::CatalogSource::Local(load_catalog(&cfg, false)?.0),
         Some(url) => run::CatalogSource::Remote(vec![url.clone()]),
         None => run::CatalogSource::Remote(cfg.collector.routers.clone()),
     };
@@ -228,7 +228,7 @@ fn collector_command(config: ConfigArg, with_proxy: bool) -> anyhow::Result<Exit
 /// Loads the catalog directory a config names, or the demo one when `demo_ok`.
 fn load_catalog(cfg: &Config, demo_ok: bool) -> anyhow::Result<(Catalog, String)> {
     match &cfg.catalog {
-        Some(url) if is_url(url) => anyhow::bail!(
+        Some(url) if config::is_url(url) => anyhow::bail!(
             "catalog = {url:?} is a URL: only `weir collector` pulls its catalog from a router; point `catalog` at a directory"
         ),
         Some(dir) => {
@@ -238,10 +238,6 @@ fn load_catalog(cfg: &Config, demo_ok: bool) -> anyhow::Result<(Catalog, String)
         None if demo_ok => Ok((Catalog::demo(), "built-in demo catalog".into())),
         None => anyhow::bail!("no catalog: set `catalog = \"DIR\"` in the config (or WEIR_CATALOG)"),
     }
-}
-
-fn is_url(s: &str) -> bool {
-    s.starts_with("http://") || s.starts_with("https://")
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -357,7 +353,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             // What starting would check beyond the file: proxy keys, CIDRs, GeoIP file.
             weir_collector::proxy::Proxy::new(&cfg.proxy).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let catalog = match cfg.catalog.as_deref() {
-                Some(url) if is_url(url) => format!("pulled from {url} at run time"),
+                Some(url) if config::is_url(url) => format!("pulled from {url} at run time"),
                 _ => {
                     let (catalog, source) = load_catalog(&cfg, true)?;
                     format!(

@@ -152,15 +152,8 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
         }
     }
     let proxy_addr = collector.start_proxy(&proxy_cfg).await?;
-    let (flight_listener, flight_addr) = weir_proto::http::bind(&cfg.loader.flight).await.with_context(|| {
-        format!(
-            "cannot listen on {} for Arrow Flight (set loader.flight)",
-            cfg.loader.flight
-        )
-    })?;
-    let (stop_flight, flight_rx) = tokio::sync::watch::channel(false);
-    let flight_service = weir_loader::flight::WarehouseFlight::new(cfg.warehouse(), shared.clone());
-    let flight = tokio::spawn(weir_loader::flight::serve(flight_listener, flight_service, flight_rx));
+    let flight = Flight::start(&cfg, shared.clone()).await?;
+    let flight_addr = flight.addr;
     let loader_for = {
         let cfg = cfg.clone();
         let shared = shared.clone();
@@ -177,16 +170,7 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
                     _ = tokio::time::sleep(interval) => {}
                     _ = loader_stop.changed() => return,
                 }
-                if let Err(e) = mirror_mongo(&mirror_cfg, weir_loader::mongo_mirror::Hours::Closed).await {
-                    tracing::error!(error = %e, "reading the MongoDB buffer failed; will retry");
-                    continue;
-                }
-                let l = loader_for();
-                match tokio::task::spawn_blocking(move || l.run(false)).await {
-                    Ok(Err(e)) => tracing::error!(error = %e, "loading closed hours failed; will retry"),
-                    Err(e) => tracing::error!(error = %e, "loader task failed"),
-                    Ok(Ok(_)) => {}
-                }
+                load_closed_hours(&mirror_cfg, loader_for()).await;
             }
         })
     };
@@ -239,8 +223,7 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
     let reports = tokio::task::spawn_blocking(move || l.run(true))
         .await
         .context("loader task failed")??;
-    let _ = stop_flight.send(true);
-    if let Ok(Ok(Err(e))) = tokio::time::timeout(FLIGHT_GRACE, flight).await {
+    if let Err(e) = flight.stop().await {
         tracing::warn!(error = %e, "Arrow Flight server stopped with an error");
     }
     let rows: u64 = reports.iter().map(|r| r.manifest.rows).sum();
@@ -307,25 +290,77 @@ pub async fn router(cfg: Config, catalog: Catalog) -> anyhow::Result<()> {
 pub async fn flight(cfg: Config, catalog: Catalog) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     init_tracing();
-    let (listener, addr) = weir_proto::http::bind(&cfg.loader.flight).await.with_context(|| {
-        format!(
-            "cannot listen on {} for Arrow Flight (set loader.flight)",
-            cfg.loader.flight
-        )
-    })?;
-    let shared = Arc::new(arc_swap::ArcSwap::from_pointee(catalog));
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let service = weir_loader::flight::WarehouseFlight::new(cfg.warehouse(), shared);
-    let server = tokio::spawn(weir_loader::flight::serve(listener, service, rx));
-    println!("Arrow Flight on grpc://{addr}, serving {}", cfg.warehouse().display());
+    let flight = Flight::start(&cfg, Arc::new(arc_swap::ArcSwap::from_pointee(catalog))).await?;
+    println!(
+        "Arrow Flight on grpc://{}, serving {}",
+        flight.addr,
+        cfg.warehouse().display()
+    );
     signals.wait().await;
-    let _ = stop.send(true);
-    // Clients get a grace period to finish; idle connections do not hold the exit.
-    match tokio::time::timeout(FLIGHT_GRACE, server).await {
-        Ok(joined) => joined.context("flight task failed")??,
-        Err(_) => tracing::warn!("Flight clients still connected after {FLIGHT_GRACE:?}; closing them"),
+    flight.stop().await
+}
+
+/// The Arrow Flight server over the warehouse, on `loader.flight`.
+struct Flight {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Flight {
+    async fn start(cfg: &Config, catalog: Arc<arc_swap::ArcSwap<Catalog>>) -> anyhow::Result<Flight> {
+        let (listener, addr) = weir_proto::http::bind(&cfg.loader.flight).await.with_context(|| {
+            format!(
+                "cannot listen on {} for Arrow Flight (set loader.flight)",
+                cfg.loader.flight
+            )
+        })?;
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let service = weir_loader::flight::WarehouseFlight::new(cfg.warehouse(), catalog);
+        let task = tokio::spawn(async move { Ok(weir_loader::flight::serve(listener, service, rx).await?) });
+        Ok(Flight { addr, stop, task })
     }
-    Ok(())
+
+    /// Stops it: clients get a grace period to finish; idle connections do not hold
+    /// the exit.
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(FLIGHT_GRACE, self.task).await {
+            Ok(joined) => joined.context("flight task failed")??,
+            Err(_) => tracing::warn!("Flight clients still connected after {FLIGHT_GRACE:?}; closing them"),
+        }
+        Ok(())
+    }
+}
+
+/// One round of loading: exports the MongoDB buffer's closed hours (if that is the
+/// buffer), then loads every closed hour not loaded yet, off the async workers. Errors
+/// are logged and counted (`weir_loader_failures_total`); the next round retries.
+async fn load_closed_hours(cfg: &Config, loader: Arc<Loader>) {
+    if let Err(e) = mirror_mongo(cfg, weir_loader::mongo_mirror::Hours::Closed).await {
+        metrics::counter!("weir_loader_failures_total").increment(1);
+        tracing::error!(error = %e, "reading the MongoDB buffer failed; will retry");
+        return;
+    }
+    match tokio::task::spawn_blocking(move || loader.run(false)).await {
+        Ok(Ok(reports)) => {
+            for r in &reports {
+                metrics::counter!("weir_loader_hours_loaded_total").increment(1);
+                metrics::counter!("weir_loader_rows_written_total").increment(r.manifest.rows);
+                metrics::counter!("weir_loader_invalid_rows_written_total").increment(r.manifest.invalid_rows);
+            }
+            metrics::gauge!("weir_loader_last_success_timestamp_seconds")
+                .set(weir_proto::event::now_micros() as f64 / 1e6);
+        }
+        Ok(Err(e)) => {
+            metrics::counter!("weir_loader_failures_total").increment(1);
+            tracing::error!(error = %e, "loading closed hours failed; will retry");
+        }
+        Err(e) => {
+            metrics::counter!("weir_loader_failures_total").increment(1);
+            tracing::error!(error = %e, "loader task failed; will retry");
+        }
+    }
 }
 
 /// `weir loader --config FILE`: the loader as a deployed component. Loads closed hours
@@ -347,19 +382,12 @@ pub async fn loader_component(cfg: Config, catalog: Catalog) -> anyhow::Result<(
             warehouse.display()
         )
     })?;
-    let (flight_listener, flight_addr) = weir_proto::http::bind(&cfg.loader.flight).await.with_context(|| {
-        format!(
-            "cannot listen on {} for Arrow Flight (set loader.flight)",
-            cfg.loader.flight
-        )
-    })?;
+    let flight = Flight::start(&cfg, shared.clone()).await?;
     let (http_listener, http_addr) = weir_proto::http::bind(&cfg.loader.listen)
         .await
         .with_context(|| format!("cannot listen on {} (set loader.listen)", cfg.loader.listen))?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_for_catalog = stop_rx.clone();
-    let service = weir_loader::flight::WarehouseFlight::new(warehouse.clone(), shared.clone());
-    let flight = tokio::spawn(weir_loader::flight::serve(flight_listener, service, stop_rx.clone()));
     let http = {
         let warehouse = warehouse.clone();
         tokio::spawn(weir_proto::http::serve(
@@ -374,11 +402,7 @@ pub async fn loader_component(cfg: Config, catalog: Catalog) -> anyhow::Result<(
     };
     // The catalog directory is watched as the router watches it (and SIGHUP), so a new
     // event version gets its own Parquet files without a restart.
-    if let Some(dir) = cfg
-        .catalog
-        .as_deref()
-        .filter(|c| !c.starts_with("http://") && !c.starts_with("https://"))
-    {
+    if let Some(dir) = cfg.catalog.as_deref().filter(|c| !crate::config::is_url(c)) {
         tokio::spawn(weir_router::catalog::watch_dir(
             std::path::PathBuf::from(dir),
             shared.clone(),
@@ -387,7 +411,7 @@ pub async fn loader_component(cfg: Config, catalog: Catalog) -> anyhow::Result<(
         ));
     }
     println!("weir loader: {} -> {}", cfg.buffer_dir().display(), warehouse.display());
-    println!("  flight     grpc://{flight_addr}");
+    println!("  flight     grpc://{}", flight.addr);
     println!("  health     http://{http_addr}/healthz, /readyz, /metrics");
     let interval = Duration::from_secs(cfg.loader.interval_secs.max(1));
     let loader_for = {
@@ -397,31 +421,7 @@ pub async fn loader_component(cfg: Config, catalog: Catalog) -> anyhow::Result<(
     let stopping = signals.wait();
     tokio::pin!(stopping);
     loop {
-        if let Err(e) = mirror_mongo(&cfg, weir_loader::mongo_mirror::Hours::Closed).await {
-            metrics::counter!("weir_loader_failures_total").increment(1);
-            tracing::error!(error = %e, "reading the MongoDB buffer failed; will retry");
-        } else {
-            let l = loader_for();
-            match tokio::task::spawn_blocking(move || l.run(false)).await {
-                Ok(Ok(reports)) => {
-                    for r in &reports {
-                        metrics::counter!("weir_loader_hours_loaded_total").increment(1);
-                        metrics::counter!("weir_loader_rows_written_total").increment(r.manifest.rows);
-                        metrics::counter!("weir_loader_invalid_rows_written_total").increment(r.manifest.invalid_rows);
-                    }
-                    metrics::gauge!("weir_loader_last_success_timestamp_seconds")
-                        .set(weir_proto::event::now_micros() as f64 / 1e6);
-                }
-                Ok(Err(e)) => {
-                    metrics::counter!("weir_loader_failures_total").increment(1);
-                    tracing::error!(error = %e, "loading closed hours failed; will retry");
-                }
-                Err(e) => {
-                    metrics::counter!("weir_loader_failures_total").increment(1);
-                    tracing::error!(error = %e, "loader task failed; will retry");
-                }
-            }
-        }
+        load_closed_hours(&cfg, loader_for()).await;
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = &mut stopping => break,
@@ -429,11 +429,7 @@ pub async fn loader_component(cfg: Config, catalog: Catalog) -> anyhow::Result<(
     }
     let _ = stop.send(true);
     let _ = http.await;
-    match tokio::time::timeout(FLIGHT_GRACE, flight).await {
-        Ok(joined) => joined.context("flight task failed")??,
-        Err(_) => tracing::warn!("Flight clients still connected after {FLIGHT_GRACE:?}; closing them"),
-    }
-    Ok(())
+    flight.stop().await
 }
 
 /// The loader's health and metrics endpoints.

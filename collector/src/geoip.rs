@@ -122,10 +122,7 @@ impl GeoIp {
 
     /// Country and region of `ip`; empty when unknown or no database is loaded.
     pub fn lookup(&self, ip: IpAddr) -> Geo {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
+        let ip = crate::proxy::unmapped(ip);
         let guard = self.db.load();
         let Some(db) = guard.as_deref() else {
             return Geo::default();

@@ -190,12 +190,12 @@ impl Collector {
         let tidy = p.clone();
         let mut stop = self.stop_http.subscribe();
         // SIGHUP (as for the router's catalog) loads a changed GeoIP file at once.
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut hup = weir_proto::signal::Hangup::new();
         self.servers.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(60)) => tidy.housekeeping(),
-                    _ = hangup(&mut hup) => {}
+                    _ = hup.recv() => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
                 let reload = tidy.clone();
@@ -238,17 +238,5 @@ impl Collector {
         }
         let _ = self.stop_forwarder.send(true);
         let _ = self.forwarder.await;
-    }
-}
-
-/// The next SIGHUP (never, when the handler could not be installed).
-async fn hangup(hup: &mut Option<tokio::signal::unix::Signal>) {
-    match hup {
-        Some(h) => {
-            if h.recv().await.is_none() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending().await,
     }
 }

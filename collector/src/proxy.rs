@@ -98,6 +98,15 @@ impl Default for ProxyConfig {
     }
 }
 
+/// `ip`, with an IPv4-mapped IPv6 address (`::ffff:1.2.3.4`, from a dual-stack socket)
+/// turned back into IPv4.
+pub fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// A CIDR block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cidr {
@@ -131,10 +140,7 @@ impl Cidr {
 
     /// Whether `ip` is inside.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
+        let ip = unmapped(ip);
         match (self.addr, ip) {
             (IpAddr::V4(a), IpAddr::V4(b)) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);

@@ -8,6 +8,7 @@ pub mod codegen;
 pub mod event;
 pub mod http;
 pub mod record;
+pub mod signal;
 pub mod wal;
 
 /// Generated protobuf messages of `weir.v1` (see `proto/weir/v1/weir.proto`).

@@ -14,11 +14,11 @@ use weir_proto::Catalog;
 pub async fn watch_dir(dir: PathBuf, shared: Arc<ArcSwap<Catalog>>, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut last_error = String::new();
     // SIGHUP re-reads the catalog at once (the usual way to say "reload" to a daemon).
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut hup = weir_proto::signal::Hangup::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+            _ = hup.recv() => {
                 tracing::info!(dir = %dir.display(), "SIGHUP: re-reading the catalog");
             }
             _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
