@@ -206,12 +206,10 @@ impl Config {
             }
         }
         let cfg: Config = toml::Value::Table(table).try_into().map_err(invalid)?;
-        for (name, r) in &cfg.router.recipients {
-            r.validate().map_err(|e| ConfigError::Invalid {
-                path: label.clone(),
-                message: format!("router.recipients.{name}.{e}"),
-            })?;
-        }
+        cfg.router.validate().map_err(|message| ConfigError::Invalid {
+            path: label.clone(),
+            message,
+        })?;
         Ok(cfg)
     }
 
@@ -227,6 +225,8 @@ impl Config {
         c.socket.get_or_insert_with(|| self.data_dir().join("collector.sock"));
         c.datagram
             .get_or_insert_with(|| self.data_dir().join("collector.dgram"));
+        c.dead_letter_dir
+            .get_or_insert_with(|| self.data_dir().join("collector").join("dead-letters"));
         c
     }
 
@@ -318,6 +318,11 @@ routers = ["http://127.0.0.1:8081"]
 spool_max_bytes = 1073741824
 spool_segment_bytes = 33554432
 # spool_dir = "weir-data/collector/spool"
+# Events every router refuses alone (too large even by themselves), with the reason,
+# one NDJSON file a day.
+# dead_letter_dir = "weir-data/collector/dead-letters"
+# Bearer token sent to routers that set [router] token.
+# router_token = "${ROUTER_TOKEN}"
 # Name stamped on each event (default: $NODE_NAME, else the host name).
 # name = "node-1"
 # Largest request body, also after gzip/zstd decompression (413 beyond).
@@ -343,13 +348,20 @@ buffer = { kind = "file" }
 # Or MongoDB collections buffer_YYYYMMDDHH (closed hours are marked in buffer_hours;
 # the loader exports them to <data_dir>/loader/mongo-buffer and loads them from there):
 # buffer = { kind = "mongo", url = "mongodb://127.0.0.1:27017", db = "weir" }
-# Buffered hours are kept this long for replay, then deleted.
+# Buffered hours are kept this long for replay (at least 1), then deleted -- but only
+# once the loader has committed the whole hour; an hour never fully loaded is kept
+# (logged, and counted in weir_router_buffer_hours_kept_unloaded).
 retention_days = 3
 # An hour closes (and is loaded) this long after it ends.
 grace_secs = 300
 # log_dir = "weir-data/router/log"
 log_segment_bytes = 67108864
+# Largest batch accepted (also decompressed), at most 67108864 (the log's record
+# limit). Collectors split a refused batch down to single events.
 max_batch_bytes = 67108864
+# Bearer token collectors must send (collector.router_token) on /v1/batches and
+# /v1/catalog; 401 without it. Unset: no check (fine on loopback).
+# token = "${ROUTER_TOKEN}"
 # The catalog directory is re-read this often (and at once on SIGHUP); a valid change
 # applies without restart, re-routing included.
 catalog_watch_secs = 2

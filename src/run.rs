@@ -247,6 +247,7 @@ pub async fn collector(cfg: Config, source: CatalogSource, with_proxy: bool) -> 
             urls: urls.clone(),
             save_path: cfg.data_dir().join("collector").join("catalog.json"),
             every: Duration::from_secs(ccfg.catalog_poll_secs.max(1)),
+            token: ccfg.router_token.clone().filter(|t| !t.is_empty()),
         }),
         CatalogSource::Local(_) => None,
     };

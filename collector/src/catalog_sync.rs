@@ -27,6 +27,8 @@ pub struct SyncOptions {
     pub save_path: PathBuf,
     /// Poll period.
     pub every: Duration,
+    /// Sent as `Authorization: Bearer <token>` (`collector.router_token`).
+    pub token: Option<String>,
 }
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
@@ -49,9 +51,12 @@ enum Fetched {
     Unchanged,
 }
 
-async fn fetch(client: &HttpClient, base: &str, current: &str) -> Result<Fetched, String> {
+async fn fetch(client: &HttpClient, base: &str, token: Option<&str>, current: &str) -> Result<Fetched, String> {
     let url = catalog_url(base);
     let mut req = Request::get(&url);
+    if let Some(t) = token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
     if !current.is_empty() {
         req = req.header(hyper::header::IF_NONE_MATCH, format!("\"{current}\""));
     }
@@ -98,7 +103,7 @@ fn publish(catalog: &Catalog, previous: &str) {
 pub async fn initial(opts: &SyncOptions) -> (Catalog, String) {
     let client = client();
     for url in &opts.urls {
-        match fetch(&client, url, "").await {
+        match fetch(&client, url, opts.token.as_deref(), "").await {
             Ok(Fetched::New(c, body)) => {
                 save(&opts.save_path, &body);
                 publish(&c, "");
@@ -143,7 +148,7 @@ pub async fn run(
         }
         let url = &opts.urls[idx % opts.urls.len()];
         let current = shared.load().revision.clone();
-        match fetch(&client, url, &current).await {
+        match fetch(&client, url, opts.token.as_deref(), &current).await {
             Ok(Fetched::Unchanged) => checked_at.store(weir_proto::event::now_micros(), Ordering::Relaxed),
             Ok(Fetched::New(c, body)) => {
                 checked_at.store(weir_proto::event::now_micros(), Ordering::Relaxed);

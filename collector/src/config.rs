@@ -26,6 +26,12 @@ pub struct CollectorConfig {
     pub spool_max_bytes: u64,
     /// Spool directory (default `<data>/collector/spool`).
     pub spool_dir: Option<PathBuf>,
+    /// Where events every router refuses alone are kept, one NDJSON file a day (default
+    /// `<data>/collector/dead-letters`).
+    pub dead_letter_dir: Option<PathBuf>,
+    /// Sent as `Authorization: Bearer <token>` to routers (and the catalog pull) when
+    /// they set `[router] token`.
+    pub router_token: Option<String>,
     /// Spool segment size; segments are deleted once the router has acknowledged them.
     pub spool_segment_bytes: u64,
     /// Name stamped on every event (default: `$NODE_NAME`, else the host name).
@@ -59,6 +65,8 @@ impl Default for CollectorConfig {
             routers: vec!["http://127.0.0.1:8081".into()],
             spool_max_bytes: 1 << 30,
             spool_dir: None,
+            dead_letter_dir: None,
+            router_token: None,
             spool_segment_bytes: 32 << 20,
             name: None,
             max_body_bytes: 5 << 20,

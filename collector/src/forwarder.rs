@@ -1,6 +1,11 @@
 //! Sends the spool to the routers as protobuf `EventBatch`es (zstd on the wire) and
 //! frees spool segments only after a router's `BatchAck`. Retries with exponential
 //! backoff and jitter while no router answers, failing over between routers.
+//!
+//! A batch a router refuses for good (413, or a 400: too large, or unreadable) is split
+//! in halves down to single events; an event refused alone goes to the collector's
+//! dead-letter store with the router's reason, and the spool moves on, so one bad event
+//! never wedges what is behind it.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +18,8 @@ use prost::encoding::{encode_key, encode_varint, WireType};
 use prost::Message;
 use tokio::sync::watch;
 use weir_proto::pb::BatchAck;
+
+use weir_proto::dead_letter::DeadLetters;
 
 use crate::metrics as m;
 use crate::spool::Spool;
@@ -30,6 +37,11 @@ pub struct ForwarderOptions {
     pub batch_max_wait: Duration,
     /// How long to keep trying to drain after shutdown was asked for.
     pub drain_timeout: Duration,
+    /// Where events every router refuses alone go
+    /// (`<data>/collector/dead-letters/<day>.ndjson`).
+    pub dead_letter_dir: std::path::PathBuf,
+    /// Sent as `Authorization: Bearer <token>` to routers that require it.
+    pub router_token: Option<String>,
 }
 
 /// Builds the wire bytes of an `EventBatch` from already-encoded events, without
@@ -52,25 +64,29 @@ pub fn encode_batch(batch_id: &str, collector: &str, events: &[Bytes]) -> Vec<u8
 
 /// Runs until shutdown is asked for and the spool is drained (or the drain timeout
 /// passes; what is left stays in the spool for the next start).
-pub async fn run(spool: Spool, opts: ForwarderOptions, mut shutdown: watch::Receiver<bool>) {
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build_http();
-    let start = match spool.forwarded() {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the forwarder cursor; resending the whole spool");
-            spool.wal().first_position().unwrap_or_default()
-        }
+pub async fn run(spool: Spool, opts: ForwarderOptions, shutdown: watch::Receiver<bool>) {
+    forward(&spool, &opts, shutdown).await;
+    if let Err(e) = spool.save_progress() {
+        tracing::error!(error = %e, "cannot save the forwarder's cursor; the last batches are sent again after a restart");
+    }
+}
+
+async fn forward(spool: &Spool, opts: &ForwarderOptions, mut shutdown: watch::Receiver<bool>) {
+    let mut sender = Sender {
+        client: Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build_http(),
+        opts,
+        router_idx: 0,
+        deadline: None,
+        dead: DeadLetters::in_dir(&opts.dead_letter_dir, "router"),
     };
-    let mut reader = Some(spool.wal().reader(start));
+    let mut reader = Some(spool.wal().reader(spool.forwarded()));
     let mut durable = spool.wal().subscribe();
-    let mut router_idx = 0usize;
-    let mut deadline: Option<Instant> = None;
     loop {
         let stopping = *shutdown.borrow();
-        if stopping && deadline.is_none() {
-            deadline = Some(Instant::now() + opts.drain_timeout);
+        if stopping && sender.deadline.is_none() {
+            sender.deadline = Some(Instant::now() + opts.drain_timeout);
         }
         let from = reader.as_ref().map(|r| r.position()).unwrap_or_default();
         let (mut events, r) = read(reader.take(), opts.batch_max_events).await;
@@ -108,7 +124,85 @@ pub async fn run(spool: Spool, opts: ForwarderOptions, mut shutdown: watch::Rece
             to.segment,
             to.offset
         );
-        let body = encode_batch(&batch_id, &opts.collector, &events);
+        if !sender.deliver(batch_id, &events, &mut shutdown).await {
+            return;
+        }
+        if let Err(e) = spool.acknowledge(to).await {
+            tracing::error!(error = %e, "cannot record the forwarder's progress; events may be sent again");
+        }
+        m::refresh_spool(spool);
+    }
+}
+
+/// Why a send did not get an ack.
+enum SendError {
+    /// Try again (no router, timeout, 5xx, 429, 401).
+    Retry(String),
+    /// The router refused this batch for good (413 or 400); splitting it may help.
+    Refused(String),
+}
+
+struct Sender<'a> {
+    client: Client<HttpConnector, Full<Bytes>>,
+    opts: &'a ForwarderOptions,
+    router_idx: usize,
+    /// Set once shutdown was asked for: retries stop here.
+    deadline: Option<Instant>,
+    dead: DeadLetters,
+}
+
+impl Sender<'_> {
+    /// Delivers `events` as batch `batch_id`: acknowledged by a router, or (for what a
+    /// router refuses for good) split down to single events and dead-lettered. Returns
+    /// false when shutdown's drain time ran out first (the events stay in the spool).
+    async fn deliver(&mut self, batch_id: String, events: &[Bytes], shutdown: &mut watch::Receiver<bool>) -> bool {
+        // Work list of (id, range of events); a refused part is replaced by its halves.
+        let mut parts = vec![(batch_id, 0..events.len())];
+        let mut dead = 0u64;
+        while let Some((id, range)) = parts.pop() {
+            let part = &events[range.clone()];
+            match self.send_until_answered(&id, part, shutdown).await {
+                None => return false,
+                Some(Ok(())) => {}
+                Some(Err(why)) if part.len() == 1 => {
+                    tracing::error!(batch = %id, reason = %why, dir = %self.opts.dead_letter_dir.display(), "the router refuses this event for good; it goes to the collector's dead letters");
+                    self.dead.add(&part[0], &format!("refused by the router: {why}"));
+                    dead += 1;
+                }
+                Some(Err(why)) => {
+                    tracing::warn!(batch = %id, events = part.len(), reason = %why, "the router refuses this batch; sending it in halves");
+                    let mid = range.start + part.len() / 2;
+                    // Popped last-in first-out: the first half goes first, keeping order.
+                    parts.push((format!("{id}/b"), mid..range.end));
+                    parts.push((format!("{id}/a"), range.start..mid));
+                }
+            }
+        }
+        if dead > 0 {
+            // Durable before the spool lets go of them.
+            let mut backoff = Duration::from_millis(200);
+            while let Err(e) = self.dead.flush() {
+                tracing::error!(dir = %self.opts.dead_letter_dir.display(), error = %e, "cannot write the collector's dead letters; retrying");
+                if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                    return false;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            metrics::counter!(m::DEAD_LETTERED).increment(dead);
+        }
+        true
+    }
+
+    /// Sends one batch until a router acknowledges it (`Some(Ok)`) or refuses it for good
+    /// (`Some(Err(reason))`); `None` when shutdown's drain time ran out.
+    async fn send_until_answered(
+        &mut self,
+        batch_id: &str,
+        events: &[Bytes],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Result<(), String>> {
+        let body = encode_batch(batch_id, &self.opts.collector, events);
         let body = match zstd::bulk::compress(&body, 1) {
             Ok(z) => Bytes::from(z),
             Err(e) => {
@@ -118,9 +212,10 @@ pub async fn run(spool: Spool, opts: ForwarderOptions, mut shutdown: watch::Rece
         };
         let mut backoff = Duration::from_millis(100);
         loop {
-            let router = &opts.routers[router_idx % opts.routers.len()];
+            let routers = &self.opts.routers;
+            let router = &routers[self.router_idx % routers.len()];
             let started = Instant::now();
-            match send(&client, router, body.clone()).await {
+            match send(&self.client, router, self.opts.router_token.as_deref(), body.clone()).await {
                 Ok(ack) => {
                     metrics::histogram!(m::FORWARD_LATENCY).record(started.elapsed().as_secs_f64());
                     metrics::counter!(m::FORWARDED_BATCHES).increment(1);
@@ -128,32 +223,28 @@ pub async fn run(spool: Spool, opts: ForwarderOptions, mut shutdown: watch::Rece
                     if ack.batch_id != batch_id {
                         tracing::warn!(sent = %batch_id, acked = %ack.batch_id, "router acknowledged another batch id");
                     }
-                    break;
+                    return Some(Ok(()));
                 }
-                Err(e) => {
+                Err(SendError::Refused(why)) => return Some(Err(why)),
+                Err(SendError::Retry(e)) => {
                     metrics::counter!(m::FORWARD_RETRIES).increment(1);
                     tracing::warn!(router = %router, error = %e, retry_in_ms = backoff.as_millis() as u64, "forwarding failed; events stay in the spool");
-                    router_idx += 1;
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                    self.router_idx += 1;
+                    if self.deadline.is_some_and(|d| Instant::now() >= d) {
                         tracing::warn!("drain timeout: leaving the rest of the spool for the next start");
-                        return;
+                        return None;
                     }
                     let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
                     tokio::select! {
                         _ = tokio::time::sleep(backoff + jitter) => {}
-                        _ = shutdown.changed(), if deadline.is_none() => {
-                            deadline = Some(Instant::now() + opts.drain_timeout);
+                        _ = shutdown.changed(), if self.deadline.is_none() => {
+                            self.deadline = Some(Instant::now() + self.opts.drain_timeout);
                         }
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
-        if let Err(e) = spool.acknowledge(to) {
-            tracing::error!(error = %e, "cannot record the forwarder's progress; events may be sent again");
-        }
-        metrics::gauge!(m::SPOOL_BYTES).set(spool.wal().bytes() as f64);
-        metrics::gauge!(m::SPOOL_SEGMENTS).set(spool.wal().segments() as f64);
     }
 }
 
@@ -183,32 +274,50 @@ async fn read(
     }
 }
 
-async fn send(client: &Client<HttpConnector, Full<Bytes>>, router: &str, body: Bytes) -> Result<BatchAck, String> {
+async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    router: &str,
+    token: Option<&str>,
+    body: Bytes,
+) -> Result<BatchAck, SendError> {
     let url = format!("{}/v1/batches", router.trim_end_matches('/'));
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(Method::POST)
         .uri(&url)
         .header("content-type", "application/x-protobuf")
-        .header("content-encoding", "zstd")
+        .header("content-encoding", "zstd");
+    if let Some(t) = token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req
         .body(Full::new(body))
-        .map_err(|e| format!("bad router URL {url:?}: {e}"))?;
+        .map_err(|e| SendError::Retry(format!("bad router URL {url:?}: {e}")))?;
     let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
         .await
-        .map_err(|_| "router did not answer within 30 s".to_string())?
-        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+        .map_err(|_| SendError::Retry("router did not answer within 30 s".to_string()))?
+        .map_err(|e| SendError::Retry(format!("cannot reach {url}: {e}")))?;
     let status = resp.status();
     let body = tokio::time::timeout(Duration::from_secs(30), resp.into_body().collect())
         .await
-        .map_err(|_| "router answer timed out".to_string())?
-        .map_err(|e| e.to_string())?
+        .map_err(|_| SendError::Retry("router answer timed out".to_string()))?
+        .map_err(|e| SendError::Retry(e.to_string()))?
         .to_bytes();
-    if status != StatusCode::OK {
-        return Err(format!(
-            "router answered {status}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(300)])
-        ));
+    let said = || String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+    match status {
+        StatusCode::OK => {
+            BatchAck::decode(body).map_err(|e| SendError::Retry(format!("router sent an unreadable ack: {e}")))
+        }
+        // The batch itself is refused (too large, unreadable, an event without an id):
+        // sending it again will never work.
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::BAD_REQUEST => {
+            Err(SendError::Refused(format!("{status}: {}", said())))
+        }
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(SendError::Retry(format!(
+            "router answered {status}: {} (set collector.router_token to the router's token)",
+            said()
+        ))),
+        _ => Err(SendError::Retry(format!("router answered {status}: {}", said()))),
     }
-    BatchAck::decode(body).map_err(|e| format!("router sent an unreadable ack: {e}"))
 }
 
 #[cfg(test)]

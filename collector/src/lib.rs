@@ -161,6 +161,11 @@ impl Collector {
                 batch_max_events: cfg.batch_max_events.max(1),
                 batch_max_wait: Duration::from_millis(cfg.batch_max_wait_ms),
                 drain_timeout: Duration::from_secs(cfg.drain_timeout_secs),
+                dead_letter_dir: cfg
+                    .dead_letter_dir
+                    .clone()
+                    .unwrap_or_else(|| spool_dir.with_file_name("dead-letters")),
+                router_token: cfg.router_token.clone().filter(|t| !t.is_empty()),
             },
             fwd_rx,
         ));

@@ -30,6 +30,11 @@ pub const FORWARDED_BATCHES: &str = "weir_collector_forwarded_batches_total";
 pub const FORWARDED_EVENTS: &str = "weir_collector_forwarded_events_total";
 /// Failed forward attempts that will be retried.
 pub const FORWARD_RETRIES: &str = "weir_collector_forward_retries_total";
+/// Times a forwarder cursor could not be read and the spool was resent from its oldest
+/// segment (duplicates, never loss).
+pub const CURSOR_RESETS: &str = "weir_collector_cursor_resets_total";
+/// Events every router refused alone, kept in the collector's dead-letter store.
+pub const DEAD_LETTERED: &str = "weir_collector_dead_lettered_events_total";
 /// Time from sending a batch to its acknowledgement.
 pub const FORWARD_LATENCY: &str = "weir_collector_forward_latency_seconds";
 

@@ -3,9 +3,23 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use weir_proto::wal::{self, Position, Wal, WalError, WalOptions};
+
+use crate::metrics as m;
+
+/// The forwarder's cursor is saved at most this often (and when it stops): losing the
+/// newest one only means sending a few batches again, which the event id deduplicates.
+const CURSOR_SAVE_EVERY: Duration = Duration::from_millis(100);
+
+/// The forwarder's progress: the last acknowledged position, and when it was saved.
+struct Progress {
+    acked: Position,
+    saved: Option<Instant>,
+    dirty: bool,
+}
 
 /// The spool: a [`Wal`] with a size bound, an identity and the forwarder's cursor.
 #[derive(Clone)]
@@ -17,22 +31,25 @@ pub struct Spool {
     /// Bytes of the oldest kept segment that were already forwarded (the cursor's
     /// offset): still on disk until the segment rolls, but no longer pending.
     forwarded_in_kept: Arc<AtomicU64>,
+    progress: Arc<Mutex<Progress>>,
 }
 
 impl Spool {
-    /// Opens (or creates) the spool in `dir`.
+    /// Opens (or creates) the spool in `dir`. A damaged forwarder cursor resends the
+    /// spool from its oldest segment (see [`Wal::resume`]).
     pub fn open(dir: &Path, segment_bytes: u64, max_bytes: u64) -> Result<Spool, WalError> {
         let wal = Wal::open(WalOptions {
             dir: dir.to_path_buf(),
             segment_bytes,
             name: "spool",
+            metric_prefix: "weir_collector_spool",
         })?;
         let id_path = dir.join("spool.id");
         let id = match std::fs::read_to_string(&id_path) {
             Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
             _ => {
                 let id = uuid::Uuid::now_v7().simple().to_string();
-                std::fs::write(&id_path, &id).map_err(|source| WalError::Io {
+                wal::write_atomic(&id_path, id.as_bytes()).map_err(|source| WalError::Io {
                     what: "cannot write",
                     path: id_path.clone(),
                     source,
@@ -40,17 +57,22 @@ impl Spool {
                 id
             }
         };
-        let spool = Spool {
+        let cursor = dir.join("forwarder.cursor");
+        let start = wal.resume(&cursor, wal.first_position()?, m::CURSOR_RESETS)?;
+        wal.delete_passed(start)?;
+        let kept = kept_offset(&wal, start)?;
+        Ok(Spool {
             wal,
             max_bytes,
             id: id.into(),
-            cursor: dir.join("forwarder.cursor").into(),
-            forwarded_in_kept: Arc::new(AtomicU64::new(0)),
-        };
-        let start = spool.forwarded()?;
-        spool.wal.release_before(start)?;
-        spool.forwarded_in_kept.store(start.offset, Ordering::Relaxed);
-        Ok(spool)
+            cursor: cursor.into(),
+            forwarded_in_kept: Arc::new(AtomicU64::new(kept)),
+            progress: Arc::new(Mutex::new(Progress {
+                acked: start,
+                saved: None,
+                dirty: false,
+            })),
+        })
     }
 
     /// Bytes accepted but not yet acknowledged by a router.
@@ -80,19 +102,47 @@ impl Spool {
         &self.id
     }
 
-    /// Where the forwarder got to, or the start of the oldest segment.
-    pub fn forwarded(&self) -> Result<Position, WalError> {
-        match wal::load_cursor(&self.cursor)? {
-            Some(p) => Ok(p),
-            None => self.wal.first_position(),
-        }
+    /// Where the forwarder got to (where it starts after a restart).
+    pub fn forwarded(&self) -> Position {
+        self.lock().acked
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records that everything before `pos` was acknowledged and frees those segments.
-    pub fn acknowledge(&self, pos: Position) -> Result<(), WalError> {
+    /// Space is freed first, so the cursor save after it never finds a full disk; a
+    /// crash in between only resends what the cursor had not recorded yet.
+    pub async fn acknowledge(&self, pos: Position) -> Result<(), WalError> {
+        self.wal.release_before(pos).await?;
+        self.forwarded_in_kept
+            .store(kept_offset(&self.wal, pos)?, Ordering::Relaxed);
+        let due = {
+            let mut p = self.lock();
+            p.acked = pos;
+            p.dirty = true;
+            p.saved.is_none_or(|t| t.elapsed() >= CURSOR_SAVE_EVERY)
+        };
+        if due {
+            self.save_progress()?;
+        }
+        Ok(())
+    }
+
+    /// Saves the forwarder's cursor now if it moved since the last save.
+    pub fn save_progress(&self) -> Result<(), WalError> {
+        let pos = {
+            let p = self.lock();
+            if !p.dirty {
+                return Ok(());
+            }
+            p.acked
+        };
         wal::save_cursor(&self.cursor, pos)?;
-        self.wal.release_before(pos)?;
-        self.forwarded_in_kept.store(pos.offset, Ordering::Relaxed);
+        let mut p = self.lock();
+        p.saved = Some(Instant::now());
+        p.dirty = p.acked != pos;
         Ok(())
     }
 
@@ -100,6 +150,16 @@ impl Spool {
     pub fn dir(&self) -> PathBuf {
         self.wal.dir().to_path_buf()
     }
+}
+
+/// The offset already forwarded inside the oldest kept segment: `pos.offset` while
+/// `pos`'s segment is still on disk, else nothing.
+fn kept_offset(wal: &Wal, pos: Position) -> Result<u64, WalError> {
+    Ok(if wal.first_position()?.segment == pos.segment {
+        pos.offset
+    } else {
+        0
+    })
 }
 
 #[cfg(test)]
@@ -117,7 +177,7 @@ mod tests {
         assert!(spool.has_room(framed.len()));
         let end = spool.append(framed.clone()).await.unwrap();
         assert!(!spool.has_room(framed.len()), "a second one would pass 1000 bytes");
-        spool.acknowledge(end).unwrap();
+        spool.acknowledge(end).await.unwrap();
         assert_eq!(spool.pending_bytes(), 0);
         assert!(spool.has_room(framed.len()));
         drop(spool);

@@ -47,6 +47,13 @@ pub struct Manifest {
     pub rows: u64,
     /// Rows written to `_invalid/`.
     pub invalid_rows: u64,
+    /// Bytes of the buffer that were no record (damage skipped over) and records whose
+    /// event could not be read: what the buffer held that no row came from.
+    #[serde(default)]
+    pub damaged_bytes: u64,
+    /// Records whose event could not be read.
+    #[serde(default)]
+    pub unreadable_records: u64,
     /// The files.
     pub files: Vec<FileEntry>,
 }

@@ -165,6 +165,8 @@ pub(crate) struct Index<'a> {
     pub events: u64,
     /// Records whose event could not be read (skipped).
     pub unreadable: u64,
+    /// Bytes that were no record (skipped over to the next intact one).
+    pub damaged_bytes: u64,
     /// Repeats of an id seen earlier in the buffer (dropped).
     pub duplicates: u64,
     /// Bytes of the buffer read.
@@ -340,7 +342,19 @@ pub(crate) fn build<'a>(
     let mut mem: Vec<Entry> = Vec::new();
     let mut spill: Option<Spill> = None;
     let (mut pos, mut events, mut unreadable) = (0usize, 0u64, 0u64);
-    while let Decoded::Record(payload, used) = record::decode(&data[pos..]) {
+    let mut damage: Vec<(usize, usize)> = Vec::new();
+    while pos < data.len() {
+        let (payload, used) = match record::decode(&data[pos..]) {
+            Decoded::Record(payload, used) => (payload, used),
+            // Damaged bytes (a torn write that later appends went past, or a bad disk):
+            // never stop at them; skip to the next intact record and say so.
+            Decoded::Incomplete | Decoded::Corrupt => {
+                let skip = record::resync(&data[pos..]).unwrap_or(data.len() - pos);
+                damage.push((pos, skip));
+                pos += skip;
+                continue;
+            }
+        };
         let off = pos + record::HEADER_LEN;
         pos += used;
         let Ok(h) = EventHead::decode(payload) else {
@@ -378,10 +392,18 @@ pub(crate) fn build<'a>(
             spill = Some(s);
         }
     }
+    for &(at, len) in &damage {
+        tracing::error!(
+            offset = at,
+            bytes = len,
+            "damaged bytes in the hourly buffer (not a record); skipped to the next intact record"
+        );
+    }
     let mut index = Index {
         groups: groups.groups,
         events,
         unreadable,
+        damaged_bytes: damage.iter().map(|d| d.1 as u64).sum(),
         duplicates: 0,
         bytes: pos as u64,
         spilled: spill.is_some(),

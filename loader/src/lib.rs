@@ -292,8 +292,16 @@ impl Loader {
         if let Some(w) = invalid_writer {
             files.push(w.finish(None)?);
         }
-        if unreadable > 0 {
-            tracing::error!(hour = %hour::display(h), unreadable, "unreadable events in the buffer were skipped");
+        if unreadable > 0 || index.damaged_bytes > 0 {
+            tracing::error!(
+                hour = %hour::display(h),
+                path = %path.display(),
+                unreadable_records = unreadable,
+                damaged_bytes = index.damaged_bytes,
+                "the hour's buffer held damage; every intact event around it was loaded"
+            );
+            metrics::counter!("weir_loader_damaged_bytes_total").increment(index.damaged_bytes);
+            metrics::counter!("weir_loader_unreadable_records_total").increment(unreadable);
         }
         let manifest = Manifest {
             hour: hour::display(h),
@@ -304,12 +312,19 @@ impl Loader {
             duplicates: index.duplicates,
             rows,
             invalid_rows,
+            damaged_bytes: index.damaged_bytes,
+            unreadable_records: unreadable,
             files,
         };
         let spilled = index.spilled;
         drop(index);
         fs::create_dir_all(&staging).map_err(io_err(&staging))?;
         commit::commit(&self.warehouse, h, &staging, manifest.clone())?;
+        // Tell the router that this much of the hour is safe in the warehouse: only then
+        // may retention delete it.
+        if let Err(e) = weir_proto::buffer::write_loaded(&self.buffer_dir, h, manifest.source_bytes) {
+            tracing::warn!(dir = %self.buffer_dir.display(), error = %e, "cannot mark the hour loaded in the buffer directory; the router keeps it past retention_days");
+        }
         tracing::info!(hour = %manifest.hour, rows, invalid_rows, duplicates = manifest.duplicates, files = manifest.files.len(), spilled, "hour loaded");
         Ok(HourReport {
             hour: h,

@@ -1,34 +1,45 @@
-//! The warehouse buffer: follows the durable log with its own cursor and appends every
-//! event to the file of its `received_at` hour (UTC); closes hours after the grace
-//! period and deletes them after `retention_days`.
+//! The warehouse buffer in files: one more [`Sink`] of the recipient runner, taking every
+//! event of the router log (valid or not) and appending it to the file of its
+//! `received_at` hour (UTC); it closes hours after the grace period and deletes them once
+//! they are past `retention_days` *and* the loader has committed them whole.
+//!
+//! Every append is all or nothing: the files it touched are fsynced before the runner's
+//! cursor moves, and a failed append (a full disk) is truncated back, so an hour file
+//! never holds a torn record followed by good ones. A torn tail left by a crash is cut
+//! the first time an hour file is opened for appending.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::watch;
-use weir_proto::buffer::{buffer_path, closed_path, list_hours};
+use weir_proto::buffer::{buffer_path, closed_path, list_hours, read_loaded, HourState};
 use weir_proto::hour::{self, HOUR_MICROS};
 use weir_proto::record;
-use weir_proto::wal::{self, Wal, WalError, WalReader};
+use weir_proto::wal::{cut_torn_tail, write_atomic};
 
 use crate::batch;
-use crate::cursors::{cursor_path, LogCursors};
 use crate::metrics as m;
+use crate::recipients::{retry_all, Outcome, Sink};
 
 /// The warehouse buffer's name among the log's consumers (its cursor file).
 pub const NAME: &str = "warehouse";
+
+/// An hour file open for appending, and its length after the last good append.
+struct OpenHour {
+    file: File,
+    len: u64,
+}
 
 /// Hourly buffer files in one directory.
 pub struct FileBuffer {
     dir: PathBuf,
     grace: Duration,
     retention_days: u32,
-    open: HashMap<i64, File>,
+    open: HashMap<i64, OpenHour>,
 }
 
 impl FileBuffer {
@@ -43,32 +54,57 @@ impl FileBuffer {
         })
     }
 
-    /// Appends each hour's framed records and fsyncs every file it touched. Returns how
+    /// Appends each hour's framed records and fsyncs every file it touched, all or
+    /// nothing: on an error every touched file is cut back to where it was. Returns how
     /// many records went to hours already closed (late).
     pub fn append(&mut self, by_hour: &BTreeMap<i64, (Vec<u8>, u64)>) -> io::Result<u64> {
         let mut late = 0;
-        for (&h, (data, count)) in by_hour {
-            if !self.open.contains_key(&h) {
-                if closed_path(&self.dir, h).exists() {
-                    late += count;
-                    tracing::info!(hour = %hour::display(h), events = count, "late events for a closed hour; it will be reloaded");
+        let mut touched: Vec<i64> = Vec::with_capacity(by_hour.len());
+        let result = (|| {
+            for (&h, (data, count)) in by_hour {
+                if !self.open.contains_key(&h) {
+                    if closed_path(&self.dir, h).exists() {
+                        late += count;
+                        tracing::info!(hour = %hour::display(h), events = count, "late events for a closed hour; it will be reloaded");
+                    }
+                    let path = buffer_path(&self.dir, h);
+                    let file = OpenOptions::new().create(true).append(true).open(&path)?;
+                    // A crash or a failed write may have left a torn record at the end.
+                    let len = cut_torn_tail(&path, "hourly buffer")?;
+                    self.open.insert(h, OpenHour { file, len });
                 }
-                let f = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(buffer_path(&self.dir, h))?;
-                self.open.insert(h, f);
+                touched.push(h);
+                if let Some(o) = self.open.get_mut(&h) {
+                    o.file.write_all(data)?;
+                }
             }
-            if let Some(f) = self.open.get_mut(&h) {
-                f.write_all(data)?;
+            for h in &touched {
+                if let Some(o) = self.open.get(h) {
+                    o.file.sync_data()?;
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                for (h, (data, _)) in by_hour {
+                    if let Some(o) = self.open.get_mut(h) {
+                        o.len += data.len() as u64;
+                    }
+                }
+                Ok(late)
+            }
+            Err(e) => {
+                for h in &touched {
+                    if let Some(o) = self.open.remove(h) {
+                        if let Err(cut) = o.file.set_len(o.len) {
+                            tracing::error!(hour = %hour::display(*h), error = %cut, "cannot cut a failed append back; it is cut when the hour is opened again");
+                        }
+                    }
+                }
+                Err(e)
             }
         }
-        for h in by_hour.keys() {
-            if let Some(f) = self.open.get(h) {
-                f.sync_data()?;
-            }
-        }
-        Ok(late)
     }
 
     /// Closes every hour whose end plus grace is before `now` (µs): marks it closed and
@@ -79,234 +115,238 @@ impl FileBuffer {
         for state in list_hours(&self.dir)? {
             let due = (state.hour + 1) * HOUR_MICROS + grace <= now;
             if due && !state.closed {
-                if let Some(f) = self.open.remove(&state.hour) {
-                    f.sync_all()?;
+                if let Some(o) = self.open.remove(&state.hour) {
+                    o.file.sync_all()?;
                 }
-                let marker = closed_path(&self.dir, state.hour);
-                fs::write(
-                    &marker,
-                    format!("{{\"closed_at\":\"{}\"}}\n", weir_proto::event::format_micros(now)),
-                )?;
+                let marker = format!("{{\"closed_at\":\"{}\"}}\n", weir_proto::event::format_micros(now));
+                write_atomic(&closed_path(&self.dir, state.hour), marker.as_bytes())?;
                 closed.push(state.hour);
             } else if due {
                 // A late append reopened it: let go of the handle again.
                 self.open.remove(&state.hour);
             }
         }
-        if !closed.is_empty() {
-            File::open(&self.dir)?.sync_all()?;
-        }
         Ok(closed)
     }
 
-    /// Deletes closed hours older than `retention_days`. Returns the hours deleted.
-    pub fn expire(&mut self, now: i64) -> io::Result<Vec<i64>> {
-        let keep_from = hour::of_micros(now) - i64::from(self.retention_days) * 24;
+    /// Deletes closed hours older than `retention_days` that the loader has committed
+    /// whole (its `.loaded` marker covers every byte of the buffer). Returns the hours
+    /// deleted and the expired hours kept because they were never fully loaded.
+    pub fn expire(&mut self, now: i64) -> io::Result<(Vec<i64>, Vec<HourState>)> {
+        let keep_from = hour::of_micros(now) - i64::from(self.retention_days.max(1)) * 24;
         let mut gone = Vec::new();
+        let mut kept = Vec::new();
         for state in list_hours(&self.dir)? {
-            if state.closed && state.hour < keep_from {
-                self.open.remove(&state.hour);
-                fs::remove_file(buffer_path(&self.dir, state.hour))?;
-                fs::remove_file(closed_path(&self.dir, state.hour))?;
-                gone.push(state.hour);
+            if !(state.closed && state.hour < keep_from) {
+                continue;
             }
+            let loaded = read_loaded(&self.dir, state.hour).map(|l| l.source_bytes);
+            if loaded != Some(state.bytes) {
+                kept.push(state);
+                continue;
+            }
+            self.open.remove(&state.hour);
+            weir_proto::buffer::remove_hour(&self.dir, state.hour)?;
+            gone.push(state.hour);
         }
-        Ok(gone)
+        Ok((gone, kept))
     }
 
     /// Flushes and lets go of every open file.
     pub fn sync_all(&mut self) -> io::Result<()> {
-        for (_, f) in self.open.drain() {
-            f.sync_all()?;
+        for (_, o) in self.open.drain() {
+            o.file.sync_all()?;
         }
         Ok(())
     }
-}
 
-/// Splits log records (encoded `EventBatch`es) into framed events per hour.
-pub fn by_hour(batches: &[Bytes]) -> (BTreeMap<i64, (Vec<u8>, u64)>, u64) {
-    let mut out: BTreeMap<i64, (Vec<u8>, u64)> = BTreeMap::new();
-    let mut events = 0u64;
-    for b in batches {
-        let evs = match batch::events(b) {
-            Ok(e) => e,
-            Err(e) => {
-                metrics::counter!(m::POISON).increment(1);
-                tracing::error!(error = %e, "unreadable batch in the log; skipped");
-                continue;
-            }
-        };
-        for ev in evs {
-            let at = match batch::received_at(&ev) {
-                Ok(at) => at,
-                Err(e) => {
-                    metrics::counter!(m::POISON).increment(1);
-                    tracing::error!(error = %e, "unreadable event in the log; skipped");
-                    continue;
-                }
-            };
-            let slot = out.entry(hour::of_micros(at)).or_default();
-            record::encode_into(&mut slot.0, &ev);
-            slot.1 += 1;
-            events += 1;
-        }
-    }
-    (out, events)
-}
-
-struct Consumer {
-    reader: WalReader,
-    buffer: FileBuffer,
-}
-
-impl Consumer {
-    /// Moves one chunk of the log into the buffer. Returns the number of log records.
-    fn step(&mut self) -> Result<usize, String> {
-        let records = self.reader.read(256, 32 << 20).map_err(|e| e.to_string())?;
-        if records.is_empty() {
-            return Ok(0);
-        }
-        let (grouped, events) = by_hour(&records);
-        let late = self
-            .buffer
-            .append(&grouped)
-            .map_err(|e| format!("cannot write the hourly buffer: {e}"))?;
-        metrics::counter!(m::BUFFERED).increment(events);
-        metrics::counter!(m::LATE).increment(late);
-        Ok(records.len())
-    }
-
-    fn housekeeping(&mut self) {
+    /// Closes due hours and expires old ones, logging what it did.
+    fn housekeeping(&mut self, warned: &mut HashMap<i64, u64>) {
         let now = weir_proto::event::now_micros();
-        match self.buffer.close_due(now) {
+        match self.close_due(now) {
             Ok(closed) => {
                 for h in &closed {
                     tracing::info!(hour = %hour::display(*h), "hour closed");
                 }
                 metrics::counter!(m::HOURS_CLOSED).increment(closed.len() as u64);
             }
-            Err(e) => tracing::error!(error = %e, "cannot close hours"),
+            Err(e) => tracing::error!(dir = %self.dir.display(), error = %e, "cannot close hours"),
         }
-        match self.buffer.expire(now) {
-            Ok(gone) => {
+        match self.expire(now) {
+            Ok((gone, kept)) => {
                 for h in &gone {
-                    tracing::info!(hour = %hour::display(*h), "buffer past retention deleted");
+                    tracing::info!(hour = %hour::display(*h), "buffer past retention deleted (the loader committed all of it)");
                 }
                 metrics::counter!(m::HOURS_EXPIRED).increment(gone.len() as u64);
+                metrics::gauge!(m::HOURS_KEPT_UNLOADED).set(kept.len() as f64);
+                for s in kept {
+                    // Once per hour and size, not every round.
+                    if warned.insert(s.hour, s.bytes) != Some(s.bytes) {
+                        tracing::warn!(
+                            hour = %hour::display(s.hour),
+                            bytes = s.bytes,
+                            "hour is past retention_days but the loader has not committed all of it; keeping it (run `weir loader run`)"
+                        );
+                    }
+                }
             }
-            Err(e) => tracing::error!(error = %e, "cannot delete expired hours"),
+            Err(e) => tracing::error!(dir = %self.dir.display(), error = %e, "cannot delete expired hours"),
         }
     }
 }
 
-/// Follows the log into the buffer until `stop` turns true and the log is drained.
-pub async fn run(
-    wal: Wal,
-    buffer: FileBuffer,
-    cursors: Arc<LogCursors>,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), WalError> {
-    let cursor = cursor_path(wal.dir(), NAME);
-    let start = cursors.register(NAME, wal.first_position()?, u64::MAX)?;
-    let mut consumer = Some(Consumer {
-        reader: wal.reader(start),
-        buffer,
-    });
-    let mut durable = wal.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    let mut last_housekeeping = std::time::Instant::now();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let stopping = *stop.borrow();
-        let Some(mut c) = consumer.take() else { return Ok(()) };
-        let (res, c) = match tokio::task::spawn_blocking(move || (c.step(), c)).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!(error = %e, "buffer writer stopped");
-                return Ok(());
+/// Frames `events` per `received_at` hour; events whose time cannot be read are refused
+/// (their outcome is set). Returns the framed records per hour.
+fn by_hour(events: &[Bytes], out: &mut [Outcome]) -> BTreeMap<i64, (Vec<u8>, u64)> {
+    let mut hours: BTreeMap<i64, (Vec<u8>, u64)> = BTreeMap::new();
+    for (i, ev) in events.iter().enumerate() {
+        match batch::received_at(ev) {
+            Ok(at) => {
+                let slot = hours.entry(hour::of_micros(at)).or_default();
+                record::encode_into(&mut slot.0, ev);
+                slot.1 += 1;
             }
-        };
-        let pos = c.reader.position();
-        consumer = Some(c);
-        match res {
-            Ok(0) => {
-                if stopping {
-                    if let Some(c) = consumer.as_mut() {
-                        if let Err(e) = c.buffer.sync_all() {
-                            tracing::error!(error = %e, "cannot flush the hourly buffer");
-                        }
-                    }
-                    return Ok(());
-                }
-                tokio::select! {
-                    _ = durable.changed() => {}
-                    _ = tick.tick() => {
-                        last_housekeeping = std::time::Instant::now();
-                        if let Some(mut c) = consumer.take() {
-                            consumer = tokio::task::spawn_blocking(move || { c.housekeeping(); c }).await.ok();
-                        }
-                    }
-                    _ = stop.changed() => {}
-                }
-            }
-            Ok(_) => {
-                backoff = Duration::from_millis(100);
-                // Hours also close under a load that never lets the loop idle.
-                if last_housekeeping.elapsed() >= Duration::from_secs(5) {
-                    last_housekeeping = std::time::Instant::now();
-                    if let Some(mut c) = consumer.take() {
-                        consumer = tokio::task::spawn_blocking(move || {
-                            c.housekeeping();
-                            c
-                        })
-                        .await
-                        .ok();
-                    }
-                }
-                if let Err(e) = cursors.advance(NAME, pos) {
-                    tracing::error!(error = %e, "cannot save the buffer cursor or delete consumed log segments");
-                }
-                metrics::gauge!(m::LOG_BYTES).set(wal.bytes() as f64);
-            }
-            Err(e) => {
-                // Disk trouble: the log keeps everything; retry from the saved position.
-                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "hourly buffer write failed; retrying");
-                if let Some(c) = consumer.as_mut() {
-                    if let Ok(Some(saved)) = wal::load_cursor(&cursor) {
-                        c.reader.seek(saved);
-                    } else if let Ok(first) = wal.first_position() {
-                        c.reader.seek(first);
-                    }
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
+            Err(e) => out[i] = Outcome::Refuse(format!("unreadable event in the router log: {e}")),
         }
+    }
+    hours
+}
+
+/// The file buffer as a sink of the recipient runner: its blocking file I/O runs on
+/// the blocking pool.
+pub struct FileBufferSink {
+    buffer: Arc<Mutex<FileBuffer>>,
+    last_housekeeping: Option<Instant>,
+    warned: Arc<Mutex<HashMap<i64, u64>>>,
+}
+
+impl FileBufferSink {
+    /// A sink appending to `buffer`.
+    pub fn new(buffer: FileBuffer) -> FileBufferSink {
+        FileBufferSink {
+            buffer: Arc::new(Mutex::new(buffer)),
+            last_housekeeping: None,
+            warned: Arc::default(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Sink for FileBufferSink {
+    async fn deliver(&mut self, events: &[Bytes]) -> Vec<Outcome> {
+        let buffer = self.buffer.clone();
+        let events = events.to_vec();
+        let n = events.len();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut out = vec![Outcome::Delivered; events.len()];
+            let grouped = by_hour(&events, &mut out);
+            let buffered: u64 = grouped.values().map(|g| g.1).sum();
+            match lock(&buffer).append(&grouped) {
+                Ok(late) => {
+                    metrics::counter!(m::BUFFERED).increment(buffered);
+                    metrics::counter!(m::LATE).increment(late);
+                    out
+                }
+                Err(e) => {
+                    let why = format!("cannot write the hourly buffer: {e}");
+                    out.into_iter()
+                        .map(|o| match o {
+                            Outcome::Delivered => Outcome::Retry(why.clone()),
+                            other => other,
+                        })
+                        .collect()
+                }
+            }
+        })
+        .await;
+        joined.unwrap_or_else(|e| retry_all(n, &format!("the hourly buffer writer stopped: {e}")))
+    }
+
+    async fn tick(&mut self) {
+        if self
+            .last_housekeeping
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+        {
+            return;
+        }
+        self.last_housekeeping = Some(Instant::now());
+        let (buffer, warned) = (self.buffer.clone(), self.warned.clone());
+        let _ = tokio::task::spawn_blocking(move || lock(&buffer).housekeeping(&mut lock(&warned))).await;
+    }
+
+    async fn finish(&mut self) {
+        let buffer = self.buffer.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = lock(&buffer).sync_all() {
+                tracing::error!(error = %e, "cannot flush the hourly buffer");
+            }
+        })
+        .await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_proto::buffer::write_loaded;
+
+    fn one(framed: &[u8]) -> BTreeMap<i64, (Vec<u8>, u64)> {
+        let h = hour::parse("2026-11-22T13").unwrap();
+        BTreeMap::from([(h, (framed.to_vec(), 1))])
+    }
 
     #[test]
-    fn closes_after_grace_marks_late_and_expires() {
+    fn closes_after_grace_marks_late_and_expires_only_what_was_loaded() {
         let tmp = tempfile::tempdir().unwrap();
         let mut buf = FileBuffer::open(tmp.path(), Duration::from_secs(300), 3).unwrap();
         let h = hour::parse("2026-11-22T13").unwrap();
-        let mut data = BTreeMap::new();
         let mut framed = Vec::new();
         record::encode_into(&mut framed, b"e1");
-        data.insert(h, (framed.clone(), 1));
-        assert_eq!(buf.append(&data).unwrap(), 0);
+        assert_eq!(buf.append(&one(&framed)).unwrap(), 0);
         let end = (h + 1) * HOUR_MICROS;
         assert!(buf.close_due(end + 299_000_000).unwrap().is_empty(), "still in grace");
         assert_eq!(buf.close_due(end + 300_000_000).unwrap(), vec![h]);
         assert!(list_hours(tmp.path()).unwrap()[0].closed);
-        assert_eq!(buf.append(&data).unwrap(), 1, "late event counted");
-        assert_eq!(list_hours(tmp.path()).unwrap()[0].bytes, 2 * framed.len() as u64);
-        assert!(buf.expire(end + 2 * 24 * HOUR_MICROS).unwrap().is_empty());
-        assert_eq!(buf.expire(end + 4 * 24 * HOUR_MICROS).unwrap(), vec![h]);
+        assert_eq!(buf.append(&one(&framed)).unwrap(), 1, "late event counted");
+        let bytes = 2 * framed.len() as u64;
+        assert_eq!(list_hours(tmp.path()).unwrap()[0].bytes, bytes);
+        assert!(buf.expire(end + 2 * 24 * HOUR_MICROS).unwrap().0.is_empty());
+        let later = end + 4 * 24 * HOUR_MICROS;
+        let (gone, kept) = buf.expire(later).unwrap();
+        assert!(gone.is_empty(), "never loaded: kept");
+        assert_eq!(kept[0].hour, h);
+        write_loaded(tmp.path(), h, bytes - 1).unwrap();
+        assert!(
+            buf.expire(later).unwrap().0.is_empty(),
+            "loaded before the late event: kept"
+        );
+        write_loaded(tmp.path(), h, bytes).unwrap();
+        assert_eq!(buf.expire(later).unwrap().0, vec![h]);
         assert!(list_hours(tmp.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_before_the_next_append_and_a_failed_append_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = hour::parse("2026-11-22T13").unwrap();
+        let mut framed = Vec::new();
+        record::encode_into(&mut framed, b"event-1");
+        {
+            let mut buf = FileBuffer::open(tmp.path(), Duration::from_secs(300), 3).unwrap();
+            buf.append(&one(&framed)).unwrap();
+        }
+        // What kill -9 mid-write_all leaves.
+        let path = buffer_path(tmp.path(), h);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&framed[..5]).unwrap();
+        drop(f);
+        let mut buf = FileBuffer::open(tmp.path(), Duration::from_secs(300), 3).unwrap();
+        buf.append(&one(&framed)).unwrap();
+        let data = fs::read(&path).unwrap();
+        assert_eq!(record::iter(&data).count(), 2);
+        assert_eq!(data.len(), 2 * framed.len(), "the torn bytes are gone");
     }
 }

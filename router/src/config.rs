@@ -176,8 +176,40 @@ pub struct RouterConfig {
     /// How long shutdown waits for recipients to catch up before leaving the rest in the
     /// log for the next start.
     pub drain_secs: u64,
+    /// Bearer token collectors (and the console) must send; none on loopback.
+    pub token: Option<String>,
     /// Recipients by name.
     pub recipients: BTreeMap<String, RecipientConfig>,
+}
+
+impl RouterConfig {
+    /// Checks ranges deserialization cannot, and every recipient; the error names the
+    /// key (`router.max_batch_bytes: ...`).
+    pub fn validate(&self) -> Result<(), String> {
+        let max_record = weir_proto::record::MAX_RECORD_LEN;
+        if self.max_batch_bytes == 0 || self.max_batch_bytes > max_record {
+            return Err(format!(
+                "router.max_batch_bytes: {} is out of range; it must be 1..={max_record} (64 MiB, the log's largest record)",
+                self.max_batch_bytes
+            ));
+        }
+        if self.retention_days < 1 {
+            return Err(
+                "router.retention_days: must be at least 1 (hours are kept for replay until the loader has committed them)"
+                    .into(),
+            );
+        }
+        if self.log_segment_bytes < 4096 {
+            return Err(format!(
+                "router.log_segment_bytes: {} is too small; use at least 4096 (default 67108864)",
+                self.log_segment_bytes
+            ));
+        }
+        for (name, r) in &self.recipients {
+            r.validate().map_err(|e| format!("router.recipients.{name}.{e}"))?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for RouterConfig {
@@ -193,6 +225,7 @@ impl Default for RouterConfig {
             max_batch_bytes: 64 << 20,
             catalog_watch_secs: 2,
             drain_secs: 10,
+            token: None,
             recipients: BTreeMap::new(),
         }
     }

@@ -7,13 +7,22 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use weir_proto::wal::{self, Position, Wal, WalError};
+
+use crate::metrics as m;
+
+/// A consumer's cursor file is saved at most this often (and when it stops): losing the
+/// newest one only means reading a little of the log again.
+const SAVE_EVERY: Duration = Duration::from_millis(100);
 
 /// One consumer's entry.
 struct Entry {
     position: Position,
     max_backlog_bytes: u64,
+    saved: Position,
+    saved_at: Instant,
 }
 
 /// The cursors of every consumer of one log.
@@ -44,25 +53,20 @@ impl LogCursors {
 
     /// Registers a consumer and returns where it starts: its saved cursor, else
     /// `default` (which is saved at once, so a crash before its first delivery does not
-    /// move it).
+    /// move it). A damaged cursor starts at the oldest retained record (see
+    /// [`Wal::resume`]). Register every consumer before intake opens: segments are
+    /// released by what the registered ones have passed.
     pub fn register(&self, name: &str, default: Position, max_backlog_bytes: u64) -> Result<Position, WalError> {
         let path = cursor_path(&self.dir, name);
-        let start = match wal::load_cursor(&path)? {
-            Some(p) => p,
-            None => {
-                wal::save_cursor(&path, default)?;
-                default
-            }
-        };
-        // A cursor older than the oldest segment (deleted while this consumer was not
-        // configured) starts at the oldest data still there.
-        let first = self.wal.first_position()?;
-        let start = start.max(first);
+        let start = self.wal.resume(&path, default, m::CURSOR_RESETS)?;
+        wal::save_cursor(&path, start)?;
         self.lock().insert(
             name.to_string(),
             Entry {
                 position: start,
                 max_backlog_bytes,
+                saved: start,
+                saved_at: Instant::now(),
             },
         );
         Ok(start)
@@ -73,18 +77,41 @@ impl LogCursors {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Saves `name`'s cursor at `pos` and deletes the segments every consumer has passed.
-    pub fn advance(&self, name: &str, pos: Position) -> Result<(), WalError> {
-        wal::save_cursor(&cursor_path(&self.dir, name), pos)?;
-        let min = {
+    /// Moves `name`'s cursor to `pos`, deletes the segments every consumer has passed,
+    /// and saves the cursor file (at most every 100 ms). Space is freed before the
+    /// cursor is saved, so a full disk never keeps itself full; a crash in between only
+    /// means reading again what the file had not recorded.
+    pub async fn advance(&self, name: &str, pos: Position) -> Result<(), WalError> {
+        let (min, due) = {
             let mut entries = self.lock();
-            if let Some(e) = entries.get_mut(name) {
-                e.position = pos;
-            }
-            entries.values().map(|e| e.position).min().unwrap_or(pos)
+            let due = match entries.get_mut(name) {
+                Some(e) => {
+                    e.position = pos;
+                    e.saved_at.elapsed() >= SAVE_EVERY
+                }
+                None => false,
+            };
+            (entries.values().map(|e| e.position).min().unwrap_or(pos), due)
         };
-        self.wal.release_before(min)?;
+        self.wal.release_before(min).await?;
+        if due {
+            self.save(name)?;
+        }
         self.refresh();
+        Ok(())
+    }
+
+    /// Saves `name`'s cursor file now if it moved since the last save.
+    pub fn save(&self, name: &str) -> Result<(), WalError> {
+        let pos = match self.lock().get(name) {
+            Some(e) if e.position != e.saved => e.position,
+            _ => return Ok(()),
+        };
+        wal::save_cursor(&cursor_path(&self.dir, name), pos)?;
+        if let Some(e) = self.lock().get_mut(name) {
+            e.saved = pos;
+            e.saved_at = Instant::now();
+        }
         Ok(())
     }
 
@@ -140,6 +167,7 @@ mod tests {
             dir: tmp.path().into(),
             segment_bytes: 64,
             name: "t",
+            metric_prefix: "weir_test_log",
         })
         .unwrap();
         let cursors = LogCursors::new(wal.clone());
@@ -154,16 +182,20 @@ mod tests {
         }
         let segments = wal.segments();
         assert!(segments > 3);
-        cursors.advance("a", end).unwrap();
+        cursors.advance("a", end).await.unwrap();
         assert_eq!(wal.segments(), segments, "b still needs them");
         assert_eq!(cursors.refresh().as_deref(), Some("b"), "b is over its 100-byte bound");
         assert!(cursors.is_full());
-        cursors.advance("b", end).unwrap();
+        cursors.advance("b", end).await.unwrap();
+        cursors.save("b").unwrap();
         assert!(wal.segments() < segments);
         assert!(!cursors.is_full());
         assert_eq!(cursors.backlog_bytes("b"), 0);
-        // A registered consumer resumes from its saved cursor.
+        // A registered consumer resumes from its saved cursor (or, when the segment it
+        // ended in is gone, from the start of the next: the same place in the log).
         let again = LogCursors::new(wal.clone());
-        assert_eq!(again.register("b", first, 100).unwrap(), end);
+        let resumed = again.register("b", first, 100).unwrap();
+        assert!(resumed >= end, "{resumed:?} is before {end:?}");
+        assert_eq!(again.backlog_bytes("b"), 0);
     }
 }

@@ -32,7 +32,14 @@ impl RecentBatches {
         }
     }
 
-    /// Records `id`; false when it was already there.
+    /// Whether `id` was stored durably before.
+    pub fn contains(&self, id: &str) -> bool {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.contains(id)
+    }
+
+    /// Records `id` (call it only once its batch is durable); false when it was already
+    /// there.
     pub fn insert(&self, id: &str) -> bool {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if g.0.contains(id) {
@@ -47,13 +54,6 @@ impl RecentBatches {
         }
         true
     }
-
-    /// Forgets `id` (its batch could not be stored).
-    pub fn remove(&self, id: &str) {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.0.remove(id);
-        g.1.retain(|x| x != id);
-    }
 }
 
 /// What the handlers share.
@@ -66,6 +66,8 @@ pub struct State {
     pub recent: RecentBatches,
     /// Largest accepted batch body (also decompressed).
     pub max_batch_bytes: usize,
+    /// Bearer token required on `/v1/batches` and `/v1/catalog`, when set.
+    pub token: Option<String>,
     /// Renders `/metrics`.
     pub metrics: Option<PrometheusHandle>,
     /// The catalog served to collectors.
@@ -74,7 +76,14 @@ pub struct State {
 
 /// Routes one request.
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response {
-    match (req.method(), req.uri().path()) {
+    let path = req.uri().path();
+    if matches!(path, "/v1/batches" | "/v1/catalog") && !authorized(state.token.as_deref(), &req) {
+        return h::error(
+            StatusCode::UNAUTHORIZED,
+            "this router requires `Authorization: Bearer <token>` (set collector.router_token to router.token)",
+        );
+    }
+    match (req.method(), path) {
         (&Method::POST, "/v1/batches") => batches(&state, req).await,
         (&Method::GET, "/v1/catalog") => catalog(&state, &req),
         (&Method::GET, "/healthz") => h::text(StatusCode::OK, "ok\n"),
@@ -104,6 +113,22 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response {
             "no such endpoint: the router serves POST /v1/batches, GET /v1/catalog, /healthz, /readyz and /metrics",
         ),
     }
+}
+
+/// Whether `req` carries the bearer `token` (always, when none is set). Compared in
+/// constant time.
+pub fn authorized<B>(token: Option<&str>, req: &Request<B>) -> bool {
+    let Some(token) = token else { return true };
+    let Some(given) = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn catalog(state: &State, req: &Request<Incoming>) -> Response {
@@ -153,13 +178,15 @@ async fn batches(state: &State, req: Request<Incoming>) -> Response {
         .get(hyper::header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
     let body = if zstd {
-        match zstd::bulk::decompress(&body, limit) {
+        match decompress(&body, limit) {
             Ok(b) => Bytes::from(b),
-            Err(e) => {
-                return bad(format!(
-                    "cannot decompress the batch (zstd, at most {limit} bytes): {e}"
-                ))
+            Err(Decompress::TooLarge) => {
+                return h::error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("batch is larger than {limit} bytes decompressed (router.max_batch_bytes)"),
+                )
             }
+            Err(Decompress::Bad(e)) => return bad(format!("cannot decompress the batch (zstd): {e}")),
         }
     } else {
         body
@@ -189,7 +216,10 @@ async fn batches(state: &State, req: Request<Incoming>) -> Response {
             return r;
         }
     }
-    if !batch.batch_id.is_empty() && !state.recent.insert(&batch.batch_id) {
+    // Only a batch whose first copy is durable is answered "duplicate": a retry of one
+    // still being written (or whose write failed) is appended again, and the event ids
+    // make the second copy harmless.
+    if !batch.batch_id.is_empty() && state.recent.contains(&batch.batch_id) {
         metrics::counter!(m::DUPLICATE_BATCHES).increment(1);
         return ack(&BatchAck {
             batch_id: batch.batch_id,
@@ -197,10 +227,16 @@ async fn batches(state: &State, req: Request<Incoming>) -> Response {
             duplicate: true,
         });
     }
+    if count == 0 {
+        return ack(&BatchAck {
+            batch_id: batch.batch_id,
+            accepted: 0,
+            duplicate: false,
+        });
+    }
     let mut framed = Vec::with_capacity(body.len() + record::HEADER_LEN);
     record::encode_into(&mut framed, &body);
     if let Err(e) = state.wal.append(framed).await {
-        state.recent.remove(&batch.batch_id);
         let mut r = h::error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("cannot write the router log: {e}"),
@@ -208,6 +244,9 @@ async fn batches(state: &State, req: Request<Incoming>) -> Response {
         r.headers_mut()
             .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
+    }
+    if !batch.batch_id.is_empty() {
+        state.recent.insert(&batch.batch_id);
     }
     metrics::counter!(m::BATCHES).increment(1);
     metrics::counter!(m::EVENTS).increment(count);
@@ -217,6 +256,23 @@ async fn batches(state: &State, req: Request<Incoming>) -> Response {
         accepted: count,
         duplicate: false,
     })
+}
+
+enum Decompress {
+    TooLarge,
+    Bad(String),
+}
+
+/// Decompresses a zstd body, refusing more than `limit` bytes without allocating them.
+fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, Decompress> {
+    use std::io::Read;
+    let decoder = zstd::stream::read::Decoder::new(body).map_err(|e| Decompress::Bad(e.to_string()))?;
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    match decoder.take(limit as u64 + 1).read_to_end(&mut out) {
+        Ok(_) if out.len() > limit => Err(Decompress::TooLarge),
+        Ok(_) => Ok(out),
+        Err(e) => Err(Decompress::Bad(e.to_string())),
+    }
 }
 
 #[cfg(test)]
@@ -231,7 +287,30 @@ mod tests {
         assert!(r.insert("b"));
         assert!(r.insert("c"));
         assert!(r.insert("a"), "a was evicted");
-        r.remove("a");
-        assert!(r.insert("a"));
+        assert!(r.contains("a") && !r.contains("b"));
+    }
+
+    #[test]
+    fn decompression_stops_at_the_limit() {
+        let big = zstd::bulk::compress(&vec![0u8; 1 << 20], 1).unwrap();
+        assert!(matches!(decompress(&big, 1000), Err(Decompress::TooLarge)));
+        assert_eq!(decompress(&big, 1 << 20).ok().map(|b| b.len()), Some(1 << 20));
+        assert!(matches!(decompress(b"not zstd", 1000), Err(Decompress::Bad(_))));
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let req = |v: Option<&str>| {
+            let mut b = Request::builder();
+            if let Some(v) = v {
+                b = b.header("authorization", v);
+            }
+            b.body(()).unwrap()
+        };
+        assert!(authorized(None, &req(None)));
+        assert!(!authorized(Some("s3cret"), &req(None)));
+        assert!(!authorized(Some("s3cret"), &req(Some("Bearer s3cre"))));
+        assert!(!authorized(Some("s3cret"), &req(Some("s3cret"))));
+        assert!(authorized(Some("s3cret"), &req(Some("Bearer s3cret"))));
     }
 }

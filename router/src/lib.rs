@@ -9,7 +9,7 @@ pub mod buffer;
 pub mod catalog;
 pub mod config;
 pub mod cursors;
-pub mod dead_letter;
+pub use weir_proto::dead_letter;
 pub mod http;
 pub mod metrics;
 pub mod mongo_buffer;
@@ -90,14 +90,12 @@ impl Router {
         catalog: Arc<arc_swap::ArcSwap<weir_proto::Catalog>>,
         metrics: Option<PrometheusHandle>,
     ) -> Result<Router, StartError> {
-        for (name, r) in &cfg.recipients {
-            r.validate()
-                .map_err(|e| StartError::Config(format!("router.recipients.{name}.{e}")))?;
-        }
+        cfg.validate().map_err(StartError::Config)?;
         let wal = Wal::open(WalOptions {
             dir: paths.log_dir.clone(),
             segment_bytes: cfg.log_segment_bytes,
             name: "router-log",
+            metric_prefix: "weir_router_log",
         })?;
         let (listener, addr) = weir_proto::http::bind(&cfg.listen)
             .await
@@ -105,9 +103,31 @@ impl Router {
                 addr: cfg.listen.clone(),
                 source,
             })?;
-        let file_buffer = match cfg.buffer {
-            config::BufferConfig::File { .. } => Some(
-                buffer::FileBuffer::open(
+        let cursors = cursors::LogCursors::new(wal.clone());
+        let end_at_start = wal.durable();
+        let (stop_buffer, buf_rx) = watch::channel(false);
+        let drain = Duration::from_secs(cfg.drain_secs);
+        let run_cfg = |name: &str, route, batch_events, start| recipients::runner::RunnerConfig {
+            name: name.to_string(),
+            route,
+            batch_events,
+            dead_letters: dead_letter::DeadLetters::new(&paths.dead_letter_dir, name),
+            start,
+            end_at_start,
+            drain,
+        };
+        // Every consumer of the log is registered before intake opens, the warehouse
+        // buffer first: segments are released only once all registered ones passed them.
+        let buffer_start = cursors.register(buffer::NAME, wal.first_position()?, u64::MAX)?;
+        let buffer_cfg = run_cfg(
+            buffer::NAME,
+            recipients::runner::Route::Everything,
+            1 << 20,
+            buffer_start,
+        );
+        let buffer = match &cfg.buffer {
+            config::BufferConfig::File { .. } => {
+                let file_buffer = buffer::FileBuffer::open(
                     &paths.buffer_dir,
                     Duration::from_secs(cfg.grace_secs),
                     cfg.retention_days,
@@ -115,27 +135,43 @@ impl Router {
                 .map_err(|source| StartError::Buffer {
                     path: paths.buffer_dir.clone(),
                     source,
-                })?,
-            ),
-            config::BufferConfig::Mongo { .. } => None,
+                })?;
+                let sink = buffer::FileBufferSink::new(file_buffer);
+                tokio::spawn(recipients::runner::run(
+                    sink,
+                    wal.clone(),
+                    cursors.clone(),
+                    buffer_cfg,
+                    buf_rx.clone(),
+                ))
+            }
+            config::BufferConfig::Mongo { url, db } => {
+                let sink =
+                    mongo_buffer::MongoBuffer::new(url, db, Duration::from_secs(cfg.grace_secs), cfg.retention_days);
+                let buffer_cfg = recipients::runner::RunnerConfig {
+                    batch_events: 1000,
+                    ..buffer_cfg
+                };
+                tokio::spawn(recipients::runner::run(
+                    sink,
+                    wal.clone(),
+                    cursors.clone(),
+                    buffer_cfg,
+                    buf_rx.clone(),
+                ))
+            }
         };
-        let cursors = cursors::LogCursors::new(wal.clone());
-        let end_at_start = wal.durable();
-        let (stop_buffer, buf_rx) = watch::channel(false);
         let mut recipients = Vec::new();
         for (name, rc) in &cfg.recipients {
             let (max_backlog, batch_events) = rc.limits();
             // A new recipient starts with what arrives from now on.
             let start = cursors.register(name, end_at_start, max_backlog)?;
-            let run_cfg = recipients::runner::RunnerConfig {
-                name: name.clone(),
-                route: recipients::runner::Route::Catalog(catalog.clone()),
+            let run_cfg = run_cfg(
+                name,
+                recipients::runner::Route::Catalog(catalog.clone()),
                 batch_events,
-                dead_letters: dead_letter::DeadLetters::new(&paths.dead_letter_dir, name),
                 start,
-                end_at_start,
-                drain: Duration::from_secs(cfg.drain_secs),
-            };
+            );
             let (w, c, rx) = (wal.clone(), cursors.clone(), buf_rx.clone());
             tracing::info!(recipient = %name, kind = rc.kind(), "recipient started");
             recipients.push(match rc {
@@ -172,6 +208,7 @@ impl Router {
             wal: wal.clone(),
             recent: http::RecentBatches::new(100_000),
             max_batch_bytes: cfg.max_batch_bytes,
+            token: cfg.token.clone().filter(|t| !t.is_empty()),
             metrics,
             catalog: catalog.clone(),
         });
@@ -189,34 +226,6 @@ impl Router {
             move |req| http::handle(state.clone(), req),
             http_rx,
         ));
-        let buffer = match &cfg.buffer {
-            config::BufferConfig::File { .. } => {
-                let buffer_wal = wal.clone();
-                let Some(file_buffer) = file_buffer else {
-                    return Err(StartError::Config("file buffer not opened".into()));
-                };
-                tokio::spawn(async move {
-                    if let Err(e) = buffer::run(buffer_wal, file_buffer, cursors, buf_rx).await {
-                        tracing::error!(error = %e, "the hourly buffer stopped; events stay in the router log");
-                    }
-                })
-            }
-            config::BufferConfig::Mongo { url, db } => {
-                let start = cursors.register(buffer::NAME, wal.first_position()?, u64::MAX)?;
-                let sink =
-                    mongo_buffer::MongoBuffer::new(url, db, Duration::from_secs(cfg.grace_secs), cfg.retention_days);
-                let run_cfg = recipients::runner::RunnerConfig {
-                    name: buffer::NAME.into(),
-                    route: recipients::runner::Route::Everything,
-                    batch_events: 1000,
-                    dead_letters: dead_letter::DeadLetters::new(&paths.dead_letter_dir, buffer::NAME),
-                    start,
-                    end_at_start,
-                    drain: Duration::from_secs(cfg.drain_secs),
-                };
-                tokio::spawn(recipients::runner::run(sink, wal.clone(), cursors, run_cfg, buf_rx))
-            }
-        };
         Ok(Router {
             addr,
             watcher,

@@ -18,8 +18,11 @@ pub const LATE: &str = "weir_router_buffer_late_events_total";
 pub const HOURS_CLOSED: &str = "weir_router_buffer_hours_closed_total";
 /// Hours deleted after `retention_days`.
 pub const HOURS_EXPIRED: &str = "weir_router_buffer_hours_expired_total";
-/// Log records the buffer could not read (skipped, logged).
-pub const POISON: &str = "weir_router_buffer_unreadable_batches_total";
+/// Hours past `retention_days` kept because the loader has not committed all of them.
+pub const HOURS_KEPT_UNLOADED: &str = "weir_router_buffer_hours_kept_unloaded";
+/// Times a consumer's cursor could not be read and it started again from the oldest
+/// retained record (duplicates, never loss).
+pub const CURSOR_RESETS: &str = "weir_router_cursor_resets_total";
 /// Times the catalog was reloaded from its directory.
 pub const CATALOG_RELOADS: &str = "weir_router_catalog_reloads_total";
 /// Events a recipient's server confirmed (label `recipient`).

@@ -36,6 +36,11 @@ pub trait Sink: Send + 'static {
     fn tick(&mut self) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// Called once when the runner stops (flush what is open).
+    fn finish(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Renders a name template: `{event}` as the event name, `{event_ident}` with dots as

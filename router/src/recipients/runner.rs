@@ -195,9 +195,13 @@ pub async fn run<S: Sink>(
             sink.tick().await;
             last_tick = Instant::now();
         }
-        if let Err(e) = cursors.advance(&name, pos) {
-            tracing::error!(recipient = %name, error = %e, "cannot save the recipient's cursor");
+        if let Err(e) = cursors.advance(&name, pos).await {
+            tracing::error!(recipient = %name, error = %e, "cannot save the recipient's cursor or release log segments");
         }
+    }
+    sink.finish().await;
+    if let Err(e) = cursors.save(&name) {
+        tracing::error!(recipient = %name, error = %e, "cannot save the recipient's cursor; it reads a little of the log again after a restart");
     }
     if let Some(r) = &reader {
         let left = cursors.backlog_bytes(&name);
@@ -471,6 +475,7 @@ environments = ["web"]
             dir: tmp.path().join("log"),
             segment_bytes: 1 << 20,
             name: "t",
+            metric_prefix: "weir_test_log",
         })
         .unwrap();
         let cursors = LogCursors::new(wal.clone());
@@ -523,10 +528,8 @@ environments = ["web"]
         assert_eq!(text.lines().count(), 1);
         assert!(text.contains("poison1") && text.contains("too large"));
         assert_eq!(cursors.backlog_bytes("fake"), 0, "the cursor passed everything");
-        let saved = weir_proto::wal::load_cursor(&crate::cursors::cursor_path(&tmp.path().join("log"), "fake"))
-            .unwrap()
-            .unwrap();
-        assert_eq!(saved, wal.durable());
+        let saved = weir_proto::wal::read_cursor(&crate::cursors::cursor_path(&tmp.path().join("log"), "fake"));
+        assert_eq!(saved, weir_proto::wal::SavedCursor::At(wal.durable()));
     }
 
     #[tokio::test]
@@ -554,10 +557,12 @@ environments = ["web"]
             .await
             .unwrap()
             .unwrap();
-        let saved = weir_proto::wal::load_cursor(&crate::cursors::cursor_path(&tmp.path().join("log"), "fake"))
-            .unwrap()
-            .unwrap();
-        assert_eq!(saved, start, "nothing was delivered, so the cursor did not move");
+        let saved = weir_proto::wal::read_cursor(&crate::cursors::cursor_path(&tmp.path().join("log"), "fake"));
+        assert_eq!(
+            saved,
+            weir_proto::wal::SavedCursor::At(start),
+            "nothing was delivered, so the cursor did not move"
+        );
         assert!(cursors.backlog_bytes("fake") > 0);
     }
 }
