@@ -369,6 +369,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// ", N damaged bytes skipped" when the hour's buffer held damage (see the log).
+fn damage_note(m: &weir_loader::Manifest) -> String {
+    if m.damaged_bytes == 0 && m.unreadable_records == 0 {
+        return String::new();
+    }
+    format!(
+        ", DAMAGE: {} damaged bytes and {} unreadable records skipped (see the log)",
+        m.damaged_bytes, m.unreadable_records
+    )
+}
+
 fn loader(command: LoaderCommand) -> anyhow::Result<ExitCode> {
     match command {
         LoaderCommand::Run { now, watch, config } => {
@@ -388,12 +399,13 @@ fn loader(command: LoaderCommand) -> anyhow::Result<ExitCode> {
                 for r in &reports {
                     let m = &r.manifest;
                     println!(
-                        "{}: {} rows, {} invalid, {} duplicates dropped, {} files",
+                        "{}: {} rows, {} invalid, {} duplicates dropped, {} files{}",
                         m.hour,
                         m.rows,
                         m.invalid_rows,
                         m.duplicates,
-                        m.files.len()
+                        m.files.len(),
+                        damage_note(m)
                     );
                 }
                 if !watch {
@@ -414,6 +426,7 @@ fn loader(command: LoaderCommand) -> anyhow::Result<ExitCode> {
         LoaderCommand::Replay { from, to, config } => {
             let cfg = load_config(&config)?;
             let (catalog, _) = load_catalog(&cfg, true)?;
+            run::init_tracing();
             let from = weir_proto::hour::parse(&from).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
             let to = weir_proto::hour::parse(&to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
             anyhow::ensure!(from <= to, "--from must not be after --to");
@@ -431,8 +444,11 @@ fn loader(command: LoaderCommand) -> anyhow::Result<ExitCode> {
             let reports = reports?;
             for r in &reports {
                 println!(
-                    "{}: {} rows, {} invalid",
-                    r.manifest.hour, r.manifest.rows, r.manifest.invalid_rows
+                    "{}: {} rows, {} invalid{}",
+                    r.manifest.hour,
+                    r.manifest.rows,
+                    r.manifest.invalid_rows,
+                    damage_note(&r.manifest)
                 );
             }
             Ok(ExitCode::SUCCESS)

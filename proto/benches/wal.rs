@@ -15,6 +15,7 @@ fn bench(c: &mut Criterion) {
         dir: dir.path().to_path_buf(),
         segment_bytes: 64 << 20,
         name: "bench",
+        metric_prefix: "weir_bench_log",
     })
     .unwrap();
     let mut request = Vec::new();

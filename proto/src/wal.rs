@@ -76,12 +76,12 @@ pub struct WalOptions {
     pub metric_prefix: &'static str,
 }
 
+/// Where an append's outcome is sent.
+type Reply = oneshot::Sender<Result<Position, Arc<WalError>>>;
+
 enum Request {
     /// Append framed records; answered once they are durable.
-    Append {
-        data: Vec<u8>,
-        done: oneshot::Sender<Result<Position, Arc<WalError>>>,
-    },
+    Append { data: Vec<u8>, done: Reply },
     /// Start a new segment if the active one holds anything, so that a reader that
     /// passed all of it can release it; answered once done.
     Roll { done: oneshot::Sender<()> },
@@ -428,7 +428,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        let mut group: Vec<(Vec<u8>, oneshot::Sender<Result<Position, Arc<WalError>>>)> = Vec::with_capacity(256);
+        let mut group: Vec<(Vec<u8>, Reply)> = Vec::with_capacity(256);
         let mut rolls: Vec<oneshot::Sender<()>> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut take = |req| match req {
@@ -469,10 +469,7 @@ impl Writer {
         }
     }
 
-    fn write_group(
-        &mut self,
-        group: &[(Vec<u8>, oneshot::Sender<Result<Position, Arc<WalError>>>)],
-    ) -> Result<Position, WalError> {
+    fn write_group(&mut self, group: &[(Vec<u8>, Reply)]) -> Result<Position, WalError> {
         let start = self.pos.offset;
         let mut written = 0u64;
         let mut result = Ok(());
@@ -996,7 +993,9 @@ mod tests {
                             let got = reader.read(max, 1 << 20).unwrap();
                             let want = &acked[next..(next + max).min(acked.len())];
                             let got: Vec<Vec<u8>> = got.iter().map(|b| b.to_vec()).collect();
-                            prop_assert_eq!(&got[..], want);
+                            // A read may stop early at a segment's end, never at nothing.
+                            prop_assert!(got.len() <= want.len() && (!got.is_empty() || want.is_empty()));
+                            prop_assert_eq!(&got[..], &want[..got.len()]);
                             next += got.len();
                         }
                         Op::Release => {

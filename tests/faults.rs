@@ -1,0 +1,477 @@
+//! The fault suite: weir crashed, its files damaged, its disks full and its limits hit,
+//! each time counting the ledger: every acknowledged event id in the Parquet exactly
+//! once. See README, "What weir guarantees".
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn all_ids(warehouse: &Path) -> Vec<String> {
+    parquet_files(warehouse)
+        .iter()
+        .flat_map(|f| strings(&read_parquet(f), "id"))
+        .collect()
+}
+
+/// Asserts the warehouse holds every id of `acked` exactly once and nothing else.
+fn assert_ledger(warehouse: &Path, acked: &BTreeSet<String>) {
+    assert_ledger_in_doubt(warehouse, acked, &BTreeSet::new());
+}
+
+/// As [`assert_ledger`], where ids of `in_doubt` (requests whose answer a kill cut off:
+/// maybe stored, never acknowledged) may be there too, once.
+fn assert_ledger_in_doubt(warehouse: &Path, acked: &BTreeSet<String>, in_doubt: &BTreeSet<String>) {
+    let ids = all_ids(warehouse);
+    let unique: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), unique.len(), "an event was stored twice");
+    let missing: Vec<&String> = acked.difference(&unique).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events are missing, e.g. {missing:?}",
+        acked.difference(&unique).count()
+    );
+    let extra: Vec<&String> = unique
+        .difference(acked)
+        .filter(|id| !in_doubt.contains(*id))
+        .take(5)
+        .collect();
+    assert!(extra.is_empty(), "events nobody acknowledged: {extra:?}");
+}
+
+fn cart(id: &str, session: &str) -> String {
+    format!(r#"{{"event":"cart.viewed","env":"web","id":"{id}","fields":{{"items":1,"session_id":"{session}"}}}}"#)
+}
+
+/// Posts `n` events with ids `<prefix>-<i>`; returns them once acknowledged (202).
+fn send(collector: &str, prefix: &str, n: usize) -> BTreeSet<String> {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    let body: Vec<String> = ids.iter().map(|id| cart(id, "s")).collect();
+    let (status, body) = post_events(collector, &format!("[{}]", body.join(",")));
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"], n);
+    ids.into_iter().collect()
+}
+
+#[test]
+fn a_torn_hour_buffer_record_loses_nothing_sent_after_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let up = Up::with_fixture(&data, &[]);
+    let mut acked = send(&up.collector, "before", 100);
+    assert!(up.stop().success());
+    // What kill -9 (or a full disk) mid-append leaves at the end of the open hour.
+    let buf = fs::read_dir(data.join("router/buffer"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "buf"))
+        .expect("an hour buffer");
+    let mut f = fs::OpenOptions::new().append(true).open(&buf).unwrap();
+    f.write_all(&[0x40, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, b'{', b'"'])
+        .unwrap();
+    drop(f);
+
+    let up = Up::with_fixture(&data, &[]);
+    acked.extend(send(&up.collector, "after", 100));
+    let stderr_before = up.stderr();
+    assert!(up.stop().success());
+    assert_ledger(&data.join("warehouse"), &acked);
+    let log = fs::read_to_string(data.with_extension("stderr.log")).unwrap();
+    assert!(log.len() > stderr_before.len());
+    assert!(log.contains("cutting a torn tail"), "the cut is logged:\n{log}");
+}
+
+#[test]
+fn the_loader_skips_damage_in_the_middle_of_an_hour_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let up = Up::with_fixture(&data, &[]);
+    let first = send(&up.collector, "first", 50);
+    let second = send(&up.collector, "second", 50);
+    assert!(up.stop().success());
+    let buf = fs::read_dir(data.join("router/buffer"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "buf"))
+        .unwrap();
+    // A bad sector in the middle: garble bytes inside the file, past the first record.
+    let len = fs::metadata(&buf).unwrap().len();
+    let f = fs::OpenOptions::new().write(true).open(&buf).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0xff; 64], len / 2).unwrap();
+    drop(f);
+    let cfg = tmp.path().join("weir.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\ncatalog = \"{}\"\n",
+            data.display(),
+            fixture_catalog().display()
+        ),
+    )
+    .unwrap();
+    let replay = |from: &str| {
+        weir()
+            .args(["loader", "replay", "--from", from, "--to", from, "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let out = replay("2000-01-01T00");
+    // Replaying an hour that is not buffered fails loudly, naming it.
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2000-01-01T00"));
+
+    let hour = buf.file_stem().unwrap().to_str().unwrap().to_string();
+    let hour = format!("{}-{}-{}T{}", &hour[..4], &hour[4..6], &hour[6..8], &hour[8..10]);
+    let out = replay(&hour);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("damaged bytes in the hourly buffer"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("DAMAGE: ") && stdout.contains("damaged bytes"),
+        "{stdout}"
+    );
+    let ids: BTreeSet<String> = all_ids(&data.join("warehouse")).into_iter().collect();
+    let all: BTreeSet<String> = first.union(&second).cloned().collect();
+    // At most the one or two records the damage hit are gone; everything after it loads.
+    let lost = all.difference(&ids).count();
+    assert!((1..=2).contains(&lost), "lost {lost}");
+    assert!(ids.contains("second-49"), "the records after the damage are loaded");
+}
+
+#[test]
+fn damaged_cursors_fall_back_to_the_oldest_record_and_lose_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // Long batch waits keep some events in the spool at the kill.
+    let env = [
+        ("WEIR_COLLECTOR_BATCH_MAX_WAIT_MS", "3000"),
+        ("WEIR_COLLECTOR_BATCH_MAX_EVENTS", "30"),
+    ];
+    let up = Up::with_fixture(&data, &env);
+    let mut acked = BTreeSet::new();
+    for i in 0..10 {
+        acked.extend(send(&up.collector, &format!("c{i}"), 20));
+    }
+    up.kill9();
+    let cursors = [
+        (data.join("collector/spool/forwarder.cursor"), &b""[..]),
+        (data.join("router/log/warehouse.cursor"), &b"{\"segment\":"[..]),
+    ];
+    for (path, garbage) in &cursors {
+        fs::write(path, garbage).unwrap();
+    }
+    let up = Up::with_fixture(&data, &[]);
+    assert!(up.stop_with("TERM").success());
+    let log = fs::read_to_string(data.with_extension("stderr.log")).unwrap();
+    assert_eq!(
+        log.matches("cannot use the saved cursor").count(),
+        2,
+        "each reset is logged:\n{log}"
+    );
+    assert_ledger(&data.join("warehouse"), &acked);
+}
+
+#[test]
+fn limits_are_config_errors_that_name_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (var, value, key) in [
+        ("WEIR_ROUTER_MAX_BATCH_BYTES", "100000000", "router.max_batch_bytes"),
+        ("WEIR_ROUTER_RETENTION_DAYS", "0", "router.retention_days"),
+    ] {
+        let out = weir()
+            .args(["up", "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .env(var, value)
+            .env("WEIR_COLLECTOR_LISTEN", "127.0.0.1:0")
+            .env("WEIR_ROUTER_LISTEN", "127.0.0.1:0")
+            .env("WEIR_LOADER_FLIGHT", "127.0.0.1:0")
+            .env("WEIR_PROXY_LISTEN", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{var}={value} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key), "{var}={value}: {stderr}");
+    }
+}
+
+#[test]
+fn a_batch_the_router_refuses_is_split_and_an_event_refused_alone_is_dead_lettered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let up = Up::with_fixture(&data, &[("WEIR_ROUTER_MAX_BATCH_BYTES", "65536")]);
+    // 1,000 events in one request: one batch far above 64 KiB decompressed.
+    let mut acked = send(&up.collector, "small", 1000);
+    // One event that is too large for the router even alone (incompressible).
+    let mut noise = String::new();
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    while noise.len() < 200_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.push_str(&format!("{x:016x}"));
+    }
+    let (status, body) = post_events(&up.collector, &cart("huge-1", &noise));
+    assert_eq!(status, 202, "{body}");
+    // And the spool moves on past it.
+    acked.extend(send(&up.collector, "later", 10));
+    let started = Instant::now();
+    assert!(up.stop().success());
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the spool drained without waiting out its timeout"
+    );
+    assert_ledger(&data.join("warehouse"), &acked);
+    let dead = data.join("collector/dead-letters");
+    let lines: Vec<serde_json::Value> = fs::read_dir(&dead)
+        .unwrap_or_else(|e| panic!("{}: {e}", dead.display()))
+        .flatten()
+        .flat_map(|f| {
+            fs::read_to_string(f.path())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["event"]["id"], "huge-1");
+    assert!(
+        lines[0]["reason"].as_str().unwrap().contains("413"),
+        "{}",
+        lines[0]["reason"]
+    );
+}
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount (the fault suite runs as root, as CI does)");
+        assert!(
+            ok.success(),
+            "mount -t tmpfs {}: run the fault suite as root",
+            dir.display()
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn spawn(args: &[&str], log: &Path) -> Child {
+    let log = fs::File::create(log).unwrap();
+    weir().args(args).stdout(Stdio::null()).stderr(log).spawn().unwrap()
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit {status:?}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_full_spool_disk_answers_503_and_recovers_by_itself_when_the_router_returns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = tmp.path().join("spool");
+    let _disk = Tmpfs::mount(&spool, "8m");
+    let (cport, rport) = (free_port(), free_port());
+    let cfg = tmp.path().join("weir.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{data}\"\ncatalog = \"{catalog}\"\n[collector]\nlisten = \"127.0.0.1:{cport}\"\nsocket = \"\"\ndatagram = \"\"\nspool_dir = \"{spool}\"\nrouters = [\"http://127.0.0.1:{rport}\"]\n[router]\nlisten = \"127.0.0.1:{rport}\"\n",
+            data = tmp.path().join("data").display(),
+            catalog = fixture_catalog().display(),
+            spool = spool.display(),
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let collector_url = format!("http://127.0.0.1:{cport}");
+    let collector = spawn(&["collector", "--config", cfg], &tmp.path().join("collector.log"));
+    eventually(Duration::from_secs(30), "the collector listens", || {
+        ureq::get(&format!("{collector_url}/healthz")).call().ok()
+    });
+    // The router is away: fill the spool's disk until the collector refuses.
+    let session = "x".repeat(200);
+    let mut acked = BTreeSet::new();
+    let mut refused = None;
+    for i in 0..2000 {
+        let ids: Vec<String> = (0..100).map(|j| format!("full-{i}-{j}")).collect();
+        let body: Vec<String> = ids.iter().map(|id| cart(id, &session)).collect();
+        let (status, answer) = post_events(&collector_url, &format!("[{}]", body.join(",")));
+        match status {
+            202 => acked.extend(ids),
+            503 => {
+                refused = Some(answer);
+                break;
+            }
+            other => panic!("{other}: {answer}"),
+        }
+    }
+    let refused = refused.expect("a full disk answers 503");
+    assert!(refused.to_string().contains("spool"), "{refused}");
+    assert!(acked.len() > 10_000, "only {} events fit", acked.len());
+
+    // The router comes back: the spool drains and frees its disk by itself.
+    let router = spawn(&["router", "--config", cfg], &tmp.path().join("router.log"));
+    let mut i = 0;
+    eventually(Duration::from_secs(60), "the collector takes events again", || {
+        i += 1;
+        let ids: Vec<String> = (0..100).map(|j| format!("again-{i}-{j}")).collect();
+        let body: Vec<String> = ids.iter().map(|id| cart(id, &session)).collect();
+        let (status, _) = post_events(&collector_url, &format!("[{}]", body.join(",")));
+        (status == 202).then(|| acked.extend(ids))
+    });
+    // And it keeps taking them: the disk is not just one event away from full.
+    for k in 0..50 {
+        acked.extend(send(&collector_url, &format!("steady-{k}"), 100));
+    }
+    stop(collector);
+    stop(router);
+    let out = weir()
+        .args(["loader", "run", "--now", "--config", cfg])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ledger(&tmp.path().join("data/warehouse"), &acked);
+}
+
+/// Sends 20-event requests in a loop until `stop`, returning the ids acknowledged (202).
+/// Also returns the ids of requests whose answer never came (in doubt).
+type Ledger = (BTreeSet<String>, BTreeSet<String>);
+
+fn steady_load(url: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<Ledger> {
+    std::thread::spawn(move || {
+        let (mut acked, mut in_doubt) = (BTreeSet::new(), BTreeSet::new());
+        let mut n = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            n += 1;
+            let ids: Vec<String> = (0..20).map(|j| format!("load-{n}-{j}")).collect();
+            let body: Vec<String> = ids.iter().map(|id| cart(id, "s")).collect();
+            let sent = ureq::post(&format!("{url}/v1/events"))
+                .timeout(Duration::from_secs(10))
+                .set("content-type", "application/json")
+                .send_string(&format!("[{}]", body.join(",")));
+            match sent {
+                Ok(r) if r.status() == 202 => acked.extend(ids),
+                // Refused (503 while the router restarts): not stored.
+                Ok(_) | Err(ureq::Error::Status(..)) => std::thread::sleep(Duration::from_millis(20)),
+                // Cut off by a kill: maybe stored, not acknowledged, so not owed.
+                Err(_) => {
+                    in_doubt.extend(ids);
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+            }
+        }
+        (acked, in_doubt)
+    })
+}
+
+/// kill -9 of the collector and of the router, at seeded random moments, under steady
+/// load. `TEST_WEIR_FAULT_CYCLES` (default 6) and `TEST_WEIR_FAULT_SEED` make a longer soak.
+#[test]
+fn kill_9_of_collector_and_router_at_random_moments_loses_no_acknowledged_event() {
+    let cycles: u64 = std::env::var("TEST_WEIR_FAULT_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let mut seed: u64 = std::env::var("TEST_WEIR_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed_cafe);
+    eprintln!("fault seed {seed} (TEST_WEIR_FAULT_SEED), {cycles} cycles (TEST_WEIR_FAULT_CYCLES)");
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (cport, rport) = (free_port(), free_port());
+    let cfg = tmp.path().join("weir.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{data}\"\ncatalog = \"{catalog}\"\n[collector]\nlisten = \"127.0.0.1:{cport}\"\nsocket = \"\"\ndatagram = \"\"\nrouters = [\"http://127.0.0.1:{rport}\"]\nbatch_max_events = 50\n[router]\nlisten = \"127.0.0.1:{rport}\"\nlog_segment_bytes = 65536\n",
+            data = tmp.path().join("data").display(),
+            catalog = fixture_catalog().display(),
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let url = format!("http://127.0.0.1:{cport}");
+    let start = |what: &str, i: u64| spawn(&[what, "--config", cfg], &tmp.path().join(format!("{what}-{i}.log")));
+    let up = |url: &str, log: String| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ureq::get(&format!("{url}/healthz")).call().is_err() {
+            let log = tmp.path().join(&log);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not start within 30 s:\n{}",
+                log.display(),
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut collector = start("collector", 0);
+    let mut router = start("router", 0);
+    up(&url, "collector-0.log".into());
+    up(&format!("http://127.0.0.1:{rport}"), "router-0.log".into());
+    let stop_load = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = steady_load(url.clone(), stop_load.clone());
+    for i in 1..=cycles {
+        std::thread::sleep(Duration::from_millis(200 + rand(1000)));
+        let victim = if rand(2) == 0 { &mut collector } else { &mut router };
+        victim.kill().unwrap();
+        victim.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(rand(300)));
+        if std::ptr::eq(victim, &collector) {
+            collector = start("collector", i);
+            up(&url, format!("collector-{i}.log"));
+        } else {
+            router = start("router", i);
+            up(&format!("http://127.0.0.1:{rport}"), format!("router-{i}.log"));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop_load.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, in_doubt) = load.join().unwrap();
+    assert!(acked.len() > 1000, "the load ran: {} acknowledged", acked.len());
+    stop(collector);
+    stop(router);
+    let out = weir()
+        .args(["loader", "run", "--now", "--config", cfg])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ledger_in_doubt(&tmp.path().join("data/warehouse"), &acked, &in_doubt);
+}
