@@ -94,15 +94,28 @@ pub fn interpolate(text: &str, env: &[(String, String)]) -> Result<String, Strin
                         n + 1
                     ));
                 }
-                match (lookup(name), default) {
-                    (Some(v), _) => out.push_str(v),
-                    (None, Some(d)) => out.push_str(d),
+                let quoting = quoting(&line[..line.len() - rest.len() + i]);
+                let value = match (lookup(name), default) {
+                    (Some(v), _) => v,
+                    (None, Some(d)) => d,
                     (None, None) => {
                         return Err(format!(
                             "line {}: environment variable {name} is not set (referenced as ${{{name}}}; use ${{{name}:-default}} for an optional one)",
                             n + 1
                         ))
                     }
+                };
+                // A value is data, never TOML: escaped inside "...", refused where it
+                // cannot be represented. The error names the variable, not the value.
+                match quoting {
+                    Quoting::Basic => escape_basic(value, &mut out),
+                    Quoting::Literal if value.contains('\'') || value.contains('\n') => {
+                        return Err(format!(
+                            "line {}: the value of {name} contains a quote or a newline, which a '...' string cannot hold; write \"${{{name}}}\" instead",
+                            n + 1
+                        ))
+                    }
+                    _ => out.push_str(value),
                 }
                 rest = &r[end + 1..];
             } else {
@@ -113,6 +126,48 @@ pub fn interpolate(text: &str, env: &[(String, String)]) -> Result<String, Strin
         out.push_str(rest);
     }
     Ok(out)
+}
+
+/// Where on a TOML line a `${VAR}` stands.
+enum Quoting {
+    /// Outside any string (a number, a boolean: the value is used as written).
+    Bare,
+    /// Inside `"..."`.
+    Basic,
+    /// Inside `'...'`.
+    Literal,
+}
+
+/// Whether the end of `before` (the line up to a `$`) is inside a string.
+fn quoting(before: &str) -> Quoting {
+    let mut state = Quoting::Bare;
+    let mut chars = before.chars();
+    while let Some(c) = chars.next() {
+        state = match (state, c) {
+            (Quoting::Bare, '"') => Quoting::Basic,
+            (Quoting::Bare, '\'') => Quoting::Literal,
+            (Quoting::Bare, '#') => return Quoting::Bare,
+            (Quoting::Basic, '\\') => {
+                chars.next();
+                Quoting::Basic
+            }
+            (Quoting::Basic, '"') | (Quoting::Literal, '\'') => Quoting::Bare,
+            (s, _) => s,
+        };
+    }
+    state
+}
+
+/// Appends `value` escaped for a TOML basic string.
+fn escape_basic(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
 }
 
 /// Whether a `catalog` value is a router's URL (collectors and proxies pull it) rather
@@ -140,13 +195,26 @@ impl Config {
             ),
             None => (PathBuf::from("<defaults>"), String::new()),
         };
-        let text = interpolate(&text, &env).map_err(|message| ConfigError::Invalid {
+        let raw = text;
+        let text = interpolate(&raw, &env).map_err(|message| ConfigError::Invalid {
             path: label.clone(),
             message,
         })?;
+        // After interpolation a TOML error would quote the line, secrets and all: then
+        // it names the line and column only.
+        let interpolated = text != raw;
         let invalid = |e: toml::de::Error| ConfigError::Invalid {
             path: label.clone(),
-            message: e.to_string().trim_end().to_string(),
+            message: match (interpolated, e.span()) {
+                (true, Some(span)) => {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("line {line}, column {col}: {}", e.message())
+                }
+                (true, None) => e.message().to_string(),
+                (false, _) => e.to_string().trim_end().to_string(),
+            },
         };
         let mut table: toml::Table = toml::from_str(&text).map_err(invalid)?;
         // Refuse unknown keys in the file before any override is applied, so the error
@@ -331,6 +399,8 @@ max_body_bytes = 5242880
 max_event_bytes = 1048576
 # Request bytes held in memory at once; past it requests wait (TCP backpressure).
 max_inflight_bytes = 67108864
+# Connections each listener serves at once (headers within 10 s, at most 64 KiB).
+max_connections = 1024
 # Batches to the router: at most this many events, or this old.
 batch_max_events = 1000
 batch_max_wait_ms = 1
@@ -362,6 +432,7 @@ max_batch_bytes = 67108864
 # Bearer token collectors must send (collector.router_token) on /v1/batches and
 # /v1/catalog; 401 without it. Unset: no check (fine on loopback).
 # token = "${ROUTER_TOKEN}"
+max_connections = 1024
 # The catalog directory is re-read this often (and at once on SIGHUP); a valid change
 # applies without restart, re-routing included.
 catalog_watch_secs = 2
@@ -414,7 +485,13 @@ cors_origins = []
 trusted_proxies = []
 # Zero the host part of client addresses (IPv4 /24, IPv6 /48).
 truncate_ip = false
+# Largest request body, also after decompression, on every path (events, Segment,
+# pixel), and most events (or Segment calls) in one request; 413 beyond. Context values
+# (user agent, Segment ids) are cut at 1 KiB.
 max_body_bytes = 524288
+max_events = 5000
+# Connections served at once; headers must arrive within 10 s and fit in 64 KiB (431).
+max_connections = 1024
 # Requests per second one client address may send (and burst); 0 = no limit. Past a
 # limit the answer is 429 with Retry-After.
 per_ip_rate = 0
@@ -463,6 +540,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn interpolated_values_are_data_and_errors_do_not_echo_them() {
+        let env = |v: &str| vec![("SECRET".to_string(), v.to_string())];
+        // A value with a quote stays one string: it cannot add keys.
+        let text = "[router]\ntoken = \"${SECRET}\"\n";
+        let evil = "x\"\nretention_days = 0\n#";
+        let out = interpolate(text, &env(evil)).unwrap();
+        let parsed: toml::Table = toml::from_str(&out).unwrap();
+        assert_eq!(parsed["router"]["token"].as_str(), Some(evil));
+        assert!(interpolate("t = '${SECRET}'\n", &env("it's"))
+            .unwrap_err()
+            .contains("SECRET"));
+        assert_eq!(interpolate("n = ${SECRET}\n", &env("5")).unwrap(), "n = 5\n");
+        // A TOML error on an interpolated file names the line, never the secret.
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("weir.toml");
+        std::fs::write(&path, "[router]\nretention_days = ${SECRET}\n").unwrap();
+        let e = Config::load(Some(&path), env("hunter2-password"))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
     }
 
     #[test]

@@ -475,3 +475,245 @@ fn kill_9_of_collector_and_router_at_random_moments_loses_no_acknowledged_event(
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_ledger_in_doubt(&tmp.path().join("data/warehouse"), &acked, &in_doubt);
 }
+
+/// One raw HTTP/1.1 request (for what ureq cannot send: repeated header lines);
+/// returns the status line and the body.
+fn raw_request(addr: &str, head: &str, body: &str) -> (String, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let (status, rest) = out.split_once("\r\n").unwrap_or((&out, ""));
+    let body = rest.split_once("\r\n\r\n").map_or("", |b| b.1);
+    (status.to_string(), body.to_string())
+}
+
+fn answer(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
+    match r {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn the_public_edge_answers_abuse_exactly_and_stores_requests_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("weir.toml");
+    fs::write(
+        &cfg,
+        r#"
+[collector]
+router_token = "rt-secret"
+[router]
+token = "rt-secret"
+[proxy]
+trusted_proxies = ["127.0.0.1"]
+max_events = 50
+max_connections = 4
+[[proxy.keys]]
+key = "wk"
+env = "web"
+[[proxy.keys]]
+key = "wk_seg"
+env = "web"
+rate = 5
+"#,
+    )
+    .unwrap();
+    let data = tmp.path().join("data");
+    let up = Up::start(
+        &data,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--catalog",
+            fixture_catalog().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let proxy = up.banner_url("proxy");
+    let router = up.banner_url("router");
+    let events = format!("{proxy}/v1/events");
+    let post = |ua: &str, body: &str| {
+        answer(
+            ureq::post(&events)
+                .set("x-weir-key", "wk")
+                .set("user-agent", ua)
+                .set("content-type", "application/json")
+                .send_string(body),
+        )
+    };
+    let mut acked = BTreeSet::new();
+
+    // Internal endpoints need the token; the collector sends it.
+    for path in ["/v1/batches", "/v1/catalog"] {
+        let r = if path == "/v1/batches" {
+            ureq::post(&format!("{router}{path}")).send_bytes(b"")
+        } else {
+            ureq::get(&format!("{router}{path}")).call()
+        };
+        let (code, body) = answer(r);
+        assert_eq!(code, 401, "{path}: {body}");
+        assert!(body.contains("router_token"), "{body}");
+    }
+    let (code, _) = answer(
+        ureq::get(&format!("{router}/v1/catalog"))
+            .set("authorization", "Bearer rt-secret")
+            .call(),
+    );
+    assert_eq!(code, 200);
+
+    // A huge user agent: the head is refused; a long one is stored cut to 1 KiB.
+    let (code, _) = post(&"x".repeat(100_000), &cart("ua-0", "s"));
+    assert_eq!(code, 431);
+    let (code, body) = post(&"Mozilla/5.0 ".repeat(500), &cart("ua-1", "s"));
+    assert_eq!(code, 202, "{body}");
+    acked.insert("ua-1".to_string());
+
+    // Too many events in one request.
+    let many: Vec<String> = (0..51).map(|i| cart(&format!("many-{i}"), "s")).collect();
+    let (code, body) = post("t", &format!("[{}]", many.join(",")));
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("at most 50"), "{body}");
+
+    // A trusted balancer appends its own X-Forwarded-For line, with a port: the client
+    // is the hop it added, not what the client wrote in its own line.
+    let host = proxy.trim_start_matches("http://");
+    let (status, body) = raw_request(
+        host,
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nX-Weir-Key: wk\r\nContent-Type: application/json\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 203.0.113.5:4444\r\n",
+        &cart("xff-1", "s"),
+    );
+    assert!(status.contains("202"), "{status} {body}");
+    acked.insert("xff-1".to_string());
+
+    // A Segment batch of 10 users under a key limited to 5 requests a second: one
+    // request, charged once, stored whole.
+    let calls: Vec<String> = (0..10)
+        .map(|i| format!(r#"{{"type":"track","event":"cart.viewed","userId":"u{i}","messageId":"seg-{i}","properties":{{"items":{i},"session_id":"s"}}}}"#))
+        .collect();
+    let (code, body) = answer(
+        ureq::post(&format!("{proxy}/v1/batch"))
+            .set("content-type", "application/json")
+            .send_string(&format!(r#"{{"writeKey":"wk_seg","batch":[{}]}}"#, calls.join(","))),
+    );
+    assert_eq!(code, 200, "{body}");
+
+    // Slow clients hold at most max_connections, and only for the header timeout.
+    let slow: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(host).unwrap();
+            s.write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let (code, body) = post("t", &cart("after-slow", "s"));
+    assert_eq!(code, 202, "{body}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5),
+        "served at once ({waited:?}): the cap did not hold"
+    );
+    assert!(
+        waited < Duration::from_secs(25),
+        "the slow clients were not timed out ({waited:?})"
+    );
+    acked.insert("after-slow".to_string());
+    drop(slow);
+
+    assert!(up.stop().success());
+    let files = parquet_files(&data.join("warehouse/event=cart.viewed"));
+    let batches: Vec<_> = files.iter().flat_map(|f| read_parquet(f)).collect();
+    let ids = strings(&batches, "id");
+    let uas = opt_strings(&batches, "context_user_agent");
+    let ips = opt_strings(&batches, "context_ip");
+    let at = |id: &str| {
+        ids.iter()
+            .position(|x| x == id)
+            .unwrap_or_else(|| panic!("{id} missing"))
+    };
+    assert_eq!(uas[at("ua-1")].as_deref().map(str::len), Some(1024));
+    assert_eq!(ips[at("xff-1")].as_deref(), Some("203.0.113.5"));
+    let segment: BTreeSet<&String> = ids.iter().filter(|i| !acked.contains(*i)).collect();
+    assert_eq!(segment.len(), 10, "the whole Segment batch, once: {segment:?}");
+    for id in &acked {
+        at(id);
+    }
+}
+
+#[test]
+fn a_rabbitmq_message_no_queue_is_bound_for_is_dead_lettered_and_counted() {
+    let amqp = service("TEST_WEIR_AMQP");
+    let exchange = unique("weir.unbound.");
+    let tmp = tempfile::tempdir().unwrap();
+    let up = common::fanout::up_with(
+        tmp.path(),
+        &common::fanout::recipients_config(Some((&amqp, &exchange)), None, None),
+    );
+    let (status, body) = post_events(&up.collector, &common::fanout::ev("item.liked", "lonely-1", 7));
+    assert_eq!(status, 202, "{body}");
+    let dead = tmp.path().join("data/router/dead-letters/models");
+    let line = eventually(Duration::from_secs(30), "the unroutable event is dead-lettered", || {
+        let file = fs::read_dir(&dead).ok()?.flatten().next()?.path();
+        let text = fs::read_to_string(file).ok()?;
+        text.lines().next().map(str::to_string)
+    });
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["event"]["id"], "lonely-1");
+    assert!(line["reason"].as_str().unwrap().contains("unroutable"), "{line}");
+    let metrics = get_text(&format!("{}/metrics", up.collector));
+    assert!(
+        metrics.contains("weir_router_recipient_unroutable_total{recipient=\"models\"} 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("unroutable"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(up.stop().success());
+}
+
+#[test]
+fn a_password_in_an_unreachable_mongodb_url_never_reaches_a_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("weir.toml");
+    let port = free_port();
+    fs::write(
+        &cfg,
+        format!("[router]\nbuffer = {{ kind = \"mongo\", url = \"mongodb://weir:${{MONGO_PW}}@127.0.0.1:{port}/?serverSelectionTimeoutMS=300&connectTimeoutMS=300\", db = \"weir\" }}\n"),
+    )
+    .unwrap();
+    let data = tmp.path().join("data");
+    let up = Up::start(
+        &data,
+        &["--config", cfg.to_str().unwrap()],
+        &[("MONGO_PW", "hunter2-pw")],
+    );
+    let (status, body) = post_events(
+        &up.collector,
+        r#"{"event":"search.performed","env":"backend","fields":{"query":"bike"}}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    eventually(Duration::from_secs(30), "the buffer reports MongoDB away", || {
+        up.stderr().contains("MongoDB buffer housekeeping failed").then_some(())
+    });
+    let metrics = get_text(&format!("{}/metrics", up.collector));
+    assert!(!metrics.contains("hunter2"));
+    // The final load cannot reach MongoDB either, and says where it tried.
+    let stderr_path = up.stderr_path.clone();
+    let _ = up.stop_with("TERM");
+    let log = fs::read_to_string(stderr_path).unwrap();
+    assert!(log.contains("mongodb://weir:***@127.0.0.1"), "{log}");
+    assert!(!log.contains("hunter2"), "the password reached the log:\n{log}");
+}

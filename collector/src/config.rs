@@ -43,6 +43,8 @@ pub struct CollectorConfig {
     /// Request bodies held in memory at once, in bytes; past it, requests wait to be
     /// read (TCP backpressure), so memory stays bounded whatever the load.
     pub max_inflight_bytes: usize,
+    /// Connections each listener serves at once.
+    pub max_connections: usize,
     /// Most events in one batch to the router.
     pub batch_max_events: usize,
     /// Longest a partial batch waits for more events before it is sent.
@@ -72,6 +74,7 @@ impl Default for CollectorConfig {
             max_body_bytes: 5 << 20,
             max_event_bytes: crate::ingest::DEFAULT_MAX_EVENT_BYTES,
             max_inflight_bytes: 64 << 20,
+            max_connections: weir_proto::http::DEFAULT_MAX_CONNECTIONS,
             batch_max_events: 1000,
             batch_max_wait_ms: 1,
             drain_timeout_secs: 30,

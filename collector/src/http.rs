@@ -128,11 +128,26 @@ fn budget_kib(req: &Request<Incoming>, limit: usize) -> u32 {
     (bytes.saturating_mul(2) / 1024 + 1).min(u32::MAX as usize) as u32
 }
 
+/// Takes the request's share of the in-flight memory budget (waiting while it is spent:
+/// TCP backpressure), for a body of at most `limit` bytes.
+pub(crate) async fn reserve<'a>(
+    state: &'a State,
+    req: &Request<Incoming>,
+    limit: usize,
+) -> Result<tokio::sync::SemaphorePermit<'a>, Response> {
+    let want = budget_kib(req, limit).min(state.inflight_total_kib);
+    state
+        .inflight_kib
+        .acquire_many(want)
+        .await
+        .map_err(|_| unavailable("the collector is shutting down".into()))
+}
+
 async fn events(state: &State, req: Request<Incoming>, source: Source<'_>) -> Response {
     let limit = state.max_body_bytes;
-    let want = budget_kib(&req, limit).min(state.inflight_total_kib);
-    let Ok(_budget) = state.inflight_kib.acquire_many(want).await else {
-        return unavailable("the collector is shutting down".into());
+    let _budget = match reserve(state, &req, limit).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let (parts, raw) = match read(req, limit).await {
         Ok(b) => b,
@@ -176,6 +191,15 @@ pub(crate) async fn accept(
     }
 }
 
+/// Limits a listener applies to one request body.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Largest body, also after decompression.
+    pub body_bytes: usize,
+    /// Most events in one request (413 beyond).
+    pub events: usize,
+}
+
 /// [`accept`] without the answer: the summary once the kept events are spooled, or the
 /// error response.
 pub(crate) async fn ingest_body(
@@ -185,30 +209,57 @@ pub(crate) async fn ingest_body(
     raw: bytes::Bytes,
     source: Source<'_>,
 ) -> Result<ingest::Summary, Response> {
-    let limit = state.max_body_bytes;
-    let format = match body::format(content_type) {
-        Ok(f) => f,
-        Err(e) => return Err(body_error(e)),
+    let limits = Limits {
+        body_bytes: state.max_body_bytes,
+        events: usize::MAX,
     };
-    let decoded = match body::decode(content_encoding, raw, limit) {
-        Ok(b) => b,
-        Err(e) => return Err(body_error(e)),
-    };
-    let items = match body::split(&decoded, format) {
-        Ok(items) => items,
-        Err(e) => return Err(body_error(e)),
-    };
+    let ingested = prepare(state, content_type, content_encoding, raw, source, limits).map_err(|r| *r)?;
+    spool(state, ingested).await
+}
+
+/// A refusal: the answer to send instead (boxed: a response is large).
+pub(crate) type Refusal = Box<Response>;
+
+/// Decodes and validates a body into spool records, without storing them.
+pub(crate) fn prepare(
+    state: &State,
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    raw: bytes::Bytes,
+    source: Source<'_>,
+    limits: Limits,
+) -> Result<ingest::Ingested, Refusal> {
+    let refuse = |e| Box::new(body_error(e));
+    let format = body::format(content_type).map_err(refuse)?;
+    let decoded = body::decode(content_encoding, raw, limits.body_bytes).map_err(refuse)?;
+    let items = body::split(&decoded, format).map_err(refuse)?;
+    if items.len() > limits.events {
+        return Err(Box::new(h::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} events in one request; at most {} (send the rest in another request)",
+                items.len(),
+                limits.events
+            ),
+        )));
+    }
     let catalog = state.catalog.load();
     if !catalog.is_loaded() {
-        return Err(unavailable(
+        return Err(Box::new(unavailable(
             "the collector has no catalog yet: no router answered and there is no saved copy".into(),
-        ));
+        )));
     }
     let now = weir_proto::event::now_micros();
     let ingested = ingest::ingest_limited(&catalog, &items, source, &state.name, now, state.max_event_bytes);
-    if let Some(why) = ingested.forbidden {
-        return Err(h::error(StatusCode::FORBIDDEN, why));
+    if let Some(why) = &ingested.forbidden {
+        return Err(Box::new(h::error(StatusCode::FORBIDDEN, why.clone())));
     }
+    Ok(ingested)
+}
+
+/// Appends prepared records to the spool in one append (all or nothing) and answers
+/// with the summary once they are durable.
+pub(crate) async fn spool(state: &State, ingested: ingest::Ingested) -> Result<ingest::Summary, Response> {
     if ingested.records > 0 {
         if !state.spool.has_room(ingested.framed.len()) {
             return Err(unavailable(

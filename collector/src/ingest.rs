@@ -86,6 +86,27 @@ pub struct Ingested {
     pub forbidden: Option<String>,
 }
 
+impl Ingested {
+    /// Adds `other`'s records and answer to this one (one request made of several parts,
+    /// spooled in one append). `other`'s error indexes follow this one's events.
+    pub fn merge(&mut self, other: Ingested) {
+        let offset = self.summary.accepted + self.summary.rejected + self.summary.dropped;
+        self.framed.extend_from_slice(&other.framed);
+        self.records += other.records;
+        let s = other.summary;
+        self.summary.accepted += s.accepted;
+        self.summary.flagged += s.flagged;
+        self.summary.rejected += s.rejected;
+        self.summary.dropped += s.dropped;
+        self.summary.errors.extend(s.errors.into_iter().map(|e| EventError {
+            index: e.index + offset,
+            ..e
+        }));
+        self.tally.counts.extend(other.tally.counts);
+        self.forbidden = self.forbidden.take().or(other.forbidden);
+    }
+}
+
 /// Context a listener adds to each event.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Source<'a> {

@@ -134,19 +134,24 @@ impl Collector {
         };
         let mut servers = Vec::new();
         let handler_state = state.clone();
-        servers.push(tokio::spawn(weir_proto::http::serve(
+        let serve_opts = weir_proto::http::ServeOptions {
+            max_connections: cfg.max_connections,
+        };
+        servers.push(tokio::spawn(weir_proto::http::serve_with(
             listener,
             move |req| http::handle(handler_state.clone(), req, None),
             http_rx.clone(),
+            serve_opts,
         )));
         let (socket, datagram) = (unix.as_ref().map(|u| u.1.clone()), dgram.as_ref().map(|d| d.1.clone()));
         if let Some((unix, _)) = unix {
             let handler_state = state.clone();
             let env: Option<Arc<str>> = cfg.socket_env.as_deref().map(Arc::from);
-            servers.push(tokio::spawn(weir_proto::http::serve(
+            servers.push(tokio::spawn(weir_proto::http::serve_with(
                 unix,
                 move |req| http::handle(handler_state.clone(), req, env.clone()),
                 http_rx.clone(),
+                serve_opts,
             )));
         }
         if let Some((sock, _)) = dgram {
@@ -207,10 +212,13 @@ impl Collector {
                 let _ = tokio::task::spawn_blocking(move || reload.reload_geoip()).await;
             }
         }));
-        self.servers.push(tokio::spawn(weir_proto::http::serve(
+        self.servers.push(tokio::spawn(weir_proto::http::serve_with(
             listener,
             move |req| proxy::handle(state.clone(), p.clone(), req),
             self.stop_http.subscribe(),
+            weir_proto::http::ServeOptions {
+                max_connections: cfg.max_connections,
+            },
         )));
         Ok(addr)
     }

@@ -29,6 +29,7 @@
 //!   (see [`crate::geoip`]), looked up once per request on the client's full address
 //!   (before `truncate_ip`).
 
+use crate::http::Refusal;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -72,8 +73,12 @@ pub struct ProxyConfig {
     pub trusted_proxies: Vec<String>,
     /// Zero the host part of client addresses (IPv4 /24, IPv6 /48) for privacy.
     pub truncate_ip: bool,
-    /// Largest request body.
+    /// Largest request body, also after decompression.
     pub max_body_bytes: usize,
+    /// Most events in one request (413 beyond).
+    pub max_events: usize,
+    /// Connections served at once (slow clients cannot exhaust descriptors).
+    pub max_connections: usize,
     /// Requests per second one client address may send (and as large a burst); 0 = no
     /// limit.
     pub per_ip_rate: u32,
@@ -92,6 +97,8 @@ impl Default for ProxyConfig {
             trusted_proxies: Vec::new(),
             truncate_ip: false,
             max_body_bytes: 512 << 10,
+            max_events: 5000,
+            max_connections: weir_proto::http::DEFAULT_MAX_CONNECTIONS,
             per_ip_rate: 0,
             geoip: None,
         }
@@ -163,22 +170,46 @@ pub fn truncate(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// One X-Forwarded-For hop: `ip`, `ip:port`, `[v6]` or `[v6]:port`.
+pub fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = hop.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    hop.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
+}
+
 /// The client's address: the peer, or, when the peer is a trusted proxy, the last
-/// X-Forwarded-For hop that is not itself trusted.
-pub fn client_ip(peer: IpAddr, forwarded: Option<&str>, trusted: &[Cidr]) -> IpAddr {
-    if !trusted.iter().any(|c| c.contains(peer)) {
+/// X-Forwarded-For hop that is not itself trusted. `forwarded` holds every
+/// X-Forwarded-For header line in order (a proxy may append its own line): they read as
+/// one list. A hop that cannot be parsed ends the walk at the last good one.
+pub fn client_ip<'a>(peer: IpAddr, forwarded: impl IntoIterator<Item = &'a str>, trusted: &[Cidr]) -> IpAddr {
+    let trusted_ip = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !trusted_ip(peer) {
         return peer;
     }
-    let Some(list) = forwarded else { return peer };
+    let hops: Vec<&str> = forwarded.into_iter().flat_map(|line| line.split(',')).collect();
     let mut client = peer;
-    for hop in list.rsplit(',') {
-        let Ok(ip) = hop.trim().parse::<IpAddr>() else { break };
-        client = ip;
-        if !trusted.iter().any(|c| c.contains(ip)) {
+    for hop in hops.iter().rev() {
+        let Some(ip) = parse_hop(hop) else { break };
+        client = unmapped(ip);
+        if !trusted_ip(client) {
             break;
         }
     }
     client
+}
+
+/// The per-address limiter's key: an IPv6 client is keyed on its /64 (one subscriber's
+/// prefix), so rotating addresses inside it does not escape the limit.
+pub fn limiter_key(ip: IpAddr) -> IpAddr {
+    match unmapped(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
 }
 
 /// A write key, resolved.
@@ -249,8 +280,32 @@ pub struct Proxy {
     origins: Vec<String>,
     trusted: Vec<Cidr>,
     truncate_ip: bool,
-    max_body_bytes: usize,
+    limits: crate::http::Limits,
     geoip: Option<crate::geoip::GeoIp>,
+    /// When per-address limiter state was last trimmed (ms since the proxy started).
+    trimmed_at: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
+}
+
+/// Longest stored context value (a user agent, a Segment user id): longer ones are cut
+/// at a character boundary, so one request cannot multiply a huge header into every
+/// event it carries.
+pub const MAX_CONTEXT_VALUE_BYTES: usize = 1024;
+
+/// Per-address limiter entries past which idle ones are dropped at once (at most once a
+/// second), not only by the minutely housekeeping.
+const MAX_LIMITER_KEYS: usize = 100_000;
+
+/// `s` cut to at most `max` bytes at a character boundary.
+pub fn cap(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 impl Proxy {
@@ -292,8 +347,13 @@ impl Proxy {
             origins: cfg.cors_origins.clone(),
             trusted,
             truncate_ip: cfg.truncate_ip,
-            max_body_bytes: cfg.max_body_bytes,
+            limits: crate::http::Limits {
+                body_bytes: cfg.max_body_bytes,
+                events: cfg.max_events.max(1),
+            },
             geoip,
+            trimmed_at: Default::default(),
+            started: std::time::Instant::now(),
         };
         proxy.geoip_gauge();
         Ok(proxy)
@@ -486,7 +546,25 @@ const GIF: &[u8] = &[
 /// The per-address limit: the 429 to answer when `client` is over it.
 fn limit_ip(proxy: &Proxy, client: IpAddr) -> Option<Response> {
     let limiter = proxy.per_ip.as_ref()?;
-    let n = limiter.check_key(&client).err()?;
+    if limiter.len() > MAX_LIMITER_KEYS {
+        // Bounded memory under a flood of addresses: drop idle entries now.
+        let now = proxy.started.elapsed().as_millis() as u64;
+        let last = proxy.trimmed_at.load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && proxy
+                .trimmed_at
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            limiter.retain_recent();
+        }
+    }
+    let n = limiter.check_key(&limiter_key(client)).err()?;
     metrics::counter!(crate::metrics::PROXY_LIMITED, "by" => "ip").increment(1);
     Some(too_many("client address", retry_after(&n)))
 }
@@ -508,7 +586,7 @@ fn head_key(parts: &hyper::http::request::Parts) -> Option<String> {
         .or_else(|| query_key(parts.uri.query()))
 }
 
-/// Checks the key, its limit, and hands the body to the collector with the binding and
+/// Checks the key, charges its limit once, and spools the body with the binding and
 /// the context; answers 202 with the summary.
 #[allow(clippy::too_many_arguments)]
 async fn authorized(
@@ -523,11 +601,15 @@ async fn authorized(
 ) -> Response {
     let head = Head {
         client,
-        key,
         user_agent,
         extra: &[],
     };
-    match ingest_authorized(state, proxy, &head, content_type, content_encoding, raw).await {
+    let result = async {
+        let key = charge(proxy, key.as_deref()).map_err(|r| *r)?;
+        let ingested = prepare(state, proxy, key, &head, content_type, content_encoding, raw).map_err(|r| *r)?;
+        crate::http::spool(state, ingested).await
+    };
+    match result.await {
         Ok(summary) => h::json(StatusCode::ACCEPTED, &summary),
         Err(r) => r,
     }
@@ -536,42 +618,50 @@ async fn authorized(
 /// Who sent a request.
 struct Head<'a> {
     client: IpAddr,
-    key: Option<String>,
     user_agent: Option<&'a str>,
     /// More context entries (Segment's user ids).
     extra: &'a [(&'a str, &'a str)],
 }
 
-async fn ingest_authorized(
-    state: &State,
-    proxy: &Proxy,
-    head: &Head<'_>,
-    content_type: Option<&str>,
-    content_encoding: Option<&str>,
-    raw: bytes::Bytes,
-) -> Result<crate::ingest::Summary, Response> {
-    let Some(key) = head.key.as_deref() else {
-        return Err(h::error(
+/// Resolves the write key and charges its rate limit: once per request, whatever the
+/// request holds.
+fn charge<'p>(proxy: &'p Proxy, key: Option<&str>) -> Result<&'p Key, Refusal> {
+    let Some(key) = key else {
+        return Err(Box::new(h::error(
             StatusCode::UNAUTHORIZED,
             "a write key is required: HTTP Basic (key as user), X-Weir-Key, ?key= or writeKey in the body",
-        ));
+        )));
     };
     let Some(key) = proxy.key(key) else {
-        return Err(h::error(StatusCode::UNAUTHORIZED, "unknown write key"));
+        return Err(Box::new(h::error(StatusCode::UNAUTHORIZED, "unknown write key")));
     };
     if let Some(limiter) = &key.limiter {
         if let Err(n) = limiter.check() {
             metrics::counter!(crate::metrics::PROXY_LIMITED, "by" => "key").increment(1);
-            return Err(too_many("write key", retry_after(&n)));
+            return Err(Box::new(too_many("write key", retry_after(&n))));
         }
     }
+    Ok(key)
+}
+
+/// Validates a body under the key's binding, with the request's context (every value
+/// capped at [`MAX_CONTEXT_VALUE_BYTES`]), into spool records not yet stored.
+fn prepare(
+    state: &State,
+    proxy: &Proxy,
+    key: &Key,
+    head: &Head<'_>,
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    raw: bytes::Bytes,
+) -> Result<crate::ingest::Ingested, Refusal> {
     let ip = if proxy.truncate_ip {
         truncate(head.client)
     } else {
         head.client
     }
     .to_string();
-    let ua = head.user_agent.unwrap_or("");
+    let ua = cap(head.user_agent.unwrap_or(""), MAX_CONTEXT_VALUE_BYTES);
     let mut context: Vec<(&str, &str)> = vec![("ip", ip.as_str())];
     let geo = proxy.geoip.as_ref().map(|g| g.lookup(head.client)).unwrap_or_default();
     if let Some(c) = &geo.country {
@@ -587,13 +677,13 @@ async fn ingest_authorized(
     for (k, v) in parsed.iter().flat_map(|p| p.iter()) {
         context.push((k, v.as_str()));
     }
-    context.extend_from_slice(head.extra);
+    context.extend(head.extra.iter().map(|(k, v)| (*k, cap(v, MAX_CONTEXT_VALUE_BYTES))));
     let source = Source {
         bound_env: Some(&key.env),
         strict_env: true,
         context: &context,
     };
-    crate::http::ingest_body(state, content_type, content_encoding, raw, source).await
+    crate::http::prepare(state, content_type, content_encoding, raw, source, proxy.limits)
 }
 
 /// The Segment API: each message becomes a weir event (see [`crate::segment`]); the
@@ -603,7 +693,13 @@ async fn segment_call(state: &State, proxy: &Proxy, peer: SocketAddr, kind: &str
     if let Some(r) = limit_ip(proxy, client) {
         return r;
     }
-    let limit = crate::segment::MAX_BATCH_BYTES;
+    // The proxy's own body limit, also after decompression (Segment's SDKs keep a batch
+    // under 500 KB, the default 512 KiB admits it).
+    let limit = proxy.limits.body_bytes;
+    let _budget = match crate::http::reserve(state, &req, limit).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let (parts, raw) = match crate::http::read(req, limit).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -617,8 +713,24 @@ async fn segment_call(state: &State, proxy: &Proxy, peer: SocketAddr, kind: &str
         Ok(r) => r,
         Err(e) => return h::error(StatusCode::BAD_REQUEST, e),
     };
+    if request.calls.len() > proxy.limits.events {
+        return h::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} calls in one batch; at most {}",
+                request.calls.len(),
+                proxy.limits.events
+            ),
+        );
+    }
     let key = head_key(&parts).or(request.write_key);
-    // Calls of one user share a request to the collector (the ids go into `context`).
+    // The request is one unit: its key is charged once, and every call is spooled in one
+    // append or none is.
+    let key = match charge(proxy, key.as_deref()) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    // Calls of one user share a context (the ids go into `context`).
     let mut groups: Vec<(Who, Vec<&str>)> = Vec::new();
     for call in &request.calls {
         let who = (call.user_id.clone(), call.anonymous_id.clone());
@@ -627,7 +739,7 @@ async fn segment_call(state: &State, proxy: &Proxy, peer: SocketAddr, kind: &str
             None => groups.push((who, vec![&call.event])),
         }
     }
-    let mut errors = Vec::new();
+    let mut all = crate::ingest::Ingested::default();
     for ((user, anon), events) in &groups {
         let mut extra: Vec<(&str, &str)> = Vec::new();
         if let Some(u) = user {
@@ -638,17 +750,24 @@ async fn segment_call(state: &State, proxy: &Proxy, peer: SocketAddr, kind: &str
         }
         let head = Head {
             client,
-            key: key.clone(),
             user_agent: header(hyper::header::USER_AGENT),
             extra: &extra,
         };
         let ndjson = bytes::Bytes::from(events.join("\n"));
-        match ingest_authorized(state, proxy, &head, Some("application/x-ndjson"), None, ndjson).await {
-            Ok(summary) if summary.rejected == 0 => {}
-            Ok(summary) => errors.extend(summary.errors.into_iter().map(|e| e.error)),
-            Err(r) => return r,
+        match prepare(state, proxy, key, &head, Some("application/x-ndjson"), None, ndjson) {
+            Ok(part) => all.merge(part),
+            Err(r) => return *r,
         }
     }
+    let summary = match crate::http::spool(state, all).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let errors: Vec<String> = if summary.rejected == 0 {
+        Vec::new()
+    } else {
+        summary.errors.into_iter().map(|e| e.error).collect()
+    };
     if errors.is_empty() {
         h::json(StatusCode::OK, &serde_json::json!({"success": true}))
     } else {
@@ -660,8 +779,11 @@ async fn segment_call(state: &State, proxy: &Proxy, peer: SocketAddr, kind: &str
 }
 
 fn client_of(proxy: &Proxy, peer: SocketAddr, headers: &hyper::HeaderMap) -> IpAddr {
-    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    client_ip(peer.ip(), forwarded, &proxy.trusted)
+    let lines = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    client_ip(peer.ip(), lines, &proxy.trusted)
 }
 
 async fn events(state: &State, proxy: &Proxy, peer: SocketAddr, req: Request<Incoming>) -> Response {
@@ -669,7 +791,11 @@ async fn events(state: &State, proxy: &Proxy, peer: SocketAddr, req: Request<Inc
     if let Some(r) = limit_ip(proxy, client) {
         return r;
     }
-    let (parts, raw) = match crate::http::read(req, proxy.max_body_bytes).await {
+    let _budget = match crate::http::reserve(state, &req, proxy.limits.body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let (parts, raw) = match crate::http::read(req, proxy.limits.body_bytes).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -778,6 +904,31 @@ mod tests {
         let trusted = vec![Cidr::parse("10.0.0.0/8").unwrap(), Cidr::parse("::1").unwrap()];
         let peer: IpAddr = "10.1.2.3".parse().unwrap();
         let outside: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(
+            client_ip(peer, Some("198.51.100.7, 10.9.9.9"), &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        // A trusted proxy appends its own header line: every line counts, the last
+        // untrusted hop is the client, not the first line a client may forge.
+        assert_eq!(
+            client_ip(peer, ["6.6.6.6", "198.51.100.7, 10.9.9.9"], &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        // Hops with ports, and bracketed IPv6.
+        assert_eq!(
+            client_ip(peer, Some("198.51.100.7:5123, 10.9.9.9:443"), &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(peer, Some("[2001:db8::7]:5123"), &trusted),
+            "2001:db8::7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(parse_hop("[2001:db8::7]"), "2001:db8::7".parse().ok());
+        assert_eq!(
+            limiter_key("2001:db8:1:2:aaaa::1".parse().unwrap()),
+            "2001:db8:1:2::".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(cap("ééé", 3), "é");
         assert_eq!(
             client_ip(peer, Some("198.51.100.7, 10.9.9.9"), &trusted),
             "198.51.100.7".parse::<IpAddr>().unwrap()

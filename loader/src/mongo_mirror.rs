@@ -22,7 +22,7 @@ pub enum MirrorError {
     /// MongoDB refused or could not be reached.
     #[error("MongoDB buffer {db} at {url}: {source}")]
     Mongo {
-        /// Connection string.
+        /// Connection string, its password shown as `***`.
         url: String,
         /// Database.
         db: String,
@@ -67,7 +67,7 @@ pub enum Hours {
 /// exported.
 pub async fn mirror(src: &MongoSource, dir: &Path, which: Hours) -> Result<Vec<i64>, MirrorError> {
     let mongo = |source| MirrorError::Mongo {
-        url: src.url.clone(),
+        url: weir_proto::secret::redact_url(&src.url),
         db: src.db.clone(),
         source,
     };

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -211,14 +212,59 @@ pub fn set_socket_mode(path: &std::path::Path) -> std::io::Result<()> {
 
 /// Serves HTTP/1.1 (keep-alive) on `listener` with `handler` until `shutdown` turns
 /// true; then stops accepting, lets requests in flight finish (up to 30 s), and returns.
-pub async fn serve<L, F, Fut>(listener: L, handler: F, mut shutdown: watch::Receiver<bool>)
+/// With the default [`ServeOptions`].
+pub async fn serve<L, F, Fut>(listener: L, handler: F, shutdown: watch::Receiver<bool>)
+where
+    L: Listener,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    serve_with(listener, handler, shutdown, ServeOptions::default()).await
+}
+
+/// How a listener serves connections.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeOptions {
+    /// Connections served at once; past it the listener stops accepting (the kernel's
+    /// backlog holds the rest), so slow clients cannot exhaust file descriptors.
+    pub max_connections: usize,
+}
+
+/// Connections a listener serves at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Header bytes one request may send; larger heads get 431.
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+
+/// Seconds a client has to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown`, then lets requests in flight finish
+/// (up to 30 s). At most `opts.max_connections` at once; headers must arrive within
+/// [`HEADER_TIMEOUT`] and fit in [`MAX_HEADER_BYTES`].
+pub async fn serve_with<L, F, Fut>(listener: L, handler: F, mut shutdown: watch::Receiver<bool>, opts: ServeOptions)
 where
     L: Listener,
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send + 'static,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
     loop {
+        // Wait for a free slot before accepting: at the cap, connections queue in the
+        // kernel instead of taking descriptors here.
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (io, peer) = match accepted {
@@ -239,11 +285,13 @@ where
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .max_header_size(MAX_HEADER_BYTES)
                     .serve_connection(io, service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = conn.await;
+                    drop(slot);
                 });
             }
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,

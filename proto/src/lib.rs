@@ -9,6 +9,7 @@ pub mod dead_letter;
 pub mod event;
 pub mod http;
 pub mod record;
+pub mod secret;
 pub mod signal;
 pub mod wal;
 

@@ -178,6 +178,8 @@ pub struct RouterConfig {
     pub drain_secs: u64,
     /// Bearer token collectors (and the console) must send; none on loopback.
     pub token: Option<String>,
+    /// Connections the listener serves at once.
+    pub max_connections: usize,
     /// Recipients by name.
     pub recipients: BTreeMap<String, RecipientConfig>,
 }
@@ -226,6 +228,7 @@ impl Default for RouterConfig {
             catalog_watch_secs: 2,
             drain_secs: 10,
             token: None,
+            max_connections: weir_proto::http::DEFAULT_MAX_CONNECTIONS,
             recipients: BTreeMap::new(),
         }
     }

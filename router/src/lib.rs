@@ -181,7 +181,7 @@ impl Router {
                     max_message_bytes,
                     ..
                 } => {
-                    let sink = recipients::rabbitmq::RabbitSink::new(url, exchange, *max_message_bytes);
+                    let sink = recipients::rabbitmq::RabbitSink::new(name, url, exchange, *max_message_bytes);
                     tokio::spawn(recipients::runner::run(sink, w, c, run_cfg, rx))
                 }
                 config::RecipientConfig::Mongo {
@@ -221,10 +221,13 @@ impl Router {
                 http_rx.clone(),
             ))
         });
-        let server = tokio::spawn(weir_proto::http::serve(
+        let server = tokio::spawn(weir_proto::http::serve_with(
             listener,
             move |req| http::handle(state.clone(), req),
             http_rx,
+            weir_proto::http::ServeOptions {
+                max_connections: cfg.max_connections,
+            },
         ));
         Ok(Router {
             addr,

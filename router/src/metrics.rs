@@ -29,6 +29,8 @@ pub const CATALOG_RELOADS: &str = "weir_router_catalog_reloads_total";
 pub const RECIPIENT_DELIVERED: &str = "weir_router_recipient_delivered_events_total";
 /// Event deliveries that failed and will be tried again.
 pub const RECIPIENT_RETRIED: &str = "weir_router_recipient_retried_events_total";
+/// Messages RabbitMQ returned as unroutable (no queue bound; dead-lettered).
+pub const RECIPIENT_UNROUTABLE: &str = "weir_router_recipient_unroutable_total";
 /// Events put into the recipient's dead-letter store.
 pub const RECIPIENT_DEAD: &str = "weir_router_recipient_dead_lettered_events_total";
 /// Events of the log the recipient has not passed yet.

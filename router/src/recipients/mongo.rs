@@ -49,12 +49,17 @@ impl MongoSink {
 pub async fn connect(url: &str) -> Result<Client, String> {
     let mut opts = mongodb::options::ClientOptions::parse(url)
         .await
-        .map_err(|e| format!("bad MongoDB url {url:?}: {e}"))?;
+        .map_err(|e| format!("bad MongoDB url {:?}: {e}", weir_proto::secret::redact_url(url)))?;
     let short = std::time::Duration::from_secs(5);
     opts.server_selection_timeout.get_or_insert(short);
     opts.connect_timeout.get_or_insert(short);
     opts.app_name.get_or_insert_with(|| "weir-router".into());
-    Client::with_options(opts).map_err(|e| format!("cannot set up a MongoDB client for {url:?}: {e}"))
+    Client::with_options(opts).map_err(|e| {
+        format!(
+            "cannot set up a MongoDB client for {:?}: {e}",
+            weir_proto::secret::redact_url(url)
+        )
+    })
 }
 
 /// Converts a stored event into its MongoDB document: `_id` (the event id), `event`,

@@ -1,7 +1,9 @@
 //! The RabbitMQ recipient: publishes to a durable topic exchange with the event name as
 //! routing key (a model binds `item.*`), persistent messages, publisher confirms; the body
 //! is the stored event as JSON and the headers carry `event`, `version`, `env` and `id`.
-//! A lost connection is dropped and made again on the next attempt.
+//! A lost connection is dropped and made again on the next attempt. Messages are
+//! published `mandatory`: one that no queue is bound for is returned by the broker,
+//! counted in `weir_router_recipient_unroutable_total` and dead-lettered.
 
 use std::time::Duration;
 
@@ -22,17 +24,21 @@ pub struct RabbitSink {
     max_message_bytes: usize,
     conn: Option<(Connection, Channel)>,
     body: Vec<u8>,
+    /// `weir_router_recipient_unroutable_total`: messages RabbitMQ returned.
+    unroutable: metrics::Counter,
 }
 
 impl RabbitSink {
-    /// A sink for `exchange` at `url`; connects on first delivery.
-    pub fn new(url: &str, exchange: &str, max_message_bytes: usize) -> RabbitSink {
+    /// A sink for recipient `name`, publishing to `exchange` at `url`; connects on
+    /// first delivery.
+    pub fn new(name: &str, url: &str, exchange: &str, max_message_bytes: usize) -> RabbitSink {
         RabbitSink {
             url: url.to_string(),
             exchange: exchange.to_string(),
             max_message_bytes,
             conn: None,
             body: Vec::new(),
+            unroutable: metrics::counter!(crate::metrics::RECIPIENT_UNROUTABLE, "recipient" => name.to_string()),
         }
     }
 
@@ -118,7 +124,12 @@ impl Sink for RabbitSink {
             ch.basic_publish(
                 exchange.into(),
                 key.as_str().into(),
-                BasicPublishOptions::default(),
+                // Mandatory: a message no queue is bound for comes back instead of
+                // vanishing, and is dead-lettered rather than counted as delivered.
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
                 body,
                 props.clone(),
             )
@@ -140,6 +151,16 @@ impl Sink for RabbitSink {
         let waits = confirms.into_iter().map(|(_, c)| tokio::time::timeout(TIMEOUT, c));
         for (i, r) in idx.into_iter().zip(futures::future::join_all(waits).await) {
             match r {
+                Ok(Ok(lapin::Confirmation::Ack(Some(returned)))) => {
+                    self.unroutable.increment(1);
+                    out[i] = Outcome::Refuse(format!(
+                        "unroutable: no queue is bound to exchange {:?} for routing key {:?} ({} {})",
+                        self.exchange,
+                        messages.iter().find(|m| m.0 == i).map_or("", |m| m.1.as_str()),
+                        returned.reply_code,
+                        returned.reply_text
+                    ));
+                }
                 Ok(Ok(c)) if c.is_ack() => {}
                 Ok(Ok(_)) => out[i] = Outcome::Retry("RabbitMQ nacked the message".into()),
                 Ok(Err(e)) => {

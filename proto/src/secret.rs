@@ -1,0 +1,47 @@
+//! Keeping secrets out of logs, errors and `/metrics`.
+
+/// `url` with the password of its user info replaced by `***`
+/// (`mongodb://weir:***@db-1,db-2/weir`); anything that is not `scheme://user:pass@...`
+/// is returned as it is.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let user_info = &authority[..at];
+    let Some(colon) = user_info.find(':') else {
+        return url.to_string();
+    };
+    format!(
+        "{}{}:***{}",
+        &url[..scheme_end + 3],
+        &user_info[..colon],
+        &url[scheme_end + 3 + at..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(
+            redact_url("mongodb://weir:s3cr@t@db-1:27017,db-2/weir?tls=true"),
+            "mongodb://weir:***@db-1:27017,db-2/weir?tls=true"
+        );
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("mongodb://127.0.0.1:27017"), "mongodb://127.0.0.1:27017");
+        assert_eq!(redact_url("mongodb://user@host/"), "mongodb://user@host/");
+        assert_eq!(redact_url("http://h/p?x=a:b@c"), "http://h/p?x=a:b@c");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+}
