@@ -505,6 +505,9 @@ per_ip_rate = 0
 # warehouse = "weir-data/warehouse"
 # Arrow Flight address (weir loader serve).
 flight = "127.0.0.1:8815"
+# Bearer token every Flight call must carry (metadata `authorization: Bearer <token>`);
+# UNAUTHENTICATED without it. Unset: open (fine on loopback).
+# flight_token = "${FLIGHT_TOKEN}"
 # /healthz, /readyz and /metrics of the loader component (weir loader --config FILE).
 listen = "127.0.0.1:8816"
 # buffer_dir = "weir-data/router/buffer"

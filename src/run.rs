@@ -318,7 +318,8 @@ impl Flight {
         })?;
         let (stop, rx) = tokio::sync::watch::channel(false);
         let service = weir_loader::flight::WarehouseFlight::new(cfg.warehouse(), catalog);
-        let task = tokio::spawn(async move { Ok(weir_loader::flight::serve(listener, service, rx).await?) });
+        let token = cfg.loader.flight_token.clone().filter(|t| !t.is_empty());
+        let task = tokio::spawn(async move { Ok(weir_loader::flight::serve(listener, service, token, rx).await?) });
         Ok(Flight { addr, stop, task })
     }
 

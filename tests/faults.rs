@@ -717,3 +717,25 @@ fn a_password_in_an_unreachable_mongodb_url_never_reaches_a_log() {
     assert!(log.contains("mongodb://weir:***@127.0.0.1"), "{log}");
     assert!(!log.contains("hunter2"), "the password reached the log:\n{log}");
 }
+
+#[test]
+fn a_garbled_manifest_is_rebuilt_by_the_next_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let up = Up::with_fixture(&data, &[]);
+    let acked = send(&up.collector, "m", 30);
+    assert!(up.stop().success());
+    let manifests = data.join("warehouse/_manifests");
+    let manifest = fs::read_dir(&manifests).unwrap().flatten().next().unwrap().path();
+    fs::write(&manifest, b"{\"hour\": \"20").unwrap();
+    // The buffer grows after the damage, so the hour is due for a load.
+    let up = Up::with_fixture(&data, &[]);
+    let mut acked2 = send(&up.collector, "n", 5);
+    assert!(up.stop().success());
+    let log = fs::read_to_string(data.with_extension("stderr.log")).unwrap();
+    assert!(log.contains("unreadable manifest; loading the hour again"), "{log}");
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(m["rows"], 35);
+    acked2.extend(acked);
+    assert_ledger(&data.join("warehouse"), &acked2);
+}

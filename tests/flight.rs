@@ -32,7 +32,7 @@ fn flight_lists_and_fetches_hours_and_refuses_bad_tickets() {
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = \"{}\"\ncatalog = \"{}\"\n[loader]\nflight = \"127.0.0.1:{port}\"\n",
+            "data_dir = \"{}\"\ncatalog = \"{}\"\n[loader]\nflight = \"127.0.0.1:{port}\"\nflight_token = \"fl-token\"\n",
             data.display(),
             fixture_catalog().display()
         ),
@@ -61,6 +61,19 @@ fn flight_lists_and_fetches_hours_and_refuses_bad_tickets() {
             .await
             .unwrap();
         let mut client = FlightClient::new(channel);
+        // flight_token is set: a call without it is refused.
+        let refused = match client.list_flights("").await {
+            Ok(s) => s.try_collect::<Vec<_>>().await.err(),
+            Err(e) => Some(e),
+        };
+        match refused {
+            Some(arrow_flight::error::FlightError::Tonic(status)) => {
+                assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}");
+                assert!(status.message().contains("flight_token"), "{status}");
+            }
+            other => panic!("a call without the token was not refused: {other:?}"),
+        }
+        client.add_header("authorization", "Bearer fl-token").unwrap();
         let flights: Vec<_> = client.list_flights("").await.unwrap().try_collect().await.unwrap();
         assert_eq!(flights.len(), 1, "one flight per loaded event version");
         let info = &flights[0];
@@ -155,10 +168,16 @@ fn flight_lists_and_fetches_hours_and_refuses_bad_tickets() {
         r#"
 import json, pyarrow as pa, pyarrow.flight as fl
 c = fl.connect("grpc://127.0.0.1:{port}")
-flights = list(c.list_flights())
-rows = sum(c.do_get(ep.ticket).read_all().num_rows for f in flights for ep in f.endpoints)
 try:
-    c.do_get(fl.Ticket(b"garbage")).read_all()
+    list(c.list_flights())
+    raise SystemExit("a call without the token was accepted")
+except fl.FlightUnauthenticatedError:
+    pass
+o = fl.FlightCallOptions(headers=[(b"authorization", b"Bearer fl-token")])
+flights = list(c.list_flights(options=o))
+rows = sum(c.do_get(ep.ticket, options=o).read_all().num_rows for f in flights for ep in f.endpoints)
+try:
+    c.do_get(fl.Ticket(b"garbage"), options=o).read_all()
     bad = "accepted"
 except pa.ArrowInvalid as e:  # how pyarrow reports INVALID_ARGUMENT
     bad = str(e)

@@ -112,14 +112,32 @@ async fn hours_close_drop_after_retention_and_load_like_the_file_buffer() {
     assert_eq!(d.get_str("event").unwrap(), "order.completed");
     assert_eq!(d.get_document("fields").unwrap().get_str("order_id").unwrap(), "c03");
 
-    // Housekeeping: the past hours close, the one older than retention is dropped.
+    // Housekeeping: the past hours close; the one older than retention is kept while
+    // the loader has not committed it...
     buffer.tick().await;
     let names = collections(&db).await;
     assert!(names.contains(&collection_name(closed_h)));
     assert!(names.contains(&collection_name(open_h)));
     assert!(
+        names.contains(&collection_name(old_h)),
+        "past retention but never loaded: kept: {names:?}"
+    );
+    // ... and dropped once it is loaded whole (the mirror tells MongoDB `loaded_count`).
+    let src_old = MongoSource {
+        url: url.clone(),
+        db: db_name.clone(),
+    };
+    let old_mirror = tmp.path().join("old-mirror");
+    mirror(&src_old, &old_mirror, Hours::Range(old_h, old_h)).await.unwrap();
+    let reports = loader(&old_mirror, &tmp.path().join("wh-old")).run(true).unwrap();
+    assert_eq!(reports.len(), 1);
+    mirror(&src_old, &old_mirror, Hours::Range(old_h, old_h)).await.unwrap();
+    let mut again = MongoBuffer::new(&url, &db_name, Duration::from_secs(300), 3);
+    again.tick().await;
+    let names = collections(&db).await;
+    assert!(
         !names.contains(&collection_name(old_h)),
-        "dropped after retention: {names:?}"
+        "dropped after retention once loaded: {names:?}"
     );
     let markers: Vec<Document> = db
         .collection::<Document>("buffer_hours")

@@ -24,6 +24,9 @@ pub struct LoaderConfig {
     pub index_memory_bytes: usize,
     /// How often `weir up` and `loader run --watch` look for closed hours.
     pub interval_secs: u64,
+    /// Bearer token every Flight call must carry (`authorization: Bearer <token>`);
+    /// none: open (fine on loopback).
+    pub flight_token: Option<String>,
 }
 
 impl Default for LoaderConfig {
@@ -36,6 +39,7 @@ impl Default for LoaderConfig {
             row_group_rows: 128 * 1024,
             index_memory_bytes: 256 << 20,
             interval_secs: 30,
+            flight_token: None,
         }
     }
 }

@@ -311,14 +311,39 @@ impl FlightService for WarehouseFlight {
     }
 }
 
-/// Serves Flight on `listener` until `shutdown` turns true.
+/// Whether a call carries `authorization: Bearer <token>` (always true without a
+/// token). Compared in constant time.
+fn authorized(token: Option<&str>, metadata: &tonic::metadata::MetadataMap) -> bool {
+    let Some(token) = token else { return true };
+    let given = metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Serves Flight on `listener` until `shutdown` turns true. With `token`, every call
+/// must carry the metadata `authorization: Bearer <token>` (`[loader] flight_token`);
+/// others get UNAUTHENTICATED.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: WarehouseFlight,
+    token: Option<String>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
+    let check = move |req: Request<()>| {
+        if authorized(token.as_deref(), req.metadata()) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated(
+                "this Flight server requires `authorization: Bearer <token>` ([loader] flight_token)",
+            ))
+        }
+    };
     tonic::transport::Server::builder()
-        .add_service(FlightServiceServer::new(service))
+        .add_service(FlightServiceServer::with_interceptor(service, check))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
             let _ = shutdown.wait_for(|s| *s).await;
         })

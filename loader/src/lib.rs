@@ -125,9 +125,12 @@ impl Loader {
             if !(state.closed || include_open) || state.bytes == 0 {
                 continue;
             }
-            if let Some(m) = commit::read_manifest(&self.warehouse, state.hour)? {
-                if m.source_bytes == state.bytes {
-                    continue;
+            match commit::read_manifest(&self.warehouse, state.hour) {
+                Ok(Some(m)) if m.source_bytes == state.bytes => continue,
+                Ok(_) => {}
+                // A damaged manifest: rebuild the hour, which writes it anew.
+                Err(e) => {
+                    tracing::error!(hour = %hour::display(state.hour), error = %e, "unreadable manifest; loading the hour again")
                 }
             }
             reports.push(self.load_hour_locked(state.hour)?);

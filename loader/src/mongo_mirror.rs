@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
-use weir_proto::buffer::{buffer_path, closed_path, list_hours};
+use weir_proto::buffer::{buffer_path, closed_path, list_hours, loaded_path, read_loaded};
 use weir_proto::{hour, record};
 
 /// Errors reading the MongoDB buffer.
@@ -97,6 +97,26 @@ pub async fn mirror(src: &MongoSource, dir: &Path, which: Hours) -> Result<Vec<i
             closed.insert(h);
         }
     }
+    // Hours the loader committed whole (its `.loaded` marker covers the mirror file
+    // exported from `count` documents) are marked `loaded_count` in buffer_hours: the
+    // router drops an hour past retention only once that matches the collection.
+    for state in list_hours(dir).map_err(io_err(dir))? {
+        let Some(loaded) = read_loaded(dir, state.hour) else {
+            continue;
+        };
+        let count = fs::read_to_string(count_path(dir, state.hour))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok());
+        if let (true, Some(count), true) = (loaded.source_bytes == state.bytes, count, present.contains(&state.hour)) {
+            db.collection::<Document>("buffer_hours")
+                .update_one(
+                    doc! {"_id": hour::compact(state.hour)},
+                    doc! {"$set": {"loaded_count": count}},
+                )
+                .await
+                .map_err(mongo)?;
+        }
+    }
     let mut exported = Vec::new();
     for &h in &present {
         let wanted = match which {
@@ -156,7 +176,12 @@ pub async fn mirror(src: &MongoSource, dir: &Path, which: Hours) -> Result<Vec<i
         .map(|s| (s.hour, ()))
         .collect();
     for h in mirrored.keys().filter(|h| !present.contains(h)) {
-        for p in [buffer_path(dir, *h), closed_path(dir, *h), count_path(dir, *h)] {
+        for p in [
+            buffer_path(dir, *h),
+            closed_path(dir, *h),
+            count_path(dir, *h),
+            loaded_path(dir, *h),
+        ] {
             match fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

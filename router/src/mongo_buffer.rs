@@ -6,7 +6,9 @@
 //! Hours close at hour end + grace: the collection `buffer_hours` gets a document
 //! `{_id: "YYYYMMDDHH", closed: true, closed_at}`. A late event for a closed hour is
 //! inserted all the same; the loader sees the hour's count grow and rebuilds it. Closed
-//! hours are dropped `retention_days` after they end.
+//! hours are dropped `retention_days` after they end, once the loader has marked them
+//! committed whole (`loaded_count` equal to the collection's documents); until then they
+//! are kept, logged and counted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -44,6 +46,8 @@ pub struct MongoBuffer {
     closed: BTreeSet<i64>,
     closed_loaded: bool,
     last_housekeeping: Option<Instant>,
+    /// Hours already warned about being kept past retention.
+    warned: BTreeSet<i64>,
 }
 
 impl MongoBuffer {
@@ -58,6 +62,7 @@ impl MongoBuffer {
             closed: BTreeSet::new(),
             closed_loaded: false,
             last_housekeeping: None,
+            warned: BTreeSet::new(),
         }
     }
 
@@ -98,12 +103,41 @@ impl MongoBuffer {
                 tracing::info!(hour = %hour::display(h), "hour closed (MongoDB buffer)");
             }
         }
-        let keep_from = hour::of_micros(now) - i64::from(self.retention_days) * 24;
-        let expired: Vec<i64> = hours
+        let keep_from = hour::of_micros(now) - i64::from(self.retention_days.max(1)) * 24;
+        let past: Vec<i64> = hours
             .iter()
             .copied()
             .filter(|h| *h < keep_from && self.closed.contains(h))
             .collect();
+        // Dropped only once the loader committed every document (its `loaded_count`).
+        let mut expired = Vec::new();
+        let mut kept = 0u64;
+        for h in past {
+            let marker = db
+                .collection::<Document>(HOURS)
+                .find_one(doc! {"_id": hour::compact(h)})
+                .await
+                .map_err(|e| format!("MongoDB: {e}"))?;
+            let loaded = marker.and_then(|d| match d.get("loaded_count") {
+                Some(mongodb::bson::Bson::Int64(n)) => Some(*n),
+                Some(mongodb::bson::Bson::Int32(n)) => Some(i64::from(*n)),
+                _ => None,
+            });
+            let count = db
+                .collection::<Document>(&collection_name(h))
+                .count_documents(doc! {})
+                .await
+                .map_err(|e| format!("MongoDB: {e}"))? as i64;
+            if loaded == Some(count) {
+                expired.push(h);
+            } else {
+                kept += 1;
+                if self.warned.insert(h) {
+                    tracing::warn!(hour = %hour::display(h), documents = count, loaded = ?loaded, "hour is past retention_days but the loader has not committed all of it; keeping it (MongoDB buffer)");
+                }
+            }
+        }
+        metrics::gauge!(m::HOURS_KEPT_UNLOADED).set(kept as f64);
         for h in expired {
             db.collection::<Document>(&collection_name(h))
                 .drop()
