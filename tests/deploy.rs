@@ -151,6 +151,24 @@ fn the_chart_renders_lints_validates_and_passes_checkov() {
         }
         let deployments = manifests.lines().filter(|l| *l == "kind: Deployment").count();
         assert_eq!(deployments, 2, "{label}: loader and proxy");
+        // The internal endpoints' tokens: generated into a Secret, required by the router
+        // and Flight, sent by collectors and the proxy.
+        assert!(
+            manifests.contains("router-token: ") && manifests.contains("flight-token: "),
+            "{label}: token Secret"
+        );
+        assert!(manifests.contains(r#"token = "${ROUTER_TOKEN}""#), "{label}");
+        assert_eq!(
+            manifests.matches(r#"router_token = "${ROUTER_TOKEN}""#).count(),
+            2,
+            "{label}: collector and proxy"
+        );
+        assert!(manifests.contains(r#"flight_token = "${FLIGHT_TOKEN}""#), "{label}");
+        assert_eq!(
+            manifests.matches("- name: ROUTER_TOKEN").count(),
+            3,
+            "{label}: collector, router, proxy"
+        );
         assert!(
             !manifests.contains("amqp://") && !manifests.contains("mongodb://"),
             "{label}: no connection string in a manifest"

@@ -90,3 +90,22 @@ readinessProbe:
   periodSeconds: 5
   timeoutSeconds: 3
 {{- end -}}
+
+{{/* The Secret holding the internal endpoints' tokens (router-token, flight-token). */}}
+{{- define "weir.tokensSecret" -}}
+{{- default (printf "%s-tokens" (include "weir.fullname" .)) .Values.auth.existingSecret -}}
+{{- end }}
+
+{{/* ROUTER_TOKEN from the tokens Secret (router.token / collector.router_token). */}}
+{{- define "weir.routerTokenEnv" -}}
+- name: ROUTER_TOKEN
+  valueFrom:
+    secretKeyRef: {name: {{ include "weir.tokensSecret" . }}, key: router-token}
+{{- end }}
+
+{{/* FLIGHT_TOKEN from the tokens Secret (loader.flight_token). */}}
+{{- define "weir.flightTokenEnv" -}}
+- name: FLIGHT_TOKEN
+  valueFrom:
+    secretKeyRef: {name: {{ include "weir.tokensSecret" . }}, key: flight-token}
+{{- end }}
