@@ -7,31 +7,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn spawn(args: &[&str], log: &Path) -> Child {
-    let log = fs::File::create(log).unwrap();
-    weir().args(args).stdout(Stdio::null()).stderr(log).spawn().unwrap()
-}
-
-fn stop(mut child: Child) {
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit {status:?}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use common::{spawn_component as spawn, stop_component as stop};
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -8,10 +8,11 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use common::{spawn_component as spawn, stop_component as stop};
 
 fn all_ids(warehouse: &Path) -> Vec<String> {
     parquet_files(warehouse)
@@ -275,24 +276,6 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn spawn(args: &[&str], log: &Path) -> Child {
-    let log = fs::File::create(log).unwrap();
-    weir().args(args).stdout(Stdio::null()).stderr(log).spawn().unwrap()
-}
-
-fn stop(mut child: Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit {status:?}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "did not stop");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -311,17 +311,10 @@ impl FlightService for WarehouseFlight {
     }
 }
 
-/// Whether a call carries `authorization: Bearer <token>` (always true without a
-/// token). Compared in constant time.
+/// Whether a call carries `authorization: Bearer <token>` (always true without a token).
 fn authorized(token: Option<&str>, metadata: &tonic::metadata::MetadataMap) -> bool {
-    let Some(token) = token else { return true };
-    let given = metadata
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
+    weir_proto::secret::bearer_matches(token, header)
 }
 
 /// Serves Flight on `listener` until `shutdown` turns true. With `token`, every call

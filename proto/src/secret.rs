@@ -25,9 +25,27 @@ pub fn redact_url(url: &str) -> String {
     )
 }
 
+/// Whether an `Authorization` header value carries `Bearer <token>`; always true when
+/// no token is required. Compared in constant time.
+pub fn bearer_matches(token: Option<&str>, authorization: Option<&str>) -> bool {
+    let Some(token) = token else { return true };
+    let given = authorization.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{bearer_matches, redact_url};
+
+    #[test]
+    fn bearer_tokens() {
+        assert!(bearer_matches(None, None));
+        assert!(!bearer_matches(Some("s3cret"), None));
+        assert!(!bearer_matches(Some("s3cret"), Some("Bearer s3cre")));
+        assert!(!bearer_matches(Some("s3cret"), Some("s3cret")));
+        assert!(bearer_matches(Some("s3cret"), Some("Bearer s3cret")));
+    }
 
     #[test]
     fn passwords_are_hidden() {

@@ -115,20 +115,13 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response {
     }
 }
 
-/// Whether `req` carries the bearer `token` (always, when none is set). Compared in
-/// constant time.
+/// Whether `req` carries the bearer `token` (always, when none is set).
 pub fn authorized<B>(token: Option<&str>, req: &Request<B>) -> bool {
-    let Some(token) = token else { return true };
-    let Some(given) = req
+    let header = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        .and_then(|v| v.to_str().ok());
+    weir_proto::secret::bearer_matches(token, header)
 }
 
 fn catalog(state: &State, req: &Request<Incoming>) -> Response {
@@ -299,18 +292,9 @@ mod tests {
     }
 
     #[test]
-    fn bearer_tokens() {
-        let req = |v: Option<&str>| {
-            let mut b = Request::builder();
-            if let Some(v) = v {
-                b = b.header("authorization", v);
-            }
-            b.body(()).unwrap()
-        };
-        assert!(authorized(None, &req(None)));
-        assert!(!authorized(Some("s3cret"), &req(None)));
-        assert!(!authorized(Some("s3cret"), &req(Some("Bearer s3cre"))));
-        assert!(!authorized(Some("s3cret"), &req(Some("s3cret"))));
-        assert!(authorized(Some("s3cret"), &req(Some("Bearer s3cret"))));
+    fn bearer_tokens_come_from_the_authorization_header() {
+        let req = |v: &str| Request::builder().header("authorization", v).body(()).unwrap();
+        assert!(authorized(Some("t"), &req("Bearer t")));
+        assert!(!authorized(Some("t"), &req("Basic t")));
     }
 }

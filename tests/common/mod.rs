@@ -176,6 +176,26 @@ fn wait(child: &mut Child, limit: Duration) -> ExitStatus {
     }
 }
 
+/// Starts `weir <args>` (a component: `collector --config F`, ...) with stderr to `log`.
+pub fn spawn_component(args: &[&str], log: &Path) -> Child {
+    let log = fs::File::create(log).unwrap();
+    weir().args(args).stdout(Stdio::null()).stderr(log).spawn().unwrap()
+}
+
+/// SIGTERM, then waits (up to 60 s) for a clean exit.
+pub fn stop_component(mut child: Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit {status:?}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// POSTs `body` and returns (status, body as JSON).
 pub fn post(url: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, serde_json::Value) {
     let mut req = ureq::post(url).timeout(Duration::from_secs(30));
