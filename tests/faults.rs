@@ -279,23 +279,30 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A config for `weir collector` and `weir router` as separate processes on free
+/// loopback ports (no unix sockets), with extra lines for each section; returns the file
+/// and the two ports.
+fn components_config(dir: &Path, collector: &str, router: &str) -> (PathBuf, u16, u16) {
+    let (cport, rport) = (free_port(), free_port());
+    let cfg = dir.join("weir.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{data}\"\ncatalog = \"{catalog}\"\n[collector]\nlisten = \"127.0.0.1:{cport}\"\nsocket = \"\"\ndatagram = \"\"\nrouters = [\"http://127.0.0.1:{rport}\"]\n{collector}\n[router]\nlisten = \"127.0.0.1:{rport}\"\n{router}\n",
+            data = dir.join("data").display(),
+            catalog = fixture_catalog().display(),
+        ),
+    )
+    .unwrap();
+    (cfg, cport, rport)
+}
+
 #[test]
 fn a_full_spool_disk_answers_503_and_recovers_by_itself_when_the_router_returns() {
     let tmp = tempfile::tempdir().unwrap();
     let spool = tmp.path().join("spool");
     let _disk = Tmpfs::mount(&spool, "8m");
-    let (cport, rport) = (free_port(), free_port());
-    let cfg = tmp.path().join("weir.toml");
-    fs::write(
-        &cfg,
-        format!(
-            "data_dir = \"{data}\"\ncatalog = \"{catalog}\"\n[collector]\nlisten = \"127.0.0.1:{cport}\"\nsocket = \"\"\ndatagram = \"\"\nspool_dir = \"{spool}\"\nrouters = [\"http://127.0.0.1:{rport}\"]\n[router]\nlisten = \"127.0.0.1:{rport}\"\n",
-            data = tmp.path().join("data").display(),
-            catalog = fixture_catalog().display(),
-            spool = spool.display(),
-        ),
-    )
-    .unwrap();
+    let (cfg, cport, _) = components_config(tmp.path(), &format!("spool_dir = \"{}\"", spool.display()), "");
     let cfg = cfg.to_str().unwrap();
     let collector_url = format!("http://127.0.0.1:{cport}");
     let collector = spawn(&["collector", "--config", cfg], &tmp.path().join("collector.log"));
@@ -398,17 +405,7 @@ fn kill_9_of_collector_and_router_at_random_moments_loses_no_acknowledged_event(
         seed % n
     };
     let tmp = tempfile::tempdir().unwrap();
-    let (cport, rport) = (free_port(), free_port());
-    let cfg = tmp.path().join("weir.toml");
-    fs::write(
-        &cfg,
-        format!(
-            "data_dir = \"{data}\"\ncatalog = \"{catalog}\"\n[collector]\nlisten = \"127.0.0.1:{cport}\"\nsocket = \"\"\ndatagram = \"\"\nrouters = [\"http://127.0.0.1:{rport}\"]\nbatch_max_events = 50\n[router]\nlisten = \"127.0.0.1:{rport}\"\nlog_segment_bytes = 65536\n",
-            data = tmp.path().join("data").display(),
-            catalog = fixture_catalog().display(),
-        ),
-    )
-    .unwrap();
+    let (cfg, cport, rport) = components_config(tmp.path(), "batch_max_events = 50", "log_segment_bytes = 65536");
     let cfg = cfg.to_str().unwrap();
     let url = format!("http://127.0.0.1:{cport}");
     let start = |what: &str, i: u64| spawn(&[what, "--config", cfg], &tmp.path().join(format!("{what}-{i}.log")));

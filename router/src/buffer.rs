@@ -13,7 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use weir_proto::buffer::{buffer_path, closed_path, list_hours, read_loaded, HourState};
@@ -23,7 +23,7 @@ use weir_proto::wal::{cut_torn_tail, write_atomic};
 
 use crate::batch;
 use crate::metrics as m;
-use crate::recipients::{retry_all, Outcome, Sink};
+use crate::recipients::{retry_all, Every, Outcome, Sink};
 
 /// The warehouse buffer's name among the log's consumers (its cursor file).
 pub const NAME: &str = "warehouse";
@@ -216,7 +216,7 @@ fn by_hour(events: &[Bytes], out: &mut [Outcome]) -> BTreeMap<i64, (Vec<u8>, u64
 /// the blocking pool.
 pub struct FileBufferSink {
     buffer: Arc<Mutex<FileBuffer>>,
-    last_housekeeping: Option<Instant>,
+    housekeeping_due: Every,
     warned: Arc<Mutex<HashMap<i64, u64>>>,
 }
 
@@ -225,7 +225,7 @@ impl FileBufferSink {
     pub fn new(buffer: FileBuffer) -> FileBufferSink {
         FileBufferSink {
             buffer: Arc::new(Mutex::new(buffer)),
-            last_housekeeping: None,
+            housekeeping_due: Every::new(Duration::from_secs(5)),
             warned: Arc::default(),
         }
     }
@@ -266,13 +266,9 @@ impl Sink for FileBufferSink {
     }
 
     async fn tick(&mut self) {
-        if self
-            .last_housekeeping
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
-        {
+        if !self.housekeeping_due.due() {
             return;
         }
-        self.last_housekeeping = Some(Instant::now());
         let (buffer, warned) = (self.buffer.clone(), self.warned.clone());
         let _ = tokio::task::spawn_blocking(move || lock(&buffer).housekeeping(&mut lock(&warned))).await;
     }

@@ -11,7 +11,7 @@
 //! are kept, logged and counted.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use mongodb::bson::{doc, spec::BinarySubtype, Binary, Document};
@@ -21,7 +21,7 @@ use weir_proto::hour::{self, HOUR_MICROS};
 
 use crate::metrics as m;
 use crate::recipients::mongo::{connect, document, insert};
-use crate::recipients::{decode, retry_all, Outcome, Sink};
+use crate::recipients::{decode, retry_all, Every, Outcome, Sink};
 
 /// The collection of hour markers.
 pub const HOURS: &str = "buffer_hours";
@@ -45,7 +45,7 @@ pub struct MongoBuffer {
     client: Option<Client>,
     closed: BTreeSet<i64>,
     closed_loaded: bool,
-    last_housekeeping: Option<Instant>,
+    housekeeping_due: Every,
     /// Hours already warned about being kept past retention.
     warned: BTreeSet<i64>,
 }
@@ -61,7 +61,7 @@ impl MongoBuffer {
             client: None,
             closed: BTreeSet::new(),
             closed_loaded: false,
-            last_housekeeping: None,
+            housekeeping_due: Every::new(Duration::from_secs(5)),
             warned: BTreeSet::new(),
         }
     }
@@ -216,13 +216,9 @@ impl Sink for MongoBuffer {
     }
 
     async fn tick(&mut self) {
-        if self
-            .last_housekeeping
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
-        {
+        if !self.housekeeping_due.due() {
             return;
         }
-        self.last_housekeeping = Some(Instant::now());
         if let Err(e) = self.housekeeping().await {
             tracing::error!(error = %e, "MongoDB buffer housekeeping failed; trying again in 5 s");
         }

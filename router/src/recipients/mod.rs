@@ -43,6 +43,29 @@ pub trait Sink: Send + 'static {
     }
 }
 
+/// Gates a periodic job (a buffer's hour closing) to once per `period`, however often
+/// the runner ticks.
+pub struct Every {
+    period: std::time::Duration,
+    last: Option<std::time::Instant>,
+}
+
+impl Every {
+    /// A gate open at once, then once per `period`.
+    pub fn new(period: std::time::Duration) -> Every {
+        Every { period, last: None }
+    }
+
+    /// True (and restarts the period) when the job is due.
+    pub fn due(&mut self) -> bool {
+        if self.last.is_some_and(|t| t.elapsed() < self.period) {
+            return false;
+        }
+        self.last = Some(std::time::Instant::now());
+        true
+    }
+}
+
 /// Renders a name template: `{event}` as the event name, `{event_ident}` with dots as
 /// underscores.
 pub fn render_template(template: &str, event: &str) -> String {
