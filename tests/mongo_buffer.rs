@@ -1,6 +1,7 @@
 //! The MongoDB hourly buffer against a real server (nx-27017 from `scripts/services`): a
 //! collection per hour, closed after the grace period, dropped after retention, and loaded
-//! into the same Parquet rows as the file buffer gives for the same events.
+//! into the same Parquet rows as the file buffer gives for the same events; events that
+//! arrive for an hour already loaded and deleted are added to it, in both buffers.
 
 mod common;
 
@@ -16,9 +17,10 @@ use mongodb::bson::{doc, Document};
 use prost::Message;
 use weir_loader::mongo_mirror::{mirror, Hours, MongoSource};
 use weir_loader::Loader;
+use weir_proto::buffer::mongo_collection;
 use weir_proto::hour::{self, HOUR_MICROS};
 use weir_proto::pb::Event;
-use weir_router::mongo_buffer::{collection_name, MongoBuffer};
+use weir_router::mongo_buffer::MongoBuffer;
 use weir_router::recipients::{Outcome, Sink};
 
 fn event(id: &str, received_at: i64, valid: bool) -> Bytes {
@@ -104,9 +106,12 @@ async fn hours_close_drop_after_retention_and_load_like_the_file_buffer() {
     let db = client.database(&db_name);
     let names = collections(&db).await;
     for h in [closed_h, old_h, open_h] {
-        assert!(names.contains(&collection_name(h)), "a collection per hour: {names:?}");
+        assert!(
+            names.contains(&mongo_collection(h, 0)),
+            "a collection per hour: {names:?}"
+        );
     }
-    let closed_coll = db.collection::<Document>(&collection_name(closed_h));
+    let closed_coll = db.collection::<Document>(&mongo_collection(closed_h, 0));
     assert_eq!(closed_coll.count_documents(doc! {}).await.unwrap(), 30);
     let d = closed_coll.find_one(doc! {"_id": "c03"}).await.unwrap().unwrap();
     assert_eq!(d.get_str("event").unwrap(), "order.completed");
@@ -116,10 +121,10 @@ async fn hours_close_drop_after_retention_and_load_like_the_file_buffer() {
     // the loader has not committed it...
     buffer.tick().await;
     let names = collections(&db).await;
-    assert!(names.contains(&collection_name(closed_h)));
-    assert!(names.contains(&collection_name(open_h)));
+    assert!(names.contains(&mongo_collection(closed_h, 0)));
+    assert!(names.contains(&mongo_collection(open_h, 0)));
     assert!(
-        names.contains(&collection_name(old_h)),
+        names.contains(&mongo_collection(old_h, 0)),
         "past retention but never loaded: kept: {names:?}"
     );
     // ... and dropped once it is loaded whole (the mirror tells MongoDB `loaded_count`).
@@ -136,9 +141,25 @@ async fn hours_close_drop_after_retention_and_load_like_the_file_buffer() {
     again.tick().await;
     let names = collections(&db).await;
     assert!(
-        !names.contains(&collection_name(old_h)),
+        !names.contains(&mongo_collection(old_h, 0)),
         "dropped after retention once loaded: {names:?}"
     );
+    // A late event for the dropped hour (a collector cut off for longer than retention)
+    // starts the hour's next generation; the loader adds it to the hour's Parquet.
+    let late_old = [event("old-late", at(old_h, 20), true)];
+    assert_eq!(again.deliver(&late_old).await, vec![Outcome::Delivered]);
+    assert!(collections(&db).await.contains(&mongo_collection(old_h, 1)));
+    mirror(&src_old, &old_mirror, Hours::Range(old_h, old_h)).await.unwrap();
+    let reports = loader(&old_mirror, &tmp.path().join("wh-old")).run(true).unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].manifest.generation, 1);
+    assert_eq!(reports[0].manifest.rows, 6, "the five loaded before and the late one");
+    let mut ids: Vec<String> = parquet_files(&tmp.path().join("wh-old"))
+        .iter()
+        .flat_map(|f| strings(&read_parquet(f), "id"))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["o0", "o1", "o2", "o3", "o4", "old-late"]);
     let markers: Vec<Document> = db
         .collection::<Document>("buffer_hours")
         .find(doc! {})
@@ -206,13 +227,83 @@ async fn hours_close_drop_after_retention_and_load_like_the_file_buffer() {
     assert_eq!(reports[0].manifest.rows, 28);
 
     // Retention reaches the mirror too: a dropped hour leaves it.
-    db.collection::<Document>(&collection_name(closed_h))
+    db.collection::<Document>(&mongo_collection(closed_h, 0))
         .drop()
         .await
         .unwrap();
     mirror(&src, &mirror_dir, Hours::Closed).await.unwrap();
     assert!(!weir_proto::buffer::buffer_path(&mirror_dir, closed_h).exists());
     db.drop().await.unwrap();
+}
+
+#[test]
+fn late_events_for_a_file_buffer_hour_already_loaded_and_deleted_are_added_to_it() {
+    use weir_proto::buffer::{current_generation, list_hours};
+    use weir_router::buffer::FileBuffer;
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, wh) = (tmp.path().join("buffer"), tmp.path().join("warehouse"));
+    let now = weir_proto::event::now_micros();
+    let old_h = hour::of_micros(now) - 5 * 24;
+    let at = |i: i64| old_h * HOUR_MICROS + 1_000_000 * (i + 1);
+    let frame = |events: &[Bytes]| {
+        let mut framed = Vec::new();
+        for e in events {
+            weir_proto::record::encode_into(&mut framed, e);
+        }
+        std::collections::BTreeMap::from([(old_h, (framed, events.len() as u64))])
+    };
+    let mut buf = FileBuffer::open(&dir, Duration::from_secs(300), 3).unwrap();
+    let first: Vec<Bytes> = (0..5).map(|i| event(&format!("f{i}"), at(i), i != 4)).collect();
+    buf.append(&frame(&first)).unwrap();
+    buf.close_due(now).unwrap();
+    assert_eq!(loader(&dir, &wh).run(false).unwrap().len(), 1);
+    let (gone, _) = buf.expire(now).unwrap();
+    assert_eq!(gone, vec![old_h], "loaded whole and past retention: deleted");
+    assert_eq!(current_generation(&dir, old_h).unwrap(), 1, "a tombstone is left");
+
+    // Late events come in after that, twice (the second grows the same generation).
+    let late: Vec<Bytes> = (0..3).map(|i| event(&format!("l{i}"), at(10 + i), true)).collect();
+    buf.append(&frame(&late[..2])).unwrap();
+    buf.close_due(now).unwrap();
+    let r = loader(&dir, &wh).run(false).unwrap();
+    assert_eq!(
+        (r[0].manifest.generation, r[0].manifest.rows, r[0].manifest.invalid_rows),
+        (1, 6, 1)
+    );
+    buf.append(&frame(&late[2..])).unwrap();
+    let r = loader(&dir, &wh).run(false).unwrap();
+    assert_eq!(
+        (r[0].manifest.rows, r[0].manifest.invalid_rows),
+        (7, 1),
+        "{:?}",
+        r[0].manifest
+    );
+    // A replay rebuilds what is buffered and keeps what is not.
+    let r = loader(&dir, &wh).replay(old_h, old_h, |_, _| {}).unwrap();
+    assert_eq!(r[0].manifest.rows, 7);
+    let mut ids: Vec<String> = parquet_files(&wh)
+        .iter()
+        .flat_map(|f| strings(&read_parquet(f), "id"))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["f0", "f1", "f2", "f3", "f4", "l0", "l1", "l2"]);
+    let parts: BTreeSet<String> = r[0]
+        .manifest
+        .files
+        .iter()
+        .map(|f| f.path.rsplit('/').next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        parts,
+        ["part-0.parquet".to_string(), "part-1.parquet".to_string()].into()
+    );
+
+    // A lost manifest: the earlier generation's files are still counted, from their bytes.
+    std::fs::remove_file(weir_loader::commit::manifest_path(&wh, old_h)).unwrap();
+    std::fs::write(weir_loader::commit::manifest_path(&wh, old_h), b"{").unwrap();
+    let r = loader(&dir, &wh).replay(old_h, old_h, |_, _| {}).unwrap();
+    assert_eq!((r[0].manifest.rows, r[0].manifest.invalid_rows), (7, 1));
+    assert_eq!(list_hours(&dir).unwrap().len(), 1);
 }
 
 #[test]

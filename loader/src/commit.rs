@@ -43,9 +43,9 @@ pub struct Manifest {
     pub source_events: u64,
     /// Events dropped as repeats of an id already in the hour.
     pub duplicates: u64,
-    /// Valid rows written.
+    /// Valid rows in the hour (every generation).
     pub rows: u64,
-    /// Rows written to `_invalid/`.
+    /// Rows in the hour's `_invalid/` (every generation).
     pub invalid_rows: u64,
     /// Bytes of the buffer that were no record (damage skipped over) and records whose
     /// event could not be read: what the buffer held that no row came from.
@@ -54,8 +54,61 @@ pub struct Manifest {
     /// Records whose event could not be read.
     #[serde(default)]
     pub unreadable_records: u64,
-    /// The files.
+    /// The generation of the buffer the `source_*` fields describe (0 unless the hour's
+    /// buffer was deleted after retention and late events started it again; see
+    /// `weir_proto::buffer`). Files of earlier generations are kept as they are.
+    #[serde(default)]
+    pub generation: u32,
+    /// The files, of every generation.
     pub files: Vec<FileEntry>,
+}
+
+impl FileEntry {
+    /// The buffer generation the file was built from: `part-<generation>.parquet`.
+    pub fn generation(&self) -> u32 {
+        generation_of(&self.path)
+    }
+}
+
+/// The generation in a part file's name (`.../part-<g>.parquet`); 0 for any other name.
+pub fn generation_of(rel: &str) -> u32 {
+    rel.rsplit('/')
+        .next()
+        .and_then(|f| f.strip_prefix("part-"))
+        .and_then(|f| f.strip_suffix(".parquet"))
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Describes a Parquet file already in the warehouse from its own bytes (for a file of an
+/// earlier generation whose manifest was lost).
+pub fn entry_from_disk(warehouse: &Path, rel: &str) -> Result<FileEntry, LoadError> {
+    let path = warehouse.join(rel);
+    let data = fs::read(&path).map_err(io_err(&path))?;
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(bytes::Bytes::from(data.clone()))
+        .map_err(|e| LoadError::Parquet {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+    let rows = parquet::file::reader::FileReader::metadata(&reader)
+        .file_metadata()
+        .num_rows() as u64;
+    let mut parts = rel.split('/');
+    let (event, version) = match (parts.next(), parts.next()) {
+        (Some(e), Some(v)) if e.starts_with("event=") => (
+            e.strip_prefix("event=").map(str::to_string),
+            v.strip_prefix("version=").and_then(|v| v.parse().ok()),
+        ),
+        _ => (None, None),
+    };
+    Ok(FileEntry {
+        path: rel.to_string(),
+        event,
+        version,
+        rows,
+        bytes: data.len() as u64,
+        crc32: format!("{:08x}", crc32fast::hash(&data)),
+    })
 }
 
 #[derive(Serialize, Deserialize)]

@@ -2,9 +2,12 @@
 //! one schema per event version from the catalog — and rebuilds (replays) any hour still
 //! buffered.
 //!
-//! Layout: `<warehouse>/event=<name>/version=<v>/date=<YYYY-MM-DD>/hour=<HH>/part-0.parquet`,
+//! Layout: `<warehouse>/event=<name>/version=<v>/date=<YYYY-MM-DD>/hour=<HH>/part-<g>.parquet`,
 //! invalid events in `<warehouse>/_invalid/date=.../hour=.../`, one
-//! `_manifests/<hour>.json` per loaded hour. Each hour is replaced whole (see [`commit`]).
+//! `_manifests/<hour>.json` per loaded hour. What the buffer holds of an hour is replaced
+//! whole (see [`commit`]); `g` is the buffer's generation, 0 unless the hour was deleted
+//! from the buffer after retention and late events came for it: those are added as
+//! `part-<g>` beside the files already loaded, which are kept.
 #![warn(missing_docs)]
 
 pub mod columns;
@@ -27,7 +30,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use weir_proto::buffer::{buffer_path, list_hours};
+use weir_proto::buffer::{self, buffer_path, list_hours};
 use weir_proto::catalog::Catalog;
 use weir_proto::event::EventView;
 use weir_proto::{event, hour};
@@ -98,6 +101,16 @@ pub struct Loader {
 
 struct Lock(#[allow(dead_code)] fs::File);
 
+/// What a load of one hour builds on.
+struct Plan {
+    /// The generation of the hour's buffer (its new part files are `part-<g>`).
+    generation: u32,
+    /// Files of earlier generations, kept as they are.
+    kept: Vec<commit::FileEntry>,
+    /// Buffer bytes the manifest of this generation covers, when there is one.
+    loaded_bytes: Option<u64>,
+}
+
 impl Loader {
     fn lock(&self) -> Result<Lock, LoadError> {
         fs::create_dir_all(&self.warehouse).map_err(io_err(&self.warehouse))?;
@@ -125,21 +138,18 @@ impl Loader {
             if !(state.closed || include_open) || state.bytes == 0 {
                 continue;
             }
-            match commit::read_manifest(&self.warehouse, state.hour) {
-                Ok(Some(m)) if m.source_bytes == state.bytes => continue,
-                Ok(_) => {}
-                // A damaged manifest: rebuild the hour, which writes it anew.
-                Err(e) => {
-                    tracing::error!(hour = %hour::display(state.hour), error = %e, "unreadable manifest; loading the hour again")
-                }
+            let plan = self.plan(state.hour)?;
+            if plan.loaded_bytes == Some(state.bytes) {
+                continue;
             }
-            reports.push(self.load_hour_locked(state.hour)?);
+            reports.push(self.load_hour_locked(state.hour, plan)?);
         }
         Ok(reports)
     }
 
     /// Rebuilds every buffered hour from `from` to `to` (inclusive), replacing what was
-    /// loaded. Fails for an hour in the range that is no longer buffered. `progress` is
+    /// loaded from the buffer (files of generations already deleted from the buffer are
+    /// kept). Fails for an hour in the range that is no longer buffered. `progress` is
     /// called after each hour with (done, total).
     pub fn replay(
         &self,
@@ -160,13 +170,55 @@ impl Loader {
         let total = (to - from + 1).max(0) as usize;
         let mut reports = Vec::new();
         for (i, h) in (from..=to).enumerate() {
-            reports.push(self.load_hour_locked(h)?);
+            let plan = self.plan(h)?;
+            reports.push(self.load_hour_locked(h, plan)?);
             progress(i + 1, total);
         }
         Ok(reports)
     }
 
-    fn load_hour_locked(&self, h: i64) -> Result<HourReport, LoadError> {
+    /// What a load of hour `h` builds on: the generation of its buffer and the files of
+    /// earlier generations it keeps.
+    fn plan(&self, h: i64) -> Result<Plan, LoadError> {
+        let tomb = buffer::expired_path(&self.buffer_dir, h);
+        let buffered = buffer::current_generation(&self.buffer_dir, h).map_err(io_err(&tomb))?;
+        match commit::read_manifest(&self.warehouse, h) {
+            Ok(Some(m)) => {
+                // A manifest ahead of the tombstone (one lost): never overwrite its files.
+                let generation = buffered.max(m.generation);
+                let loaded_bytes = (m.generation == generation).then_some(m.source_bytes);
+                let kept = m.files.into_iter().filter(|f| f.generation() < generation).collect();
+                Ok(Plan {
+                    generation,
+                    kept,
+                    loaded_bytes,
+                })
+            }
+            Ok(None) => Ok(Plan {
+                generation: buffered,
+                kept: Vec::new(),
+                loaded_bytes: None,
+            }),
+            // A damaged manifest: rebuild the hour, which writes it anew; files of earlier
+            // generations (no longer buffered) are described from their own bytes.
+            Err(e) => {
+                tracing::error!(hour = %hour::display(h), error = %e, "unreadable manifest; loading the hour again");
+                let mut kept = Vec::new();
+                for rel in commit::existing_files(&self.warehouse, h)? {
+                    if commit::generation_of(&rel) < buffered {
+                        kept.push(commit::entry_from_disk(&self.warehouse, &rel)?);
+                    }
+                }
+                Ok(Plan {
+                    generation: buffered,
+                    kept,
+                    loaded_bytes: None,
+                })
+            }
+        }
+    }
+
+    fn load_hour_locked(&self, h: i64, plan: Plan) -> Result<HourReport, LoadError> {
         let path = buffer_path(&self.buffer_dir, h);
         let file = match fs::File::open(&path) {
             Ok(f) => f,
@@ -211,7 +263,10 @@ impl Loader {
         for (g, &(name, version)) in index.groups.iter().enumerate() {
             let columns = self.catalog.columns(name, version);
             let schema = schema::event_schema(&columns);
-            let rel = format!("event={name}/version={version}/date={date}/hour={hh}/part-0.parquet");
+            let rel = format!(
+                "event={name}/version={version}/date={date}/hour={hh}/part-{}.parquet",
+                plan.generation
+            );
             let mut writer: Option<PartWriter> = None;
             let mut written = 0u64;
             let mut merge = index.class(g as u32)?;
@@ -260,7 +315,7 @@ impl Loader {
         let mut next_invalid = merge.next()?;
         let mut invalid_rows = 0u64;
         let mut invalid_writer: Option<PartWriter> = None;
-        let rel = format!("_invalid/date={date}/hour={hh}/part-0.parquet");
+        let rel = format!("_invalid/date={date}/hour={hh}/part-{}.parquet", plan.generation);
         let invalid_schema = schema::invalid_schema();
         let mut part: Vec<columns::InvalidRow<'_>> = Vec::with_capacity(chunk.min(4096));
         loop {
@@ -306,6 +361,17 @@ impl Loader {
             metrics::counter!("weir_loader_damaged_bytes_total").increment(index.damaged_bytes);
             metrics::counter!("weir_loader_unreadable_records_total").increment(unreadable);
         }
+        // Earlier generations' files stay; the hour's totals count them.
+        for f in &plan.kept {
+            if f.event.is_some() {
+                rows += f.rows;
+            } else {
+                invalid_rows += f.rows;
+            }
+        }
+        let mut all = plan.kept;
+        all.extend(files);
+        let files = all;
         let manifest = Manifest {
             hour: hour::display(h),
             loaded_at: event::format_micros(event::now_micros()),
@@ -317,6 +383,7 @@ impl Loader {
             invalid_rows,
             damaged_bytes: index.damaged_bytes,
             unreadable_records: unreadable,
+            generation: plan.generation,
             files,
         };
         let spilled = index.spilled;
@@ -325,7 +392,7 @@ impl Loader {
         commit::commit(&self.warehouse, h, &staging, manifest.clone())?;
         // Tell the router that this much of the hour is safe in the warehouse: only then
         // may retention delete it.
-        if let Err(e) = weir_proto::buffer::write_loaded(&self.buffer_dir, h, manifest.source_bytes) {
+        if let Err(e) = buffer::write_loaded(&self.buffer_dir, h, manifest.source_bytes, manifest.generation) {
             tracing::warn!(dir = %self.buffer_dir.display(), error = %e, "cannot mark the hour loaded in the buffer directory; the router keeps it past retention_days");
         }
         tracing::info!(hour = %manifest.hour, rows, invalid_rows, duplicates = manifest.duplicates, files = manifest.files.len(), spilled, "hour loaded");

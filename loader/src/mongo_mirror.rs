@@ -4,7 +4,10 @@
 //! id; the loader then reads the mirror exactly as it reads file buffers, so both kinds
 //! give the same Parquet rows. An hour is exported again only when its document count
 //! changed (late events), which the loader then sees as a grown buffer and rebuilds.
-//! Mirror files of hours dropped from MongoDB (retention) are deleted.
+//! Mirror files of hours dropped from MongoDB (retention) are deleted. An hour's
+//! generation (see `weir_proto::buffer`) comes from its `buffer_hours` document: the
+//! mirror writes the tombstone of the generation before it, so late events after a drop
+//! are added to the hour, not loaded in place of it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -13,7 +16,10 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
-use weir_proto::buffer::{buffer_path, closed_path, list_hours, loaded_path, read_loaded};
+use weir_proto::buffer::{
+    buffer_path, closed_path, expired_path, list_hours, loaded_path, mongo_collection, mongo_hour_of, read_loaded,
+    write_expired,
+};
 use weir_proto::{hour, record};
 
 /// Errors reading the MongoDB buffer.
@@ -52,6 +58,19 @@ fn count_path(dir: &Path, h: i64) -> PathBuf {
     dir.join(format!("{}.count", hour::compact(h)))
 }
 
+/// `<hour>.count`: documents and generation of the collection the mirror file was
+/// exported from (`"<count> <generation>"`; a bare count is generation 0).
+fn read_count(dir: &Path, h: i64) -> Option<(u64, u32)> {
+    let s = fs::read_to_string(count_path(dir, h)).ok()?;
+    let mut parts = s.split_whitespace();
+    let count = parts.next()?.parse().ok()?;
+    let generation = match parts.next() {
+        Some(g) => g.parse().ok()?,
+        None => 0,
+    };
+    Some((count, generation))
+}
+
 /// Which hours to export.
 #[derive(Clone, Copy, Debug)]
 pub enum Hours {
@@ -82,36 +101,58 @@ pub async fn mirror(src: &MongoSource, dir: &Path, which: Hours) -> Result<Vec<i
     let client = mongodb::Client::with_options(opts).map_err(mongo)?;
     let db = client.database(&src.db);
     let names = db.list_collection_names().await.map_err(mongo)?;
-    let present: BTreeSet<i64> = names
-        .iter()
-        .filter_map(|n| n.strip_prefix("buffer_").and_then(hour::parse_compact))
-        .collect();
     let mut closed = BTreeSet::new();
+    let mut generations: BTreeMap<i64, u32> = BTreeMap::new();
     let mut cur = db
         .collection::<Document>("buffer_hours")
-        .find(doc! {"closed": true})
+        .find(doc! {})
         .await
         .map_err(mongo)?;
     while let Some(d) = cur.try_next().await.map_err(mongo)? {
-        if let Some(h) = d.get_str("_id").ok().and_then(hour::parse_compact) {
+        let Some(h) = d.get_str("_id").ok().and_then(hour::parse_compact) else {
+            continue;
+        };
+        if d.get_bool("closed").unwrap_or(false) {
             closed.insert(h);
         }
+        let g = match d.get("generation") {
+            Some(mongodb::bson::Bson::Int64(n)) => u32::try_from(*n).unwrap_or(0),
+            Some(mongodb::bson::Bson::Int32(n)) => u32::try_from(*n).unwrap_or(0),
+            _ => 0,
+        };
+        if g > 0 {
+            generations.insert(h, g);
+        }
     }
+    // The collection of each hour's current generation (older ones are loaded whole and
+    // about to be dropped by the router).
+    let present: BTreeSet<i64> = names
+        .iter()
+        .filter_map(|n| mongo_hour_of(n))
+        .filter(|(h, g)| generations.get(h).copied().unwrap_or(0) == *g)
+        .map(|(h, _)| h)
+        .collect();
+    let generation = |h: i64| generations.get(&h).copied().unwrap_or(0);
     // Hours the loader committed whole (its `.loaded` marker covers the mirror file
-    // exported from `count` documents) are marked `loaded_count` in buffer_hours: the
-    // router drops an hour past retention only once that matches the collection.
+    // exported from `count` documents of the current generation) are marked
+    // `loaded_count` in buffer_hours: the router drops an hour past retention only once
+    // that matches the collection.
     for state in list_hours(dir).map_err(io_err(dir))? {
         let Some(loaded) = read_loaded(dir, state.hour) else {
             continue;
         };
-        let count = fs::read_to_string(count_path(dir, state.hour))
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok());
-        if let (true, Some(count), true) = (loaded.source_bytes == state.bytes, count, present.contains(&state.hour)) {
+        let Some((count, g)) = read_count(dir, state.hour) else {
+            continue;
+        };
+        if loaded.source_bytes == state.bytes
+            && loaded.generation == g
+            && g == generation(state.hour)
+            && present.contains(&state.hour)
+        {
             db.collection::<Document>("buffer_hours")
                 .update_one(
                     doc! {"_id": hour::compact(state.hour)},
-                    doc! {"$set": {"loaded_count": count}},
+                    doc! {"$set": {"loaded_count": count as i64}},
                 )
                 .await
                 .map_err(mongo)?;
@@ -127,14 +168,15 @@ pub async fn mirror(src: &MongoSource, dir: &Path, which: Hours) -> Result<Vec<i
         if !wanted {
             continue;
         }
-        let coll = db.collection::<Document>(&format!("buffer_{}", hour::compact(h)));
+        let g = generation(h);
+        let coll = db.collection::<Document>(&mongo_collection(h, g));
         let count = coll.count_documents(doc! {}).await.map_err(mongo)?;
         let count_file = count_path(dir, h);
-        let have = fs::read_to_string(&count_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok());
         let marker = closed_path(dir, h);
-        if have != Some(count) || !buffer_path(dir, h).exists() {
+        if g > 0 {
+            write_expired(dir, h, g - 1).map_err(io_err(&expired_path(dir, h)))?;
+        }
+        if read_count(dir, h) != Some((count, g)) || !buffer_path(dir, h).exists() {
             let tmp = dir.join(format!("{}.buf.tmp", hour::compact(h)));
             let mut out = io::BufWriter::new(fs::File::create(&tmp).map_err(io_err(&tmp))?);
             let mut framed = Vec::new();
@@ -161,7 +203,11 @@ pub async fn mirror(src: &MongoSource, dir: &Path, which: Hours) -> Result<Vec<i
             fs::rename(&tmp, &path).map_err(io_err(&path))?;
             // The count read before the export; a document inserted during it shows as a
             // different count next time and the hour is exported again.
-            fs::write(&count_file, format!("{count}\n")).map_err(io_err(&count_file))?;
+            fs::write(&count_file, format!("{count} {g}\n")).map_err(io_err(&count_file))?;
+            // A new generation's file is not the one the old marker covered.
+            if read_loaded(dir, h).is_some_and(|l| l.generation != g) {
+                let _ = fs::remove_file(loaded_path(dir, h));
+            }
             tracing::info!(hour = %hour::display(h), events = n, "hour exported from the MongoDB buffer");
             exported.push(h);
         }
@@ -181,6 +227,7 @@ pub async fn mirror(src: &MongoSource, dir: &Path, which: Hours) -> Result<Vec<i
             closed_path(dir, *h),
             count_path(dir, *h),
             loaded_path(dir, *h),
+            expired_path(dir, *h),
         ] {
             match fs::remove_file(&p) {
                 Ok(()) => {}

@@ -162,7 +162,8 @@ pub fn cut_torn_tail(path: &Path, what: &str) -> io::Result<u64> {
     Ok(scan.valid_prefix)
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+/// Makes the entries of `dir` (creations, renames, deletions) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

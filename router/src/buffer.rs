@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use weir_proto::buffer::{buffer_path, closed_path, list_hours, read_loaded, HourState};
+use weir_proto::buffer::{buffer_path, closed_path, expired_path, list_hours, read_loaded, HourState};
 use weir_proto::hour::{self, HOUR_MICROS};
 use weir_proto::record;
 use weir_proto::wal::{cut_torn_tail, write_atomic};
@@ -46,6 +46,11 @@ impl FileBuffer {
     /// Opens the buffer directory, creating it when missing.
     pub fn open(dir: &Path, grace: Duration, retention_days: u32) -> io::Result<FileBuffer> {
         fs::create_dir_all(dir)?;
+        // An expiry a crash interrupted is completed before anything is appended: late
+        // events must start a new generation, not look like more of the loaded one.
+        for h in weir_proto::buffer::finish_expiry(dir)? {
+            tracing::info!(hour = %hour::display(h), "finished deleting an expired hour");
+        }
         Ok(FileBuffer {
             dir: dir.to_path_buf(),
             grace,
@@ -66,6 +71,9 @@ impl FileBuffer {
                     if closed_path(&self.dir, h).exists() {
                         late += count;
                         tracing::info!(hour = %hour::display(h), events = count, "late events for a closed hour; it will be reloaded");
+                    } else if expired_path(&self.dir, h).exists() && !buffer_path(&self.dir, h).exists() {
+                        late += count;
+                        tracing::warn!(hour = %hour::display(h), events = count, "late events for an hour already loaded and deleted after retention_days; the loader adds them to the hour as new part files");
                     }
                     let path = buffer_path(&self.dir, h);
                     let file = OpenOptions::new().create(true).append(true).open(&path)?;
@@ -146,7 +154,7 @@ impl FileBuffer {
                 continue;
             }
             self.open.remove(&state.hour);
-            weir_proto::buffer::remove_hour(&self.dir, state.hour)?;
+            weir_proto::buffer::expire_hour(&self.dir, state.hour)?;
             gone.push(state.hour);
         }
         Ok((gone, kept))
@@ -314,14 +322,36 @@ mod tests {
         let (gone, kept) = buf.expire(later).unwrap();
         assert!(gone.is_empty(), "never loaded: kept");
         assert_eq!(kept[0].hour, h);
-        write_loaded(tmp.path(), h, bytes - 1).unwrap();
+        write_loaded(tmp.path(), h, bytes - 1, 0).unwrap();
         assert!(
             buf.expire(later).unwrap().0.is_empty(),
             "loaded before the late event: kept"
         );
-        write_loaded(tmp.path(), h, bytes).unwrap();
+        write_loaded(tmp.path(), h, bytes, 0).unwrap();
         assert_eq!(buf.expire(later).unwrap().0, vec![h]);
         assert!(list_hours(tmp.path()).unwrap().is_empty());
+        // The tombstone names the generation that went; later events start the next.
+        assert_eq!(weir_proto::buffer::current_generation(tmp.path(), h).unwrap(), 1);
+        assert_eq!(buf.append(&one(&framed)).unwrap(), 1, "a late event for a deleted hour");
+        assert_eq!(list_hours(tmp.path()).unwrap()[0].bytes, framed.len() as u64);
+        buf.close_due(later).unwrap();
+        write_loaded(tmp.path(), h, framed.len() as u64, 1).unwrap();
+        assert_eq!(buf.expire(later).unwrap().0, vec![h]);
+        assert_eq!(weir_proto::buffer::current_generation(tmp.path(), h).unwrap(), 2);
+    }
+
+    #[test]
+    fn an_expiry_cut_short_by_a_crash_is_finished_before_the_next_append() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = hour::parse("2026-11-22T13").unwrap();
+        // The buffer was deleted, the crash came before `.loaded` became `.expired`.
+        write_loaded(tmp.path(), h, 100, 0).unwrap();
+        let mut buf = FileBuffer::open(tmp.path(), Duration::from_secs(300), 3).unwrap();
+        assert!(weir_proto::buffer::read_loaded(tmp.path(), h).is_none());
+        assert_eq!(weir_proto::buffer::current_generation(tmp.path(), h).unwrap(), 1);
+        let mut framed = Vec::new();
+        record::encode_into(&mut framed, b"late");
+        assert_eq!(buf.append(&one(&framed)).unwrap(), 1);
     }
 
     #[test]

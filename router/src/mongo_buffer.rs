@@ -8,7 +8,10 @@
 //! inserted all the same; the loader sees the hour's count grow and rebuilds it. Closed
 //! hours are dropped `retention_days` after they end, once the loader has marked them
 //! committed whole (`loaded_count` equal to the collection's documents); until then they
-//! are kept, logged and counted.
+//! are kept, logged and counted. Dropping an hour moves its `buffer_hours` document to the
+//! next `generation` (first, so a crash leaves only a loaded collection to drop again):
+//! events that arrive for it later still go to `buffer_YYYYMMDDHH_g<N>`, and the loader
+//! adds them to the hour instead of replacing it with them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -26,15 +29,7 @@ use crate::recipients::{decode, retry_all, Every, Outcome, Sink};
 /// The collection of hour markers.
 pub const HOURS: &str = "buffer_hours";
 
-/// The collection of one hour.
-pub fn collection_name(h: i64) -> String {
-    format!("buffer_{}", hour::compact(h))
-}
-
-/// The hour of a collection name, if it is one.
-pub fn hour_of(name: &str) -> Option<i64> {
-    hour::parse_compact(name.strip_prefix("buffer_")?)
-}
+use weir_proto::buffer::{mongo_collection, mongo_hour_of};
 
 /// The hourly buffer in one MongoDB database.
 pub struct MongoBuffer {
@@ -44,6 +39,8 @@ pub struct MongoBuffer {
     retention_days: u32,
     client: Option<Client>,
     closed: BTreeSet<i64>,
+    /// Hours whose buffer was dropped at least once: the generation now written.
+    generations: BTreeMap<i64, u32>,
     closed_loaded: bool,
     housekeeping_due: Every,
     /// Hours already warned about being kept past retention.
@@ -60,6 +57,7 @@ impl MongoBuffer {
             retention_days,
             client: None,
             closed: BTreeSet::new(),
+            generations: BTreeMap::new(),
             closed_loaded: false,
             housekeeping_due: Every::new(Duration::from_secs(5)),
             warned: BTreeSet::new(),
@@ -75,10 +73,15 @@ impl MongoBuffer {
             None => return Err("no MongoDB client".into()),
         };
         if !self.closed_loaded {
-            self.closed = closed_hours(&db).await.map_err(|e| format!("MongoDB: {e}"))?;
+            (self.closed, self.generations) = hour_states(&db).await.map_err(|e| format!("MongoDB: {e}"))?;
             self.closed_loaded = true;
         }
         Ok(db)
+    }
+
+    /// The generation of an hour's buffer now written.
+    fn generation(&self, h: i64) -> u32 {
+        self.generations.get(&h).copied().unwrap_or(0)
     }
 
     /// Closes the hours due and drops the hours past retention.
@@ -86,7 +89,20 @@ impl MongoBuffer {
         let db = self.database().await?;
         let now = now_micros();
         let names = db.list_collection_names().await.map_err(|e| format!("MongoDB: {e}"))?;
-        let hours: BTreeSet<i64> = names.iter().filter_map(|n| hour_of(n)).collect();
+        let mut hours = BTreeSet::new();
+        for (h, g) in names.iter().filter_map(|n| mongo_hour_of(n)) {
+            let current = self.generation(h);
+            if g < current {
+                // Loaded whole and moved past; a crash came before the drop.
+                let name = mongo_collection(h, g);
+                db.collection::<Document>(&name)
+                    .drop()
+                    .await
+                    .map_err(|e| format!("MongoDB: cannot drop {name}: {e}"))?;
+            } else if g == current {
+                hours.insert(h);
+            }
+        }
         let grace = self.grace.as_micros() as i64;
         for &h in &hours {
             if (h + 1) * HOUR_MICROS + grace <= now && !self.closed.contains(&h) {
@@ -118,13 +134,9 @@ impl MongoBuffer {
                 .find_one(doc! {"_id": hour::compact(h)})
                 .await
                 .map_err(|e| format!("MongoDB: {e}"))?;
-            let loaded = marker.and_then(|d| match d.get("loaded_count") {
-                Some(mongodb::bson::Bson::Int64(n)) => Some(*n),
-                Some(mongodb::bson::Bson::Int32(n)) => Some(i64::from(*n)),
-                _ => None,
-            });
+            let loaded = marker.and_then(|d| get_int(&d, "loaded_count"));
             let count = db
-                .collection::<Document>(&collection_name(h))
+                .collection::<Document>(&mongo_collection(h, self.generation(h)))
                 .count_documents(doc! {})
                 .await
                 .map_err(|e| format!("MongoDB: {e}"))? as i64;
@@ -139,15 +151,21 @@ impl MongoBuffer {
         }
         metrics::gauge!(m::HOURS_KEPT_UNLOADED).set(kept as f64);
         for h in expired {
-            db.collection::<Document>(&collection_name(h))
-                .drop()
-                .await
-                .map_err(|e| format!("MongoDB: cannot drop {}: {e}", collection_name(h)))?;
+            let g = self.generation(h);
             db.collection::<Document>(HOURS)
-                .delete_one(doc! {"_id": hour::compact(h)})
+                .update_one(
+                    doc! {"_id": hour::compact(h)},
+                    doc! {"$set": {"generation": i64::from(g) + 1}, "$unset": {"closed": "", "closed_at": "", "loaded_count": ""}},
+                )
                 .await
                 .map_err(|e| format!("MongoDB: {e}"))?;
             self.closed.remove(&h);
+            self.generations.insert(h, g + 1);
+            let name = mongo_collection(h, g);
+            db.collection::<Document>(&name)
+                .drop()
+                .await
+                .map_err(|e| format!("MongoDB: cannot drop {name}: {e}"))?;
             metrics::counter!(m::HOURS_EXPIRED).increment(1);
             tracing::info!(hour = %hour::display(h), "buffer past retention dropped (MongoDB buffer)");
         }
@@ -155,17 +173,36 @@ impl MongoBuffer {
     }
 }
 
-/// The hours marked closed in `buffer_hours`.
-pub async fn closed_hours(db: &Database) -> mongodb::error::Result<BTreeSet<i64>> {
+/// A whole number in a document, whichever BSON integer type it was stored as.
+pub fn get_int(d: &Document, key: &str) -> Option<i64> {
+    match d.get(key) {
+        Some(mongodb::bson::Bson::Int64(n)) => Some(*n),
+        Some(mongodb::bson::Bson::Int32(n)) => Some(i64::from(*n)),
+        _ => None,
+    }
+}
+
+/// The hours marked closed in `buffer_hours`, and the generation of every hour past 0.
+pub async fn hour_states(db: &Database) -> mongodb::error::Result<(BTreeSet<i64>, BTreeMap<i64, u32>)> {
     use futures::TryStreamExt;
-    let mut cur = db.collection::<Document>(HOURS).find(doc! {"closed": true}).await?;
-    let mut out = BTreeSet::new();
+    let mut cur = db.collection::<Document>(HOURS).find(doc! {}).await?;
+    let mut closed = BTreeSet::new();
+    let mut generations = BTreeMap::new();
     while let Some(d) = cur.try_next().await? {
-        if let Some(h) = d.get_str("_id").ok().and_then(hour::parse_compact) {
-            out.insert(h);
+        let Some(h) = d.get_str("_id").ok().and_then(hour::parse_compact) else {
+            continue;
+        };
+        if d.get_bool("closed").unwrap_or(false) {
+            closed.insert(h);
+        }
+        if let Some(g) = get_int(&d, "generation")
+            .and_then(|g| u32::try_from(g).ok())
+            .filter(|g| *g > 0)
+        {
+            generations.insert(h, g);
         }
     }
-    Ok(out)
+    Ok((closed, generations))
 }
 
 impl Sink for MongoBuffer {
@@ -200,7 +237,11 @@ impl Sink for MongoBuffer {
         for (h, (idx, docs)) in groups {
             let late = self.closed.contains(&h);
             let n = docs.len() as u64;
-            let outcomes = insert(&db.collection::<Document>(&collection_name(h)), docs).await;
+            let outcomes = insert(
+                &db.collection::<Document>(&mongo_collection(h, self.generation(h))),
+                docs,
+            )
+            .await;
             let ok = outcomes.iter().filter(|o| **o == Outcome::Delivered).count() as u64;
             buffered += ok;
             if late && ok > 0 {
@@ -222,19 +263,5 @@ impl Sink for MongoBuffer {
         if let Err(e) = self.housekeeping().await {
             tracing::error!(error = %e, "MongoDB buffer housekeeping failed; trying again in 5 s");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn collection_names_round_trip() {
-        let h = hour::parse("2026-11-22T13").unwrap();
-        assert_eq!(collection_name(h), "buffer_2026112213");
-        assert_eq!(hour_of("buffer_2026112213"), Some(h));
-        assert_eq!(hour_of("buffer_hours"), None);
-        assert_eq!(hour_of("item_viewed"), None);
     }
 }
