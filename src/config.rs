@@ -433,6 +433,10 @@ max_batch_bytes = 67108864
 # /v1/catalog; 401 without it. Unset: no check (fine on loopback).
 # token = "${ROUTER_TOKEN}"
 max_connections = 1024
+# Intake answers 503 (collectors keep spooling) while the disk of the log or the file
+# buffer has less free space than this, so the log can always drain into the buffer;
+# it takes events again by itself once space frees. 0 turns the check off.
+min_free_bytes = 268435456
 # The catalog directory is re-read this often (and at once on SIGHUP); a valid change
 # applies without restart, re-routing included.
 catalog_watch_secs = 2

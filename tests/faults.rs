@@ -354,6 +354,80 @@ fn a_full_spool_disk_answers_503_and_recovers_by_itself_when_the_router_returns(
     assert_ledger(&tmp.path().join("data/warehouse"), &acked);
 }
 
+/// The value of a counter or gauge in a Prometheus text page (0 when absent).
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_nearly_full_router_disk_refuses_intake_drains_its_log_and_recovers_when_space_frees() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("router-disk");
+    let _disk = Tmpfs::mount(&disk, "24m");
+    // Another tenant of the disk takes 10 MiB.
+    let ballast = disk.join("ballast");
+    fs::write(&ballast, vec![7u8; 10 << 20]).unwrap();
+    let router_lines = format!(
+        "log_dir = \"{d}/log\"\nbuffer = {{ kind = \"file\", dir = \"{d}/buffer\" }}\nlog_segment_bytes = 1048576\nmin_free_bytes = 4194304",
+        d = disk.display()
+    );
+    let (cfg, cport, rport) = components_config(tmp.path(), "", &router_lines);
+    let cfg = cfg.to_str().unwrap();
+    let collector_url = format!("http://127.0.0.1:{cport}");
+    let router_metrics = format!("http://127.0.0.1:{rport}/metrics");
+    let router = spawn(&["router", "--config", cfg], &tmp.path().join("router.log"));
+    let collector = spawn(&["collector", "--config", cfg], &tmp.path().join("collector.log"));
+    eventually(Duration::from_secs(30), "both listen", || {
+        ureq::get(&format!("{collector_url}/healthz")).call().ok()?;
+        ureq::get(&router_metrics).call().ok()
+    });
+    // Fill the router's disk to its reserve: the collector keeps answering 202 (it
+    // spools what the router refuses).
+    let session = "y".repeat(200);
+    let mut acked = BTreeSet::new();
+    let mut refused = false;
+    for i in 0..3000 {
+        let ids: Vec<String> = (0..100).map(|j| format!("disk-{i}-{j}")).collect();
+        let body: Vec<String> = ids.iter().map(|id| cart(id, &session)).collect();
+        let (status, answer) = post_events(&collector_url, &format!("[{}]", body.join(",")));
+        assert_eq!(status, 202, "{answer}");
+        acked.extend(ids);
+        if i % 20 == 0 && metric(&get_text(&router_metrics), "weir_router_disk_low_rejections_total") > 0.0 {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the router never reached its reserve");
+    let free = weir_proto::disk::free_bytes(&disk).unwrap();
+    assert!(free > 0, "the reserve keeps the disk from filling up");
+    // While it refuses, the log drains into the hourly buffer: nothing it acknowledged
+    // waits on space that is not there.
+    eventually(Duration::from_secs(30), "the log drains into the buffer", || {
+        let page = get_text(&router_metrics);
+        (metric(&page, "weir_router_buffer_events_total") >= metric(&page, "weir_router_events_received_total"))
+            .then_some(())
+    });
+    // Space frees: intake resumes by itself and the spool drains.
+    fs::remove_file(&ballast).unwrap();
+    for k in 0..20 {
+        acked.extend(send(&collector_url, &format!("after-{k}"), 100));
+    }
+    stop(collector);
+    stop(router);
+    let log = fs::read_to_string(tmp.path().join("router.log")).unwrap();
+    assert!(log.contains("the disk is nearly full"), "{log}");
+    assert!(log.contains("disk space is back above the reserve"), "{log}");
+    let out = weir()
+        .args(["loader", "run", "--now", "--config", cfg])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ledger(&tmp.path().join("data/warehouse"), &acked);
+}
+
 /// Sends 20-event requests in a loop until `stop`, returning the ids acknowledged (202).
 /// Also returns the ids of requests whose answer never came (in doubt).
 type Ledger = (BTreeSet<String>, BTreeSet<String>);

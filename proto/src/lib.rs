@@ -6,6 +6,7 @@ pub mod buffer;
 pub mod catalog;
 pub mod codegen;
 pub mod dead_letter;
+pub mod disk;
 pub mod event;
 pub mod http;
 pub mod record;

@@ -180,6 +180,10 @@ pub struct RouterConfig {
     pub token: Option<String>,
     /// Connections the listener serves at once.
     pub max_connections: usize,
+    /// Intake answers 503 while the filesystem of the log or the file buffer has less
+    /// free space than this, so the log's consumers always have room to move what it
+    /// holds (0: no check).
+    pub min_free_bytes: u64,
     /// Recipients by name.
     pub recipients: BTreeMap<String, RecipientConfig>,
 }
@@ -229,6 +233,7 @@ impl Default for RouterConfig {
             drain_secs: 10,
             token: None,
             max_connections: weir_proto::http::DEFAULT_MAX_CONNECTIONS,
+            min_free_bytes: 256 << 20,
             recipients: BTreeMap::new(),
         }
     }

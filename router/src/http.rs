@@ -70,6 +70,8 @@ pub struct State {
     pub token: Option<String>,
     /// Renders `/metrics`.
     pub metrics: Option<PrometheusHandle>,
+    /// Free space kept on the log's and buffer's disks (`router.min_free_bytes`).
+    pub reserve: weir_proto::disk::Reserve,
     /// The catalog served to collectors.
     pub catalog: Arc<arc_swap::ArcSwap<weir_proto::Catalog>>,
 }
@@ -208,6 +210,20 @@ async fn batches(state: &State, req: Request<Incoming>) -> Response {
                 .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
             return r;
         }
+    }
+    if state.reserve.low() {
+        metrics::counter!(m::DISK_LOW).increment(1);
+        let mut r = h::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the router's disk is nearly full ({} bytes free, router.min_free_bytes is {}); collectors keep spooling; it takes events again once the log drains or space is freed",
+                state.reserve.free(),
+                state.reserve.min_free()
+            ),
+        );
+        r.headers_mut()
+            .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return r;
     }
     // Only a batch whose first copy is durable is answered "duplicate": a retry of one
     // still being written (or whose write failed) is appended again, and the event ids

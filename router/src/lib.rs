@@ -211,6 +211,13 @@ impl Router {
             token: cfg.token.clone().filter(|t| !t.is_empty()),
             metrics,
             catalog: catalog.clone(),
+            reserve: weir_proto::disk::Reserve::new(
+                match cfg.buffer {
+                    config::BufferConfig::File { .. } => vec![paths.log_dir.clone(), paths.buffer_dir.clone()],
+                    _ => vec![paths.log_dir.clone()],
+                },
+                cfg.min_free_bytes,
+            ),
         });
         let (stop_http, http_rx) = watch::channel(false);
         let watcher = paths.catalog_dir.clone().map(|dir| {

@@ -45,3 +45,5 @@ pub const RECIPIENT_LATENCY: &str = "weir_router_recipient_delivery_latency_seco
 pub const RECIPIENT_UP: &str = "weir_router_recipient_up";
 /// Batches refused with 503 because a recipient's backlog is full.
 pub const BACKLOG_FULL: &str = "weir_router_backlog_full_rejections_total";
+/// Batches refused because free disk space was below `min_free_bytes`.
+pub const DISK_LOW: &str = "weir_router_disk_low_rejections_total";
