@@ -364,17 +364,56 @@ fn metric(page: &str, name: &str) -> f64 {
 
 #[test]
 fn a_nearly_full_router_disk_refuses_intake_drains_its_log_and_recovers_when_space_frees() {
+    // The log and the hourly buffer on the small disk together, then each alone.
+    for (log, buffer) in [(true, true), (true, false), (false, true)] {
+        nearly_full_router_disk(log, buffer);
+    }
+}
+
+fn nearly_full_router_disk(log_on_disk: bool, buffer_on_disk: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let disk = tmp.path().join("router-disk");
     let _disk = Tmpfs::mount(&disk, "24m");
     // Another tenant of the disk takes 10 MiB.
     let ballast = disk.join("ballast");
     fs::write(&ballast, vec![7u8; 10 << 20]).unwrap();
+    let base = |on_disk: bool| {
+        if on_disk {
+            disk.clone()
+        } else {
+            tmp.path().join("elsewhere")
+        }
+    };
     let router_lines = format!(
-        "log_dir = \"{d}/log\"\nbuffer = {{ kind = \"file\", dir = \"{d}/buffer\" }}\nlog_segment_bytes = 1048576\nmin_free_bytes = 4194304",
-        d = disk.display()
+        "log_dir = \"{}/log\"\nbuffer = {{ kind = \"file\", dir = \"{}/buffer\" }}\nlog_segment_bytes = 1048576\nmin_free_bytes = 4194304",
+        base(log_on_disk).display(),
+        base(buffer_on_disk).display(),
     );
+    // With the buffer elsewhere, the log fills only while a consumer lags: a recipient
+    // whose server is down.
+    let router_lines = if buffer_on_disk {
+        router_lines
+    } else {
+        router_lines + "\n[router.recipients.down]\nkind = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:1/%2f\"\nexchange = \"weir.down\""
+    };
     let (cfg, cport, rport) = components_config(tmp.path(), "", &router_lines);
+    if !buffer_on_disk {
+        let catalog = tmp.path().join("catalog");
+        fs::create_dir_all(&catalog).unwrap();
+        let shop = fs::read_to_string(fixture_catalog().join("shop.toml")).unwrap();
+        let routed = shop.replace(
+            "[events.\"cart.viewed\"]\n",
+            "[events.\"cart.viewed\"]\nrecipients = [\"down\"]\n",
+        );
+        assert_ne!(routed, shop);
+        fs::write(catalog.join("shop.toml"), routed).unwrap();
+        let text = fs::read_to_string(&cfg).unwrap();
+        fs::write(
+            &cfg,
+            text.replace(&fixture_catalog().display().to_string(), &catalog.display().to_string()),
+        )
+        .unwrap();
+    }
     let cfg = cfg.to_str().unwrap();
     let collector_url = format!("http://127.0.0.1:{cport}");
     let router_metrics = format!("http://127.0.0.1:{rport}/metrics");
@@ -400,7 +439,10 @@ fn a_nearly_full_router_disk_refuses_intake_drains_its_log_and_recovers_when_spa
             break;
         }
     }
-    assert!(refused, "the router never reached its reserve");
+    assert!(
+        refused,
+        "the router never reached its reserve (log on it: {log_on_disk}, buffer: {buffer_on_disk})"
+    );
     let free = weir_proto::disk::free_bytes(&disk).unwrap();
     assert!(free > 0, "the reserve keeps the disk from filling up");
     // While it refuses, the log drains into the hourly buffer: nothing it acknowledged
