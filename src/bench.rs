@@ -512,7 +512,7 @@ pub fn run_loader(opts: LoaderBench) -> anyhow::Result<()> {
     std::fs::create_dir_all(&buffer)?;
     let hour = weir_proto::hour::of_micros(weir_proto::event::now_micros()) - 2;
     let base = hour * weir_proto::hour::HOUR_MICROS;
-    let path = weir_proto::buffer::buffer_path(&buffer, hour);
+    let path = weir_proto::runtime::buffer::buffer_path(&buffer, hour);
     let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
     let mut framed = Vec::with_capacity(1 << 20);
     let mut idbuf = [0u8; 36];
@@ -580,7 +580,7 @@ pub fn run_loader(opts: LoaderBench) -> anyhow::Result<()> {
     file.write_all(&framed)?;
     file.flush()?;
     drop(file);
-    std::fs::write(weir_proto::buffer::closed_path(&buffer, hour), "{}")?;
+    std::fs::write(weir_proto::runtime::buffer::closed_path(&buffer, hour), "{}")?;
     let buffer_bytes = std::fs::metadata(&path)?.len();
     let loader = weir_loader::Loader {
         catalog: Arc::new(weir_proto::Catalog::demo()),

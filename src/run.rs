@@ -310,12 +310,14 @@ struct Flight {
 
 impl Flight {
     async fn start(cfg: &Config, catalog: Arc<arc_swap::ArcSwap<Catalog>>) -> anyhow::Result<Flight> {
-        let (listener, addr) = weir_proto::http::bind(&cfg.loader.flight).await.with_context(|| {
-            format!(
-                "cannot listen on {} for Arrow Flight (set loader.flight)",
-                cfg.loader.flight
-            )
-        })?;
+        let (listener, addr) = weir_proto::runtime::http::bind(&cfg.loader.flight)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} for Arrow Flight (set loader.flight)",
+                    cfg.loader.flight
+                )
+            })?;
         let (stop, rx) = tokio::sync::watch::channel(false);
         let service = weir_loader::flight::WarehouseFlight::new(cfg.warehouse(), catalog);
         let token = cfg.loader.flight_token.clone().filter(|t| !t.is_empty());
@@ -385,14 +387,14 @@ pub async fn loader_component(cfg: Config, catalog: Catalog) -> anyhow::Result<(
         )
     })?;
     let flight = Flight::start(&cfg, shared.clone()).await?;
-    let (http_listener, http_addr) = weir_proto::http::bind(&cfg.loader.listen)
+    let (http_listener, http_addr) = weir_proto::runtime::http::bind(&cfg.loader.listen)
         .await
         .with_context(|| format!("cannot listen on {} (set loader.listen)", cfg.loader.listen))?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_for_catalog = stop_rx.clone();
     let http = {
         let warehouse = warehouse.clone();
-        tokio::spawn(weir_proto::http::serve(
+        tokio::spawn(weir_proto::runtime::http::serve(
             http_listener,
             move |req: hyper::Request<hyper::body::Incoming>| {
                 let warehouse = warehouse.clone();
@@ -405,10 +407,11 @@ pub async fn loader_component(cfg: Config, catalog: Catalog) -> anyhow::Result<(
     // The catalog directory is watched as the router watches it (and SIGHUP), so a new
     // event version gets its own Parquet files without a restart.
     if let Some(dir) = cfg.catalog.as_deref().filter(|c| !crate::config::is_url(c)) {
-        tokio::spawn(weir_router::catalog::watch_dir(
+        tokio::spawn(weir_proto::runtime::catalog_watch::watch_dir(
             std::path::PathBuf::from(dir),
             shared.clone(),
             Duration::from_secs(cfg.router.catalog_watch_secs.max(1)),
+            metrics::counter!("weir_loader_catalog_reloads_total"),
             stop_rx_for_catalog,
         ));
     }
@@ -439,21 +442,12 @@ fn loader_http(
     req: &hyper::Request<hyper::body::Incoming>,
     warehouse: &std::path::Path,
     metrics: Option<&PrometheusHandle>,
-) -> weir_proto::http::Response {
+) -> weir_proto::runtime::http::Response {
     use hyper::{Method, StatusCode};
-    use weir_proto::http as h;
+    use weir_proto::runtime::http as h;
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => h::text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => {
-            let probe = warehouse.join(".readyz");
-            match std::fs::write(&probe, b"ok") {
-                Ok(()) => h::text(StatusCode::OK, "ready\n"),
-                Err(e) => h::error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the warehouse {} is not writable: {e}", warehouse.display()),
-                ),
-            }
-        }
+        (&Method::GET, "/readyz") => h::readyz(&[("warehouse", warehouse)], ""),
         (&Method::GET, "/metrics") => h::text(StatusCode::OK, metrics.map(|m| m.render()).unwrap_or_default()),
         _ => h::error(
             StatusCode::NOT_FOUND,

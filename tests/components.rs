@@ -304,8 +304,8 @@ fn the_loader_component_loads_closed_hours_and_answers_probes() {
         };
         weir_proto::record::encode_into(&mut bytes, &e.encode_to_vec());
     }
-    fs::write(weir_proto::buffer::buffer_path(&buffer, h), &bytes).unwrap();
-    fs::write(weir_proto::buffer::closed_path(&buffer, h), "{}").unwrap();
+    fs::write(weir_proto::runtime::buffer::buffer_path(&buffer, h), &bytes).unwrap();
+    fs::write(weir_proto::runtime::buffer::closed_path(&buffer, h), "{}").unwrap();
     let (listen, flight) = (free_port(), free_port());
     let catalog = tmp.path().join("catalog");
     fs::create_dir_all(&catalog).unwrap();
@@ -358,8 +358,8 @@ fn the_loader_component_loads_closed_hours_and_answers_probes() {
     };
     let mut bytes = Vec::new();
     weir_proto::record::encode_into(&mut bytes, &e.encode_to_vec());
-    fs::write(weir_proto::buffer::buffer_path(&buffer, h2), &bytes).unwrap();
-    fs::write(weir_proto::buffer::closed_path(&buffer, h2), "{}").unwrap();
+    fs::write(weir_proto::runtime::buffer::buffer_path(&buffer, h2), &bytes).unwrap();
+    fs::write(weir_proto::runtime::buffer::closed_path(&buffer, h2), "{}").unwrap();
     let typed = data.join("warehouse/event=note.taken/version=1");
     wait_until("the new event version loaded as its own files", || {
         !parquet_files(&typed).is_empty()

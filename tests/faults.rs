@@ -443,7 +443,7 @@ fn nearly_full_router_disk(log_on_disk: bool, buffer_on_disk: bool) {
         refused,
         "the router never reached its reserve (log on it: {log_on_disk}, buffer: {buffer_on_disk})"
     );
-    let free = weir_proto::disk::free_bytes(&disk).unwrap();
+    let free = weir_proto::runtime::disk::free_bytes(&disk).unwrap();
     assert!(free > 0, "the reserve keeps the disk from filling up");
     // While it refuses, the log drains into the hourly buffer: nothing it acknowledged
     // waits on space that is not there.

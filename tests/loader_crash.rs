@@ -31,7 +31,7 @@ fn append_events(buffer: &Path, hour: i64, from: usize, to: usize) {
         };
         weir_proto::record::encode_into(&mut framed, &e.encode_to_vec());
     }
-    let path = weir_proto::buffer::buffer_path(buffer, hour);
+    let path = weir_proto::runtime::buffer::buffer_path(buffer, hour);
     let mut f = fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
     f.write_all(&framed).unwrap();
 }
@@ -71,7 +71,7 @@ fn kill_9_during_a_load_leaves_old_or_new_and_the_next_run_completes() {
     let buffer = data.join("router/buffer");
     fs::create_dir_all(&buffer).unwrap();
     let hour = weir_proto::hour::parse("2026-11-22T08").unwrap();
-    fs::write(weir_proto::buffer::closed_path(&buffer, hour), "{}").unwrap();
+    fs::write(weir_proto::runtime::buffer::closed_path(&buffer, hour), "{}").unwrap();
     let cfg = tmp.path().join("weir.toml");
     fs::write(
         &cfg,

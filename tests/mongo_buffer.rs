@@ -17,9 +17,9 @@ use mongodb::bson::{doc, Document};
 use prost::Message;
 use weir_loader::mongo_mirror::{mirror, Hours, MongoSource};
 use weir_loader::Loader;
-use weir_proto::buffer::mongo_collection;
 use weir_proto::hour::{self, HOUR_MICROS};
 use weir_proto::pb::Event;
+use weir_proto::runtime::buffer::mongo_collection;
 use weir_router::mongo_buffer::MongoBuffer;
 use weir_router::recipients::{Outcome, Sink};
 
@@ -203,8 +203,8 @@ async fn hours_close_drop_after_retention_and_load_like_the_file_buffer() {
     for e in events.iter().take(30).rev() {
         weir_proto::record::encode_into(&mut framed, e);
     }
-    std::fs::write(weir_proto::buffer::buffer_path(&file_dir, closed_h), &framed).unwrap();
-    std::fs::write(weir_proto::buffer::closed_path(&file_dir, closed_h), b"{}").unwrap();
+    std::fs::write(weir_proto::runtime::buffer::buffer_path(&file_dir, closed_h), &framed).unwrap();
+    std::fs::write(weir_proto::runtime::buffer::closed_path(&file_dir, closed_h), b"{}").unwrap();
     let from_files = tmp.path().join("wh-file");
     loader(&file_dir, &from_files).run(false).unwrap();
     let (a, b) = (tables(&from_mongo), tables(&from_files));
@@ -232,13 +232,13 @@ async fn hours_close_drop_after_retention_and_load_like_the_file_buffer() {
         .await
         .unwrap();
     mirror(&src, &mirror_dir, Hours::Closed).await.unwrap();
-    assert!(!weir_proto::buffer::buffer_path(&mirror_dir, closed_h).exists());
+    assert!(!weir_proto::runtime::buffer::buffer_path(&mirror_dir, closed_h).exists());
     db.drop().await.unwrap();
 }
 
 #[test]
 fn late_events_for_a_file_buffer_hour_already_loaded_and_deleted_are_added_to_it() {
-    use weir_proto::buffer::{current_generation, list_hours};
+    use weir_proto::runtime::buffer::{current_generation, list_hours};
     use weir_router::buffer::FileBuffer;
     let tmp = tempfile::tempdir().unwrap();
     let (dir, wh) = (tmp.path().join("buffer"), tmp.path().join("warehouse"));

@@ -74,7 +74,7 @@ impl Default for CollectorConfig {
             max_body_bytes: 5 << 20,
             max_event_bytes: crate::ingest::DEFAULT_MAX_EVENT_BYTES,
             max_inflight_bytes: 64 << 20,
-            max_connections: weir_proto::http::DEFAULT_MAX_CONNECTIONS,
+            max_connections: weir_proto::runtime::http::DEFAULT_MAX_CONNECTIONS,
             batch_max_events: 1000,
             batch_max_wait_ms: 1,
             drain_timeout_secs: 30,

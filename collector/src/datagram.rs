@@ -5,12 +5,12 @@
 //! Datagrams waiting in the socket are read in bursts and appended to the spool as one
 //! group, with up to 8 appends in flight, so one fsync covers thousands of datagrams.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::UnixDatagram;
 use tokio::sync::{watch, Semaphore};
+use weir_proto::runtime::log_limit::LogLimit;
 
 use crate::body::{self, Format};
 use crate::http::State;
@@ -21,39 +21,6 @@ use crate::metrics as m;
 pub const MAX_DATAGRAM: usize = 256 << 10;
 const BURST_BYTES: usize = 1 << 20;
 const IN_FLIGHT: usize = 8;
-
-/// Logs at most once per period, counting what it held back.
-pub struct LogLimiter {
-    start: Instant,
-    period_ms: u64,
-    last_ms: AtomicU64,
-    held: AtomicU64,
-}
-
-impl LogLimiter {
-    /// A limiter letting one message through per `period`.
-    pub fn new(period: Duration) -> LogLimiter {
-        LogLimiter {
-            start: Instant::now(),
-            period_ms: period.as_millis() as u64,
-            last_ms: AtomicU64::new(u64::MAX),
-            held: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(held back since the last message)` when a message may be logged now.
-    pub fn allow(&self) -> Option<u64> {
-        let now = self.start.elapsed().as_millis() as u64;
-        let last = self.last_ms.load(Ordering::Relaxed);
-        if last == u64::MAX || now.saturating_sub(last) >= self.period_ms {
-            self.last_ms.store(now, Ordering::Relaxed);
-            Some(self.held.swap(0, Ordering::Relaxed))
-        } else {
-            self.held.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
 
 /// Splits one datagram into events: a JSON object or array, else NDJSON.
 fn split(data: &[u8]) -> Result<Vec<&serde_json::value::RawValue>, body::BodyError> {
@@ -69,7 +36,7 @@ pub async fn run(
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-    let log = Arc::new(LogLimiter::new(Duration::from_secs(10)));
+    let log = Arc::new(LogLimit::new(Duration::from_secs(10)));
     loop {
         let n = tokio::select! {
             r = socket.recv(&mut buf) => match r {
@@ -157,17 +124,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn limiter_lets_one_through_per_period() {
-        let l = LogLimiter::new(Duration::from_secs(3600));
-        assert_eq!(l.allow(), Some(0));
-        assert_eq!(l.allow(), None);
-        assert_eq!(l.allow(), None);
-        let l = LogLimiter::new(Duration::ZERO);
-        assert_eq!(l.allow(), Some(0));
-        assert_eq!(l.allow(), Some(0));
-    }
 
     #[test]
     fn datagram_shapes() {

@@ -19,7 +19,8 @@ use prost::Message;
 use tokio::sync::watch;
 use weir_proto::pb::BatchAck;
 
-use weir_proto::dead_letter::DeadLetters;
+use weir_proto::runtime::backoff::Backoff;
+use weir_proto::runtime::dead_letter::DeadLetters;
 
 use crate::metrics as m;
 use crate::spool::Spool;
@@ -180,14 +181,13 @@ impl Sender<'_> {
         }
         if dead > 0 {
             // Durable before the spool lets go of them.
-            let mut backoff = Duration::from_millis(200);
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
             while let Err(e) = self.dead.flush() {
                 tracing::error!(dir = %self.opts.dead_letter_dir.display(), error = %e, "cannot write the collector's dead letters; retrying");
                 if self.deadline.is_some_and(|d| Instant::now() >= d) {
                     return false;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                backoff.wait().await;
             }
             metrics::counter!(m::DEAD_LETTERED).increment(dead);
         }
@@ -210,7 +210,7 @@ impl Sender<'_> {
                 Bytes::from(body)
             }
         };
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let routers = &self.opts.routers;
             let router = &routers[self.router_idx % routers.len()];
@@ -228,20 +228,18 @@ impl Sender<'_> {
                 Err(SendError::Refused(why)) => return Some(Err(why)),
                 Err(SendError::Retry(e)) => {
                     metrics::counter!(m::FORWARD_RETRIES).increment(1);
-                    tracing::warn!(router = %router, error = %e, retry_in_ms = backoff.as_millis() as u64, "forwarding failed; events stay in the spool");
+                    tracing::warn!(router = %router, error = %e, retry_in_ms = backoff.peek().as_millis() as u64, "forwarding failed; events stay in the spool");
                     self.router_idx += 1;
                     if self.deadline.is_some_and(|d| Instant::now() >= d) {
                         tracing::warn!("drain timeout: leaving the rest of the spool for the next start");
                         return None;
                     }
-                    let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff + jitter) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                         _ = shutdown.changed(), if self.deadline.is_none() => {
                             self.deadline = Some(Instant::now() + self.opts.drain_timeout);
                         }
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -249,9 +247,9 @@ impl Sender<'_> {
 }
 
 async fn read(
-    reader: Option<weir_proto::wal::WalReader>,
+    reader: Option<weir_proto::runtime::wal::WalReader>,
     max: usize,
-) -> (Vec<Bytes>, Option<weir_proto::wal::WalReader>) {
+) -> (Vec<Bytes>, Option<weir_proto::runtime::wal::WalReader>) {
     let Some(mut reader) = reader else {
         return (Vec::new(), None);
     };

@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, RETRY_AFTER};
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
-use weir_proto::http::{self as h, ReadError, Response};
+use weir_proto::runtime::http::{self as h, ReadError, Response};
 use weir_proto::Catalog;
 
 use crate::body::{self, BodyError};
@@ -78,21 +78,10 @@ fn readyz(state: &State) -> Response {
             "not ready: no catalog yet (no router answered, no saved copy)\n",
         );
     }
-    let dir = state.spool.dir();
-    let probe = dir.join(".readyz");
-    match std::fs::write(&probe, b"ok") {
-        Ok(()) => {
-            let _ = std::fs::remove_file(&probe);
-            h::text(
-                StatusCode::OK,
-                format!("ready: catalog {}\n", state.catalog.load().revision),
-            )
-        }
-        Err(e) => h::text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: spool {} is not writable: {e}\n", dir.display()),
-        ),
-    }
+    h::readyz(
+        &[("spool", &state.spool.dir())],
+        &format!(": catalog {}", state.catalog.load().revision),
+    )
 }
 
 fn body_error(e: BodyError) -> Response {
@@ -104,9 +93,7 @@ fn body_error(e: BodyError) -> Response {
 }
 
 fn unavailable(msg: String) -> Response {
-    let mut r = h::error(StatusCode::SERVICE_UNAVAILABLE, msg);
-    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
-    r
+    h::retry_later(StatusCode::SERVICE_UNAVAILABLE, msg, 1)
 }
 
 /// KiB of the in-flight budget a request takes: its declared size, or the whole limit

@@ -34,7 +34,7 @@ pub use config::CollectorConfig;
 pub enum StartError {
     /// The spool could not be opened.
     #[error("spool: {0}")]
-    Spool(#[from] weir_proto::wal::WalError),
+    Spool(#[from] weir_proto::runtime::wal::WalError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source} (is another weir already running? set collector.listen)")]
     Listen {
@@ -94,12 +94,13 @@ impl Collector {
             return Err(StartError::NoRouters);
         }
         let spool = spool::Spool::open(spool_dir, cfg.spool_segment_bytes, cfg.spool_max_bytes)?;
-        let (listener, addr) = weir_proto::http::bind(&cfg.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: cfg.listen.clone(),
-                source,
-            })?;
+        let (listener, addr) =
+            weir_proto::runtime::http::bind(&cfg.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: cfg.listen.clone(),
+                    source,
+                })?;
         let name = cfg.node_name();
         let state = Arc::new(http::State {
             catalog,
@@ -120,24 +121,27 @@ impl Collector {
         };
         // Bind everything before spawning anything, so a failure leaves nothing running.
         let unix = match enabled(&cfg.socket) {
-            Some(p) => Some((weir_proto::http::bind_unix(p).map_err(socket_err(p))?, p.to_path_buf())),
+            Some(p) => Some((
+                weir_proto::runtime::http::bind_unix(p).map_err(socket_err(p))?,
+                p.to_path_buf(),
+            )),
             None => None,
         };
         let dgram = match enabled(&cfg.datagram) {
             Some(p) => {
-                weir_proto::http::replace_stale_socket(p).map_err(socket_err(p))?;
+                weir_proto::runtime::http::replace_stale_socket(p).map_err(socket_err(p))?;
                 let sock = tokio::net::UnixDatagram::bind(p).map_err(socket_err(p))?;
-                weir_proto::http::set_socket_mode(p).map_err(socket_err(p))?;
+                weir_proto::runtime::http::set_socket_mode(p).map_err(socket_err(p))?;
                 Some((sock, p.to_path_buf()))
             }
             None => None,
         };
         let mut servers = Vec::new();
         let handler_state = state.clone();
-        let serve_opts = weir_proto::http::ServeOptions {
+        let serve_opts = weir_proto::runtime::http::ServeOptions {
             max_connections: cfg.max_connections,
         };
-        servers.push(tokio::spawn(weir_proto::http::serve_with(
+        servers.push(tokio::spawn(weir_proto::runtime::http::serve_with(
             listener,
             move |req| http::handle(handler_state.clone(), req, None),
             http_rx.clone(),
@@ -147,7 +151,7 @@ impl Collector {
         if let Some((unix, _)) = unix {
             let handler_state = state.clone();
             let env: Option<Arc<str>> = cfg.socket_env.as_deref().map(Arc::from);
-            servers.push(tokio::spawn(weir_proto::http::serve_with(
+            servers.push(tokio::spawn(weir_proto::runtime::http::serve_with(
                 unix,
                 move |req| http::handle(handler_state.clone(), req, env.clone()),
                 http_rx.clone(),
@@ -190,17 +194,18 @@ impl Collector {
     /// it stops with the collector. Returns where it listens.
     pub async fn start_proxy(&mut self, cfg: &proxy::ProxyConfig) -> Result<SocketAddr, StartError> {
         let p = Arc::new(proxy::Proxy::new(cfg).map_err(StartError::Proxy)?);
-        let (listener, addr) = weir_proto::http::bind(&cfg.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: cfg.listen.clone(),
-                source,
-            })?;
+        let (listener, addr) =
+            weir_proto::runtime::http::bind(&cfg.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: cfg.listen.clone(),
+                    source,
+                })?;
         let state = self.state.clone();
         let tidy = p.clone();
         let mut stop = self.stop_http.subscribe();
         // SIGHUP (as for the router's catalog) loads a changed GeoIP file at once.
-        let mut hup = weir_proto::signal::Hangup::new();
+        let mut hup = weir_proto::runtime::signal::Hangup::new();
         self.servers.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -212,11 +217,11 @@ impl Collector {
                 let _ = tokio::task::spawn_blocking(move || reload.reload_geoip()).await;
             }
         }));
-        self.servers.push(tokio::spawn(weir_proto::http::serve_with(
+        self.servers.push(tokio::spawn(weir_proto::runtime::http::serve_with(
             listener,
             move |req| proxy::handle(state.clone(), p.clone(), req),
             self.stop_http.subscribe(),
-            weir_proto::http::ServeOptions {
+            weir_proto::runtime::http::ServeOptions {
                 max_connections: cfg.max_connections,
             },
         )));

@@ -37,7 +37,7 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, StatusCode};
 use serde::{Deserialize, Serialize};
-use weir_proto::http::{self as h, Response};
+use weir_proto::runtime::http::{self as h, Response};
 
 use crate::http::State;
 use crate::ingest::Source;
@@ -98,7 +98,7 @@ impl Default for ProxyConfig {
             truncate_ip: false,
             max_body_bytes: 512 << 10,
             max_events: 5000,
-            max_connections: weir_proto::http::DEFAULT_MAX_CONNECTIONS,
+            max_connections: weir_proto::runtime::http::DEFAULT_MAX_CONNECTIONS,
             per_ip_rate: 0,
             geoip: None,
         }
@@ -477,14 +477,11 @@ fn segment_kind(path: &str) -> Option<&'static str> {
 }
 
 fn too_many(what: &str, retry: u64) -> Response {
-    let mut r = h::error(
+    h::retry_later(
         StatusCode::TOO_MANY_REQUESTS,
         format!("rate limit of this {what} reached; retry in {retry} s"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
-        r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
-    }
-    r
+        retry,
+    )
 }
 
 fn with_cors(mut r: Response, origin: Option<&HeaderValue>) -> Response {

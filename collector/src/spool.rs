@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use weir_proto::wal::{self, Position, Wal, WalError, WalOptions};
+use weir_proto::runtime::wal::{self, Position, Wal, WalError, WalOptions};
 
 use crate::metrics as m;
 

@@ -56,7 +56,7 @@ pub struct Manifest {
     pub unreadable_records: u64,
     /// The generation of the buffer the `source_*` fields describe (0 unless the hour's
     /// buffer was deleted after retention and late events started it again; see
-    /// `weir_proto::buffer`). Files of earlier generations are kept as they are.
+    /// `weir_proto::runtime::buffer`). Files of earlier generations are kept as they are.
     #[serde(default)]
     pub generation: u32,
     /// The files, of every generation.

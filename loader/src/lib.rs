@@ -30,9 +30,9 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use weir_proto::buffer::{self, buffer_path, list_hours};
 use weir_proto::catalog::Catalog;
 use weir_proto::event::EventView;
+use weir_proto::runtime::buffer::{self, buffer_path, list_hours};
 use weir_proto::{event, hour};
 
 pub use commit::Manifest;

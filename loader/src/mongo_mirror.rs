@@ -5,7 +5,7 @@
 //! give the same Parquet rows. An hour is exported again only when its document count
 //! changed (late events), which the loader then sees as a grown buffer and rebuilds.
 //! Mirror files of hours dropped from MongoDB (retention) are deleted. An hour's
-//! generation (see `weir_proto::buffer`) comes from its `buffer_hours` document: the
+//! generation (see `weir_proto::runtime::buffer`) comes from its `buffer_hours` document: the
 //! mirror writes the tombstone of the generation before it, so late events after a drop
 //! are added to the hour, not loaded in place of it.
 
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
-use weir_proto::buffer::{
+use weir_proto::runtime::buffer::{
     buffer_path, closed_path, expired_path, list_hours, loaded_path, mongo_collection, mongo_hour_of, read_loaded,
     write_expired,
 };

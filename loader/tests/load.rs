@@ -11,8 +11,8 @@ use arrow_schema::{DataType, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use prost::Message;
 use weir_loader::Loader;
-use weir_proto::buffer::{buffer_path, closed_path};
 use weir_proto::pb::Event;
+use weir_proto::runtime::buffer::{buffer_path, closed_path};
 use weir_proto::{hour, record, Catalog};
 
 fn ev(id: &str, event: &str, version: u32, env: &str, at: i64, fields: &str) -> Event {

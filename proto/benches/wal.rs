@@ -2,7 +2,7 @@
 //! from 64 concurrent writers, the way the collector's HTTP handlers use it.
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use weir_proto::record;
-use weir_proto::wal::{Wal, WalOptions};
+use weir_proto::runtime::wal::{Wal, WalOptions};
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()

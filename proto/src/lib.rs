@@ -1,18 +1,18 @@
-//! weir's foundation: the protobuf wire contracts, the event model, the event catalog,
-//! and the durable record log shared by the collector spool and the router log.
+//! weir's foundation: the protobuf wire contracts, the event model, the event catalog
+//! and its code generators, the record framing — and, behind the default `runtime`
+//! feature, what the running components share ([`runtime`]: the durable log, HTTP
+//! serving, signals, backoff, rate-limited logging, the catalog watcher). A tool that only
+//! checks catalogs or generates clients depends on weir-proto with
+//! `default-features = false` and compiles no tokio or hyper.
 #![warn(missing_docs)]
 
-pub mod buffer;
 pub mod catalog;
 pub mod codegen;
-pub mod dead_letter;
-pub mod disk;
 pub mod event;
-pub mod http;
 pub mod record;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 pub mod secret;
-pub mod signal;
-pub mod wal;
 
 /// Generated protobuf messages of `weir.v1` (see `proto/weir/v1/weir.proto`).
 #[allow(missing_docs)]

@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use weir_proto::buffer::{buffer_path, closed_path, expired_path, list_hours, read_loaded, HourState};
 use weir_proto::hour::{self, HOUR_MICROS};
 use weir_proto::record;
-use weir_proto::wal::{cut_torn_tail, write_atomic};
+use weir_proto::runtime::buffer::{buffer_path, closed_path, expired_path, list_hours, read_loaded, HourState};
+use weir_proto::runtime::wal::{cut_torn_tail, write_atomic};
 
 use crate::batch;
 use crate::metrics as m;
@@ -48,7 +48,7 @@ impl FileBuffer {
         fs::create_dir_all(dir)?;
         // An expiry a crash interrupted is completed before anything is appended: late
         // events must start a new generation, not look like more of the loaded one.
-        for h in weir_proto::buffer::finish_expiry(dir)? {
+        for h in weir_proto::runtime::buffer::finish_expiry(dir)? {
             tracing::info!(hour = %hour::display(h), "finished deleting an expired hour");
         }
         Ok(FileBuffer {
@@ -154,7 +154,7 @@ impl FileBuffer {
                 continue;
             }
             self.open.remove(&state.hour);
-            weir_proto::buffer::expire_hour(&self.dir, state.hour)?;
+            weir_proto::runtime::buffer::expire_hour(&self.dir, state.hour)?;
             gone.push(state.hour);
         }
         Ok((gone, kept))
@@ -295,7 +295,7 @@ impl Sink for FileBufferSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_proto::buffer::write_loaded;
+    use weir_proto::runtime::buffer::write_loaded;
 
     fn one(framed: &[u8]) -> BTreeMap<i64, (Vec<u8>, u64)> {
         let h = hour::parse("2026-11-22T13").unwrap();
@@ -331,13 +331,19 @@ mod tests {
         assert_eq!(buf.expire(later).unwrap().0, vec![h]);
         assert!(list_hours(tmp.path()).unwrap().is_empty());
         // The tombstone names the generation that went; later events start the next.
-        assert_eq!(weir_proto::buffer::current_generation(tmp.path(), h).unwrap(), 1);
+        assert_eq!(
+            weir_proto::runtime::buffer::current_generation(tmp.path(), h).unwrap(),
+            1
+        );
         assert_eq!(buf.append(&one(&framed)).unwrap(), 1, "a late event for a deleted hour");
         assert_eq!(list_hours(tmp.path()).unwrap()[0].bytes, framed.len() as u64);
         buf.close_due(later).unwrap();
         write_loaded(tmp.path(), h, framed.len() as u64, 1).unwrap();
         assert_eq!(buf.expire(later).unwrap().0, vec![h]);
-        assert_eq!(weir_proto::buffer::current_generation(tmp.path(), h).unwrap(), 2);
+        assert_eq!(
+            weir_proto::runtime::buffer::current_generation(tmp.path(), h).unwrap(),
+            2
+        );
     }
 
     #[test]
@@ -347,8 +353,11 @@ mod tests {
         // The buffer was deleted, the crash came before `.loaded` became `.expired`.
         write_loaded(tmp.path(), h, 100, 0).unwrap();
         let mut buf = FileBuffer::open(tmp.path(), Duration::from_secs(300), 3).unwrap();
-        assert!(weir_proto::buffer::read_loaded(tmp.path(), h).is_none());
-        assert_eq!(weir_proto::buffer::current_generation(tmp.path(), h).unwrap(), 1);
+        assert!(weir_proto::runtime::buffer::read_loaded(tmp.path(), h).is_none());
+        assert_eq!(
+            weir_proto::runtime::buffer::current_generation(tmp.path(), h).unwrap(),
+            1
+        );
         let mut framed = Vec::new();
         record::encode_into(&mut framed, b"late");
         assert_eq!(buf.append(&one(&framed)).unwrap(), 1);

@@ -232,7 +232,7 @@ impl Default for RouterConfig {
             catalog_watch_secs: 2,
             drain_secs: 10,
             token: None,
-            max_connections: weir_proto::http::DEFAULT_MAX_CONNECTIONS,
+            max_connections: weir_proto::runtime::http::DEFAULT_MAX_CONNECTIONS,
             min_free_bytes: 256 << 20,
             recipients: BTreeMap::new(),
         }

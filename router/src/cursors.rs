@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use weir_proto::wal::{self, Position, Wal, WalError};
+use weir_proto::runtime::wal::{self, Position, Wal, WalError};
 
 use crate::metrics as m;
 
@@ -158,7 +158,7 @@ impl LogCursors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_proto::wal::WalOptions;
+    use weir_proto::runtime::wal::WalOptions;
 
     #[tokio::test]
     async fn segments_go_only_when_every_consumer_passed_them() {

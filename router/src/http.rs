@@ -10,10 +10,10 @@ use hyper::header::HeaderValue;
 use hyper::{Method, Request, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 use prost::Message;
-use weir_proto::http::{self as h, ReadError, Response};
 use weir_proto::pb::{BatchAck, EventBatch};
 use weir_proto::record;
-use weir_proto::wal::Wal;
+use weir_proto::runtime::http::{self as h, ReadError, Response};
+use weir_proto::runtime::wal::Wal;
 
 use crate::metrics as m;
 
@@ -71,7 +71,7 @@ pub struct State {
     /// Renders `/metrics`.
     pub metrics: Option<PrometheusHandle>,
     /// Free space kept on the log's and buffer's disks (`router.min_free_bytes`).
-    pub reserve: weir_proto::disk::Reserve,
+    pub reserve: weir_proto::runtime::disk::Reserve,
     /// The catalog served to collectors.
     pub catalog: Arc<arc_swap::ArcSwap<weir_proto::Catalog>>,
 }
@@ -89,20 +89,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response {
         (&Method::POST, "/v1/batches") => batches(&state, req).await,
         (&Method::GET, "/v1/catalog") => catalog(&state, &req),
         (&Method::GET, "/healthz") => h::text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => {
-            let dir = state.wal.dir();
-            let probe = dir.join(".readyz");
-            match std::fs::write(&probe, b"ok") {
-                Ok(()) => {
-                    let _ = std::fs::remove_file(&probe);
-                    h::text(StatusCode::OK, "ready\n")
-                }
-                Err(e) => h::text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("not ready: log {} is not writable: {e}\n", dir.display()),
-                ),
-            }
-        }
+        (&Method::GET, "/readyz") => h::readyz(&[("log", state.wal.dir())], ""),
         (&Method::GET, "/metrics") => {
             metrics::gauge!(m::LOG_BYTES).set(state.wal.bytes() as f64);
             h::text(
@@ -202,28 +189,24 @@ async fn batches(state: &State, req: Request<Incoming>) -> Response {
     if state.cursors.is_full() {
         if let Some(name) = state.cursors.refresh() {
             metrics::counter!(m::BACKLOG_FULL).increment(1);
-            let mut r = h::error(
+            return h::retry_later(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("recipient {name} has a full backlog (max_backlog_bytes); collectors keep spooling until it catches up"),
+                5,
             );
-            r.headers_mut()
-                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
-            return r;
         }
     }
     if state.reserve.low() {
         metrics::counter!(m::DISK_LOW).increment(1);
-        let mut r = h::error(
+        return h::retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "the router's disk is nearly full ({} bytes free, router.min_free_bytes is {}); collectors keep spooling; it takes events again once the log drains or space is freed",
                 state.reserve.free(),
                 state.reserve.min_free()
             ),
+            5,
         );
-        r.headers_mut()
-            .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return r;
     }
     // Only a batch whose first copy is durable is answered "duplicate": a retry of one
     // still being written (or whose write failed) is appended again, and the event ids
@@ -246,13 +229,11 @@ async fn batches(state: &State, req: Request<Incoming>) -> Response {
     let mut framed = Vec::with_capacity(body.len() + record::HEADER_LEN);
     record::encode_into(&mut framed, &body);
     if let Err(e) = state.wal.append(framed).await {
-        let mut r = h::error(
+        return h::retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("cannot write the router log: {e}"),
+            1,
         );
-        r.headers_mut()
-            .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return r;
     }
     if !batch.batch_id.is_empty() {
         state.recent.insert(&batch.batch_id);

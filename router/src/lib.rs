@@ -6,10 +6,10 @@
 
 pub mod batch;
 pub mod buffer;
-pub mod catalog;
+
 pub mod config;
 pub mod cursors;
-pub use weir_proto::dead_letter;
+pub use weir_proto::runtime::dead_letter;
 pub mod http;
 pub mod metrics;
 pub mod mongo_buffer;
@@ -22,7 +22,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use weir_proto::wal::{Wal, WalOptions};
+use weir_proto::runtime::wal::{Wal, WalOptions};
 
 pub use config::RouterConfig;
 
@@ -31,7 +31,7 @@ pub use config::RouterConfig;
 pub enum StartError {
     /// The log could not be opened.
     #[error("router log: {0}")]
-    Log(#[from] weir_proto::wal::WalError),
+    Log(#[from] weir_proto::runtime::wal::WalError),
     /// The buffer directory could not be opened.
     #[error("hourly buffer {path}: {source}")]
     Buffer {
@@ -97,12 +97,13 @@ impl Router {
             name: "router-log",
             metric_prefix: "weir_router_log",
         })?;
-        let (listener, addr) = weir_proto::http::bind(&cfg.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: cfg.listen.clone(),
-                source,
-            })?;
+        let (listener, addr) =
+            weir_proto::runtime::http::bind(&cfg.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: cfg.listen.clone(),
+                    source,
+                })?;
         let cursors = cursors::LogCursors::new(wal.clone());
         let end_at_start = wal.durable();
         let (stop_buffer, buf_rx) = watch::channel(false);
@@ -211,7 +212,7 @@ impl Router {
             token: cfg.token.clone().filter(|t| !t.is_empty()),
             metrics,
             catalog: catalog.clone(),
-            reserve: weir_proto::disk::Reserve::new(
+            reserve: weir_proto::runtime::disk::Reserve::new(
                 match cfg.buffer {
                     config::BufferConfig::File { .. } => vec![paths.log_dir.clone(), paths.buffer_dir.clone()],
                     _ => vec![paths.log_dir.clone()],
@@ -221,18 +222,19 @@ impl Router {
         });
         let (stop_http, http_rx) = watch::channel(false);
         let watcher = paths.catalog_dir.clone().map(|dir| {
-            tokio::spawn(catalog::watch_dir(
+            tokio::spawn(weir_proto::runtime::catalog_watch::watch_dir(
                 dir,
                 catalog.clone(),
                 Duration::from_secs(cfg.catalog_watch_secs.max(1)),
+                ::metrics::counter!(crate::metrics::CATALOG_RELOADS),
                 http_rx.clone(),
             ))
         });
-        let server = tokio::spawn(weir_proto::http::serve_with(
+        let server = tokio::spawn(weir_proto::runtime::http::serve_with(
             listener,
             move |req| http::handle(state.clone(), req),
             http_rx,
-            weir_proto::http::ServeOptions {
+            weir_proto::runtime::http::ServeOptions {
                 max_connections: cfg.max_connections,
             },
         ));

@@ -29,7 +29,7 @@ use crate::recipients::{decode, retry_all, Every, Outcome, Sink};
 /// The collection of hour markers.
 pub const HOURS: &str = "buffer_hours";
 
-use weir_proto::buffer::{mongo_collection, mongo_hour_of};
+use weir_proto::runtime::buffer::{mongo_collection, mongo_hour_of};
 
 /// The hourly buffer in one MongoDB database.
 pub struct MongoBuffer {

@@ -12,6 +12,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use weir_proto::runtime::log_limit::LogLimit;
 
 use super::{decode, render_template, retry_all, Outcome, Sink};
 
@@ -25,20 +26,21 @@ pub struct KafkaSink {
 /// Passes librdkafka's own log and error callbacks to `tracing`, at most one line per
 /// 30 s: a broker that is down makes librdkafka report every reconnect attempt, and the
 /// runner already reports the failing delivery.
-#[derive(Default)]
 pub struct QuietContext {
-    last: std::sync::Mutex<Option<std::time::Instant>>,
+    limit: LogLimit,
+}
+
+impl Default for QuietContext {
+    fn default() -> Self {
+        QuietContext {
+            limit: LogLimit::new(Duration::from_secs(30)),
+        }
+    }
 }
 
 impl QuietContext {
     fn allow(&self) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        if last.is_some_and(|l| now.duration_since(l) < Duration::from_secs(30)) {
-            return false;
-        }
-        *last = Some(now);
-        true
+        self.limit.allow().is_some()
     }
 }
 

@@ -11,7 +11,9 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::watch;
 use weir_proto::event::{now_micros, EventView};
-use weir_proto::wal::{Position, Wal, WalReader};
+use weir_proto::runtime::backoff::Backoff;
+use weir_proto::runtime::log_limit::LogLimit;
+use weir_proto::runtime::wal::{Position, Wal, WalReader};
 use weir_proto::Catalog;
 
 use super::{Outcome, Sink};
@@ -82,24 +84,6 @@ impl Meters {
     }
 }
 
-/// Rate-limits a repeated error log to one line per period.
-struct Quiet {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Quiet {
-    fn allow(&mut self, every: Duration) -> Option<u64> {
-        let now = Instant::now();
-        if self.last.is_some_and(|l| now.duration_since(l) < every) {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
-
 /// Runs one recipient until `stop` turns true and it has caught up (or `drain` passed).
 pub async fn run<S: Sink>(
     mut sink: S,
@@ -127,10 +111,7 @@ pub async fn run<S: Sink>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut deadline: Option<Instant> = None;
     let mut last_tick = Instant::now();
-    let mut quiet = Quiet {
-        last: None,
-        suppressed: 0,
-    };
+    let quiet = LogLimit::new(Duration::from_secs(10));
     loop {
         if deadline.is_none() && *stop.borrow() {
             deadline = Some(Instant::now() + cfg.drain);
@@ -148,7 +129,7 @@ pub async fn run<S: Sink>(
         let records = match read {
             Ok(records) => records,
             Err(e) => {
-                if let Some(n) = quiet.allow(Duration::from_secs(10)) {
+                if let Some(n) = quiet.allow() {
                     tracing::error!(recipient = %name, error = %e, suppressed = n, "cannot read the router log; retrying");
                 }
                 reader = Some(r);
@@ -178,13 +159,12 @@ pub async fn run<S: Sink>(
             let at = batch::received_at(first).unwrap_or(0);
             stats.oldest.store(at, Ordering::Relaxed);
         }
-        let done = deliver(&mut sink, todo, &mut cfg, &meters, &mut stop, &mut deadline, &mut quiet).await;
+        let done = deliver(&mut sink, todo, &mut cfg, &meters, &mut stop, &mut deadline, &quiet).await;
         // Dead letters are durable before the cursor passes them.
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         while let Err(e) = cfg.dead_letters.flush() {
             tracing::error!(recipient = %name, dir = %cfg.dead_letters.dir().display(), error = %e, "cannot write dead letters; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(10));
+            backoff.wait().await;
         }
         if !done {
             break;
@@ -267,13 +247,13 @@ async fn deliver<S: Sink>(
     meters: &Meters,
     stop: &mut watch::Receiver<bool>,
     deadline: &mut Option<Instant>,
-    quiet: &mut Quiet,
+    quiet: &LogLimit,
 ) -> bool {
     let name = cfg.name.clone();
     let batch_events = cfg.batch_events.max(1);
     for chunk in todo.chunks(batch_events) {
         let mut pending = chunk.to_vec();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
         loop {
             let outcomes = match *deadline {
                 // Shutting down: a send still in flight at the deadline is abandoned; its
@@ -319,8 +299,8 @@ async fn deliver<S: Sink>(
             }
             meters.up.set(0.0);
             meters.retried.increment(retry.len() as u64);
-            if let Some(n) = quiet.allow(Duration::from_secs(10)) {
-                tracing::warn!(recipient = %name, events = retry.len(), reason = %reason, retry_in_ms = backoff.as_millis() as u64, suppressed = n, "delivery failed; retrying");
+            if let Some(n) = quiet.allow() {
+                tracing::warn!(recipient = %name, events = retry.len(), reason = %reason, retry_in_ms = backoff.peek().as_millis() as u64, suppressed = n, "delivery failed; retrying");
             }
             pending = retry;
             if deadline.is_none() && *stop.borrow() {
@@ -328,16 +308,15 @@ async fn deliver<S: Sink>(
             }
             let wait = match *deadline {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) => backoff.min(left),
+                    Some(left) => backoff.next_delay().min(left),
                     None => return false,
                 },
-                None => backoff,
+                None => backoff.next_delay(),
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed(), if deadline.is_none() => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
     true
@@ -391,7 +370,7 @@ mod tests {
     use prost::Message;
     use std::sync::Mutex;
     use weir_proto::pb::{Event, EventBatch};
-    use weir_proto::wal::WalOptions;
+    use weir_proto::runtime::wal::WalOptions;
 
     /// A fake recipient: fails the first `fail_rounds` attempts, refuses ids starting with
     /// "poison", records what it took.
@@ -528,8 +507,9 @@ environments = ["web"]
         assert_eq!(text.lines().count(), 1);
         assert!(text.contains("poison1") && text.contains("too large"));
         assert_eq!(cursors.backlog_bytes("fake"), 0, "the cursor passed everything");
-        let saved = weir_proto::wal::read_cursor(&crate::cursors::cursor_path(&tmp.path().join("log"), "fake"));
-        assert_eq!(saved, weir_proto::wal::SavedCursor::At(wal.durable()));
+        let saved =
+            weir_proto::runtime::wal::read_cursor(&crate::cursors::cursor_path(&tmp.path().join("log"), "fake"));
+        assert_eq!(saved, weir_proto::runtime::wal::SavedCursor::At(wal.durable()));
     }
 
     #[tokio::test]
@@ -557,10 +537,11 @@ environments = ["web"]
             .await
             .unwrap()
             .unwrap();
-        let saved = weir_proto::wal::read_cursor(&crate::cursors::cursor_path(&tmp.path().join("log"), "fake"));
+        let saved =
+            weir_proto::runtime::wal::read_cursor(&crate::cursors::cursor_path(&tmp.path().join("log"), "fake"));
         assert_eq!(
             saved,
-            weir_proto::wal::SavedCursor::At(start),
+            weir_proto::runtime::wal::SavedCursor::At(start),
             "nothing was delivered, so the cursor did not move"
         );
         assert!(cursors.backlog_bytes("fake") > 0);

@@ -49,6 +49,32 @@ pub fn bytes(status: StatusCode, content_type: &'static str, body: Bytes) -> Res
     r
 }
 
+/// `{"error": message}` with `status` (503 or 429) and `Retry-After: secs`: a refusal
+/// the client should retry.
+pub fn retry_later(status: StatusCode, message: impl Into<String>, secs: u64) -> Response {
+    let mut r = error(status, message);
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    r
+}
+
+/// The `/readyz` probe: 200 `ready<detail>` when a file can be written (and removed) in
+/// each directory, else 503 naming the first that cannot (`what` says which it is).
+pub fn readyz(dirs: &[(&str, &std::path::Path)], detail: &str) -> Response {
+    for (what, dir) in dirs {
+        let probe = dir.join(".readyz");
+        if let Err(e) = std::fs::write(&probe, b"ok") {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {what} {} is not writable: {e}\n", dir.display()),
+            );
+        }
+        let _ = std::fs::remove_file(&probe);
+    }
+    text(StatusCode::OK, format!("ready{detail}\n"))
+}
+
 /// A plain-text response.
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response {
     let mut r = hyper::Response::new(Full::new(body.into()));

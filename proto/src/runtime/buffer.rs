@@ -61,7 +61,7 @@ pub fn write_loaded(dir: &Path, hour: i64, source_bytes: u64, generation: u32) -
         generation,
     })
     .map_err(io::Error::other)?;
-    crate::wal::write_atomic(&loaded_path(dir, hour), &data)
+    crate::runtime::wal::write_atomic(&loaded_path(dir, hour), &data)
 }
 
 /// The loader's marker of an hour; `None` when it is missing or unreadable (the hour
@@ -97,7 +97,7 @@ pub fn write_expired(dir: &Path, hour: i64, generation: u32) -> io::Result<()> {
         generation,
     })
     .map_err(io::Error::other)?;
-    crate::wal::write_atomic(&expired_path(dir, hour), &data)
+    crate::runtime::wal::write_atomic(&expired_path(dir, hour), &data)
 }
 
 /// Deletes an hour's buffer, loaded whole, and leaves its tombstone: the buffer and
@@ -113,7 +113,7 @@ pub fn expire_hour(dir: &Path, hour: i64) -> io::Result<()> {
         }
     }
     fs::rename(loaded_path(dir, hour), expired_path(dir, hour))?;
-    crate::wal::sync_dir(dir)
+    crate::runtime::wal::sync_dir(dir)
 }
 
 /// Completes expiries a crash interrupted (a `.loaded` marker whose buffer is gone).
@@ -141,7 +141,7 @@ pub fn finish_expiry(dir: &Path) -> io::Result<Vec<i64>> {
         }
     }
     if !done.is_empty() {
-        crate::wal::sync_dir(dir)?;
+        crate::runtime::wal::sync_dir(dir)?;
     }
     Ok(done)
 }

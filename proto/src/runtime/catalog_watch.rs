@@ -1,20 +1,28 @@
-//! The catalog on the router: served to collectors (`GET /v1/catalog`, with ETag) and
-//! reloaded without restart when its directory changes or on SIGHUP.
+//! A catalog directory watched by a running component (the router, which serves it to
+//! collectors, and the loader): reloaded without restart when its files change or on
+//! SIGHUP; an invalid edit keeps the last good catalog.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::Catalog;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
-use weir_proto::Catalog;
 
-/// Re-reads `dir` every `every` and swaps the catalog in when its revision changes. An
-/// invalid edit is logged (once per distinct error) and the last good catalog stays.
-pub async fn watch_dir(dir: PathBuf, shared: Arc<ArcSwap<Catalog>>, every: Duration, mut stop: watch::Receiver<bool>) {
+/// Re-reads `dir` every `every` and swaps the catalog in when its revision changes,
+/// counting each reload on `reloads` (the component's own counter). An invalid edit is
+/// logged (once per distinct error) and the last good catalog stays.
+pub async fn watch_dir(
+    dir: PathBuf,
+    shared: Arc<ArcSwap<Catalog>>,
+    every: Duration,
+    reloads: metrics::Counter,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut last_error = String::new();
     // SIGHUP re-reads the catalog at once (the usual way to say "reload" to a daemon).
-    let mut hup = weir_proto::signal::Hangup::new();
+    let mut hup = super::signal::Hangup::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -33,7 +41,7 @@ pub async fn watch_dir(dir: PathBuf, shared: Arc<ArcSwap<Catalog>>, every: Durat
                 last_error.clear();
                 if c.revision != shared.load().revision {
                     tracing::info!(revision = %c.revision, events = c.events.len(), "catalog reloaded");
-                    metrics::counter!(crate::metrics::CATALOG_RELOADS).increment(1);
+                    reloads.increment(1);
                     shared.store(Arc::new(c));
                 }
             }
