@@ -14,7 +14,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use prost::encoding::{encode_key, encode_varint, WireType};
 use prost::Message;
 use tokio::sync::watch;
 use weir_proto::pb::BatchAck;
@@ -43,24 +42,6 @@ pub struct ForwarderOptions {
     pub dead_letter_dir: std::path::PathBuf,
     /// Sent as `Authorization: Bearer <token>` to routers that require it.
     pub router_token: Option<String>,
-}
-
-/// Builds the wire bytes of an `EventBatch` from already-encoded events, without
-/// decoding them.
-pub fn encode_batch(batch_id: &str, collector: &str, events: &[Bytes]) -> Vec<u8> {
-    let size: usize = events.iter().map(|e| e.len() + 6).sum::<usize>() + batch_id.len() + collector.len() + 8;
-    let mut out = Vec::with_capacity(size);
-    for (tag, s) in [(1u32, batch_id), (2, collector)] {
-        encode_key(tag, WireType::LengthDelimited, &mut out);
-        encode_varint(s.len() as u64, &mut out);
-        out.extend_from_slice(s.as_bytes());
-    }
-    for e in events {
-        encode_key(3, WireType::LengthDelimited, &mut out);
-        encode_varint(e.len() as u64, &mut out);
-        out.extend_from_slice(e);
-    }
-    out
 }
 
 /// Runs until shutdown is asked for and the spool is drained (or the drain timeout
@@ -202,7 +183,7 @@ impl Sender<'_> {
         events: &[Bytes],
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<Result<(), String>> {
-        let body = encode_batch(batch_id, &self.opts.collector, events);
+        let body = weir_proto::event::batch::encode(batch_id, &self.opts.collector, events);
         let body = match zstd::bulk::compress(&body, 1) {
             Ok(z) => Bytes::from(z),
             Err(e) => {
@@ -315,33 +296,5 @@ async fn send(
             said()
         ))),
         _ => Err(SendError::Retry(format!("router answered {status}: {}", said()))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use weir_proto::pb::{Event, EventBatch};
-
-    #[test]
-    fn batch_encoding_matches_prost() {
-        let events: Vec<Event> = (0..3)
-            .map(|i| Event {
-                id: format!("id-{i}"),
-                event: "a.b".into(),
-                version: 1,
-                ..Default::default()
-            })
-            .collect();
-        let encoded: Vec<Bytes> = events.iter().map(|e| Bytes::from(e.encode_to_vec())).collect();
-        let got = EventBatch::decode(&encode_batch("b1", "node", &encoded)[..]).unwrap();
-        assert_eq!(
-            got,
-            EventBatch {
-                batch_id: "b1".into(),
-                collector: "node".into(),
-                events
-            }
-        );
     }
 }

@@ -21,9 +21,9 @@ use weir_proto::record;
 use weir_proto::runtime::buffer::{buffer_path, closed_path, expired_path, list_hours, read_loaded, HourState};
 use weir_proto::runtime::wal::{cut_torn_tail, write_atomic};
 
-use crate::batch;
 use crate::metrics as m;
 use crate::recipients::{retry_all, Every, Outcome, Sink};
+use weir_proto::event::batch;
 
 /// The warehouse buffer's name among the log's consumers (its cursor file).
 pub const NAME: &str = "warehouse";

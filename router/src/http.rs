@@ -10,7 +10,8 @@ use hyper::header::HeaderValue;
 use hyper::{Method, Request, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 use prost::Message;
-use weir_proto::pb::{BatchAck, EventBatch};
+use weir_proto::event::batch::BatchView;
+use weir_proto::pb::BatchAck;
 use weir_proto::record;
 use weir_proto::runtime::http::{self as h, ReadError, Response};
 use weir_proto::runtime::wal::Wal;
@@ -173,17 +174,14 @@ async fn batches(state: &State, req: Request<Incoming>) -> Response {
     } else {
         body
     };
-    let batch = match EventBatch::decode(body.clone()) {
+    // Checked in place: every event must be one the loader and recipients can read,
+    // but none is decoded into owned strings.
+    let batch = match BatchView::decode(&body) {
         Ok(b) => b,
         Err(e) => return bad(format!("not a weir.v1.EventBatch: {e}")),
     };
-    if let Some((i, _)) = batch
-        .events
-        .iter()
-        .enumerate()
-        .find(|(_, e)| e.id.is_empty() || e.received_at == 0)
-    {
-        return bad(format!("event {i} has no id or received_at: collectors stamp both"));
+    if let Err((i, why)) = batch.check_events() {
+        return bad(format!("event {i}: {why}"));
     }
     let count = batch.events.len() as u64;
     if state.cursors.is_full() {
@@ -211,17 +209,17 @@ async fn batches(state: &State, req: Request<Incoming>) -> Response {
     // Only a batch whose first copy is durable is answered "duplicate": a retry of one
     // still being written (or whose write failed) is appended again, and the event ids
     // make the second copy harmless.
-    if !batch.batch_id.is_empty() && state.recent.contains(&batch.batch_id) {
+    if !batch.batch_id.is_empty() && state.recent.contains(batch.batch_id) {
         metrics::counter!(m::DUPLICATE_BATCHES).increment(1);
         return ack(&BatchAck {
-            batch_id: batch.batch_id,
+            batch_id: batch.batch_id.to_string(),
             accepted: 0,
             duplicate: true,
         });
     }
     if count == 0 {
         return ack(&BatchAck {
-            batch_id: batch.batch_id,
+            batch_id: batch.batch_id.to_string(),
             accepted: 0,
             duplicate: false,
         });
@@ -236,13 +234,13 @@ async fn batches(state: &State, req: Request<Incoming>) -> Response {
         );
     }
     if !batch.batch_id.is_empty() {
-        state.recent.insert(&batch.batch_id);
+        state.recent.insert(batch.batch_id);
     }
     metrics::counter!(m::BATCHES).increment(1);
     metrics::counter!(m::EVENTS).increment(count);
     state.cursors.add_appended(count);
     ack(&BatchAck {
-        batch_id: batch.batch_id,
+        batch_id: batch.batch_id.to_string(),
         accepted: count,
         duplicate: false,
     })

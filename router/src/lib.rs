@@ -4,7 +4,6 @@
 //! cursor over the log, retries and dead letters.
 #![warn(missing_docs)]
 
-pub mod batch;
 pub mod buffer;
 
 pub mod config;

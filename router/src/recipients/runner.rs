@@ -17,10 +17,10 @@ use weir_proto::runtime::wal::{Position, Wal, WalReader};
 use weir_proto::Catalog;
 
 use super::{Outcome, Sink};
-use crate::batch;
 use crate::cursors::LogCursors;
 use crate::dead_letter::DeadLetters;
 use crate::metrics as m;
+use weir_proto::event::batch;
 
 /// Which events a recipient takes.
 #[derive(Clone)]
