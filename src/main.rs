@@ -226,16 +226,16 @@ fn collector_command(config: ConfigArg, with_proxy: bool) -> anyhow::Result<Exit
 }
 
 /// Loads the catalog directory a config names, or the demo one when `demo_ok`.
-fn load_catalog(cfg: &Config, demo_ok: bool) -> anyhow::Result<(Catalog, String)> {
+fn load_catalog(cfg: &Config, demo_ok: bool) -> anyhow::Result<(Catalog, run::CatalogOrigin)> {
     match &cfg.catalog {
         Some(url) if config::is_url(url) => anyhow::bail!(
             "catalog = {url:?} is a URL: only `weir collector` pulls its catalog from a router; point `catalog` at a directory"
         ),
         Some(dir) => {
             let c = Catalog::load_dir(Path::new(dir)).map_err(|e| anyhow::anyhow!("invalid catalog:\n{e}"))?;
-            Ok((c, dir.clone()))
+            Ok((c, run::CatalogOrigin::Dir(dir.clone())))
         }
-        None if demo_ok => Ok((Catalog::demo(), "built-in demo catalog".into())),
+        None if demo_ok => Ok((Catalog::demo(), run::CatalogOrigin::BuiltInDemo)),
         None => anyhow::bail!("no catalog: set `catalog = \"DIR\"` in the config (or WEIR_CATALOG)"),
     }
 }

@@ -112,6 +112,25 @@ pub enum CatalogSource {
     Remote(Vec<String>),
 }
 
+/// Where `weir up` and the checks got their catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CatalogOrigin {
+    /// The demo catalog built into the binary (`weir up` without `--catalog`): the only
+    /// case that gets the public demo write key.
+    BuiltInDemo,
+    /// A catalog directory.
+    Dir(String),
+}
+
+impl std::fmt::Display for CatalogOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CatalogOrigin::BuiltInDemo => f.write_str("built-in demo catalog"),
+            CatalogOrigin::Dir(d) => f.write_str(d),
+        }
+    }
+}
+
 /// The router paths plus the catalog directory to watch, if any.
 fn router_paths(cfg: &Config) -> weir_router::RouterPaths {
     let mut paths = cfg.router_paths();
@@ -123,7 +142,7 @@ fn router_paths(cfg: &Config) -> weir_router::RouterPaths {
 pub const DEMO_WRITE_KEY: &str = "weir-demo-web";
 
 /// `weir up`: router, collector and loader in one process.
-pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow::Result<()> {
+pub async fn up(cfg: Config, catalog: Catalog, catalog_source: CatalogOrigin) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     init_tracing();
     let metrics = install_metrics();
@@ -139,7 +158,7 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: String) -> anyhow
     // The public proxy. On the demo catalog without keys configured, one demo key for
     // the `web` environment, so a browser page can be tried at once.
     let mut proxy_cfg = cfg.proxy.clone();
-    let demo_key = proxy_cfg.keys.is_empty() && catalog_source.contains("demo");
+    let demo_key = proxy_cfg.keys.is_empty() && catalog_source == CatalogOrigin::BuiltInDemo;
     if demo_key {
         proxy_cfg.keys.push(weir_collector::proxy::KeyConfig {
             key: Some(DEMO_WRITE_KEY.into()),

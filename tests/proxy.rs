@@ -606,3 +606,31 @@ env = "web"
         "{err}"
     );
 }
+
+#[test]
+fn only_the_built_in_demo_catalog_gets_the_public_demo_key() {
+    // A catalog directory whose path happens to say "demo" is the operator's own.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo-catalog");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixture_catalog().join("shop.toml"), dir.join("shop.toml")).unwrap();
+    let up = Up::start(&tmp.path().join("data"), &["--catalog", dir.to_str().unwrap()], &[]);
+    let proxy = up.banner_url("proxy");
+    let (code, body, _) = send(
+        &format!("{proxy}/v1/events"),
+        &[("content-type", "application/json"), ("x-weir-key", "weir-demo-web")],
+        &page("d1", None),
+    );
+    assert_eq!(code, 401, "{body}");
+    assert!(up.stop().success());
+    // The built-in demo catalog does get it.
+    let up = Up::start(&tmp.path().join("data2"), &[], &[]);
+    let proxy = up.banner_url("proxy");
+    let (code, body, _) = send(
+        &format!("{proxy}/v1/events"),
+        &[("content-type", "application/json"), ("x-weir-key", "weir-demo-web")],
+        r#"{"event":"page.viewed","fields":{"url":"https://shop.test/","session_id":"s1"}}"#,
+    );
+    assert_eq!(code, 202, "{body}");
+    assert!(up.stop().success());
+}

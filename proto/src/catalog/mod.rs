@@ -437,10 +437,15 @@ impl Catalog {
             files: Vec::new(),
         };
         let mut problems = Vec::new();
-        let mut hasher = crc32fast::Hasher::new();
+        // The revision (the ETag collectors poll with): a stable 64-bit hash of every
+        // file's name and text, each length-prefixed so no two catalogs run together.
+        let mut hasher = twox_hash::XxHash64::with_seed(0);
         for (path, text) in &files {
-            hasher.update(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
-            hasher.update(text.as_bytes());
+            let name = path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default();
+            for part in [name, text.as_bytes()] {
+                std::hash::Hasher::write_u64(&mut hasher, part.len() as u64);
+                std::hash::Hasher::write(&mut hasher, part);
+            }
             let file: CatalogFile = match toml::from_str(text) {
                 Ok(f) => f,
                 Err(e) => {
@@ -477,7 +482,7 @@ impl Catalog {
                 &mut problems,
             );
         }
-        catalog.revision = format!("{:08x}", hasher.finalize());
+        catalog.revision = format!("{:016x}", std::hash::Hasher::finish(&hasher));
         catalog.files = files
             .iter()
             .map(|(p, t)| {
@@ -770,6 +775,24 @@ fn merge<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_revision_is_a_stable_64_bit_hash_of_names_and_texts() {
+        let rev = |files: &[(&str, &str)]| {
+            Catalog::from_files(files.iter().map(|(n, t)| (PathBuf::from(n), t.to_string())).collect())
+                .unwrap()
+                .revision
+        };
+        let one = rev(&[("a.toml", "# x\n")]);
+        assert_eq!(one.len(), 16, "{one}");
+        assert!(one.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(one, rev(&[("a.toml", "# x\n")]), "stable");
+        assert_ne!(one, rev(&[("a.toml", "# y\n")]));
+        // Length prefixes: the same bytes split differently between files differ.
+        assert_ne!(rev(&[("a.toml", "## x\n")]), rev(&[("a.toml#", "# x\n")]));
+        // Pinned: collectors compare revisions across weir versions.
+        assert_eq!(rev(&[]), "ef46db3751d8e999");
+    }
 
     fn load(text: &str) -> Result<Catalog, CatalogError> {
         Catalog::from_files(vec![(PathBuf::from("cat/a.toml"), text.to_string())])
