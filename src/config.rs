@@ -31,12 +31,12 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: cannot read the config: {source}")]
+    #[error("{path}: cannot read the config: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid TOML or has an unknown key or a wrong type.
     #[error("{path}: {message}")]
@@ -188,9 +188,9 @@ impl Config {
         let (label, text) = match path {
             Some(p) => (
                 p.to_path_buf(),
-                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                std::fs::read_to_string(p).map_err(|error| ConfigError::Read {
                     path: p.to_path_buf(),
-                    source,
+                    error,
                 })?,
             ),
             None => (PathBuf::from("<defaults>"), String::new()),

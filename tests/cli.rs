@@ -287,3 +287,55 @@ fn catalog_diff_changelog_and_export_list_exactly_the_changes_deterministically(
     assert!(!missing.status.success());
     assert!(stderr(&missing).contains("nope"), "{}", stderr(&missing));
 }
+
+#[test]
+fn top_level_errors_say_each_cause_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A port another process holds.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let cfg = tmp.path().join("weir.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\ncatalog = \"{}\"\n[router]\nlisten = \"127.0.0.1:{port}\"\n",
+            tmp.path().join("data").display(),
+            fixture_catalog().display()
+        ),
+    )
+    .unwrap();
+    let o = run(&["router", "--config", cfg.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let last = stderr(&o).lines().last().unwrap_or_default().to_string();
+    assert_eq!(
+        last,
+        format!("error: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98) (is another weir already running? set router.listen)")
+    );
+
+    let missing = tmp.path().join("nope.toml");
+    let o = run(&["config", "check", missing.to_str().unwrap()]);
+    assert_eq!(
+        stderr(&o).trim_end(),
+        format!("error: {}: cannot read the config: No such file or directory (os error 2)", missing.display())
+    );
+
+    // A log directory that is a file.
+    let blocked = tmp.path().join("blocked");
+    fs::write(&blocked, b"").unwrap();
+    fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\ncatalog = \"{}\"\n[router]\nlisten = \"127.0.0.1:0\"\nlog_dir = \"{}/log\"\n",
+            tmp.path().join("data").display(),
+            fixture_catalog().display(),
+            blocked.display()
+        ),
+    )
+    .unwrap();
+    let o = run(&["router", "--config", cfg.to_str().unwrap()]);
+    let last = stderr(&o).lines().last().unwrap_or_default().to_string();
+    assert_eq!(
+        last,
+        format!("error: router log: cannot create {}/log: Not a directory (os error 20)", blocked.display())
+    );
+}

@@ -34,29 +34,37 @@ pub use config::CollectorConfig;
 pub enum StartError {
     /// The spool could not be opened.
     #[error("spool: {0}")]
-    Spool(#[from] weir_proto::runtime::wal::WalError),
+    Spool(weir_proto::runtime::wal::WalError),
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source} (is another weir already running? set collector.listen)")]
+    #[error("cannot listen on {addr}: {error} (is another weir already running? set collector.listen)")]
     Listen {
         /// The address.
         addr: String,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// No router is configured.
     #[error("collector.routers is empty: name at least one router URL")]
     NoRouters,
     /// A unix socket could not be bound.
-    #[error("cannot bind the unix socket {path}: {source}")]
+    #[error("cannot bind the unix socket {path}: {error}")]
     Socket {
         /// The socket path.
         path: std::path::PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The proxy settings are wrong; the message names the key.
     #[error("{0}")]
     Proxy(String),
+}
+
+// By hand, not `#[from]`: the message already shows the log's error, so it is not
+// also exposed as `source()` (anyhow would print it twice).
+impl From<weir_proto::runtime::wal::WalError> for StartError {
+    fn from(e: weir_proto::runtime::wal::WalError) -> Self {
+        StartError::Spool(e)
+    }
 }
 
 /// A running collector.
@@ -97,9 +105,9 @@ impl Collector {
         let (listener, addr) =
             weir_proto::runtime::http::bind(&cfg.listen)
                 .await
-                .map_err(|source| StartError::Listen {
+                .map_err(|error| StartError::Listen {
                     addr: cfg.listen.clone(),
-                    source,
+                    error,
                 })?;
         let name = cfg.node_name();
         let state = Arc::new(http::State {
@@ -117,7 +125,7 @@ impl Collector {
         let (stop_forwarder, fwd_rx) = watch::channel(false);
         let socket_err = |path: &std::path::Path| {
             let path = path.to_path_buf();
-            move |source| StartError::Socket { path, source }
+            move |error| StartError::Socket { path, error }
         };
         // Bind everything before spawning anything, so a failure leaves nothing running.
         let unix = match enabled(&cfg.socket) {
@@ -197,9 +205,9 @@ impl Collector {
         let (listener, addr) =
             weir_proto::runtime::http::bind(&cfg.listen)
                 .await
-                .map_err(|source| StartError::Listen {
+                .map_err(|error| StartError::Listen {
                     addr: cfg.listen.clone(),
-                    source,
+                    error,
                 })?;
         let state = self.state.clone();
         let tidy = p.clone();

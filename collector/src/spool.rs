@@ -49,10 +49,10 @@ impl Spool {
             Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
             _ => {
                 let id = uuid::Uuid::now_v7().simple().to_string();
-                wal::write_atomic(&id_path, id.as_bytes()).map_err(|source| WalError::Io {
+                wal::write_atomic(&id_path, id.as_bytes()).map_err(|error| WalError::Io {
                     what: "cannot write",
                     path: id_path.clone(),
-                    source,
+                    error,
                 })?;
                 id
             }

@@ -119,9 +119,9 @@ struct Pending {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LoadError + '_ {
-    move |source| LoadError::Io {
+    move |error| LoadError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -142,7 +142,7 @@ pub fn read_manifest(warehouse: &Path, h: i64) -> Result<Option<Manifest>, LoadE
     match fs::read(&path) {
         Ok(data) => serde_json::from_slice(&data).map(Some).map_err(|e| LoadError::Io {
             path,
-            source: io::Error::new(io::ErrorKind::InvalidData, e),
+            error: io::Error::new(io::ErrorKind::InvalidData, e),
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(&path)(e)),
@@ -207,7 +207,7 @@ pub fn commit(warehouse: &Path, h: i64, staging: &Path, manifest: Manifest) -> R
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let data = serde_json::to_vec_pretty(&pending).map_err(|e| LoadError::Io {
         path: path.clone(),
-        source: io::Error::other(e),
+        error: io::Error::other(e),
     })?;
     write_synced(&path, &data)?;
     fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
@@ -250,7 +250,7 @@ fn apply(warehouse: &Path, h: i64, pending: Pending) -> Result<(), LoadError> {
     let final_path = manifest_path(warehouse, h);
     let data = serde_json::to_vec_pretty(&pending.manifest).map_err(|e| LoadError::Io {
         path: final_path.clone(),
-        source: io::Error::other(e),
+        error: io::Error::other(e),
     })?;
     let tmp = final_path.with_extension("json.tmp");
     write_synced(&tmp, &data)?;

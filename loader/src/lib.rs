@@ -42,12 +42,12 @@ pub use config::LoaderConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// A file or directory could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// Why.
-        source: io::Error,
+        error: io::Error,
     },
     /// Parquet could not be written.
     #[error("writing {path}: {message}")]
@@ -66,9 +66,9 @@ pub enum LoadError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LoadError + '_ {
-    move |source| LoadError::Io {
+    move |error| LoadError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

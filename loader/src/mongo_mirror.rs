@@ -26,22 +26,22 @@ use weir_proto::{hour, record};
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
     /// MongoDB refused or could not be reached.
-    #[error("MongoDB buffer {db} at {url}: {source}")]
+    #[error("MongoDB buffer {db} at {url}: {error}")]
     Mongo {
         /// Connection string, its password shown as `***`.
         url: String,
         /// Database.
         db: String,
         /// Why.
-        source: mongodb::error::Error,
+        error: mongodb::error::Error,
     },
     /// The mirror directory could not be written.
-    #[error("MongoDB buffer mirror {path}: {source}")]
+    #[error("MongoDB buffer mirror {path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -85,14 +85,14 @@ pub enum Hours {
 /// Brings the mirror in `dir` up to date with the MongoDB buffer. Returns the hours
 /// exported.
 pub async fn mirror(src: &MongoSource, dir: &Path, which: Hours) -> Result<Vec<i64>, MirrorError> {
-    let mongo = |source| MirrorError::Mongo {
+    let mongo = |error| MirrorError::Mongo {
         url: weir_proto::secret::redact_url(&src.url),
         db: src.db.clone(),
-        source,
+        error,
     };
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| MirrorError::Io { path, source }
+        move |error| MirrorError::Io { path, error }
     };
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut opts = mongodb::options::ClientOptions::parse(&src.url).await.map_err(mongo)?;

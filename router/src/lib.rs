@@ -30,22 +30,22 @@ pub use config::RouterConfig;
 pub enum StartError {
     /// The log could not be opened.
     #[error("router log: {0}")]
-    Log(#[from] weir_proto::runtime::wal::WalError),
+    Log(weir_proto::runtime::wal::WalError),
     /// The buffer directory could not be opened.
-    #[error("hourly buffer {path}: {source}")]
+    #[error("hourly buffer {path}: {error}")]
     Buffer {
         /// The directory.
         path: std::path::PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source} (is another weir already running? set router.listen)")]
+    #[error("cannot listen on {addr}: {error} (is another weir already running? set router.listen)")]
     Listen {
         /// The address.
         addr: String,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A configured feature is not available in this build.
     #[error("{0}")]
@@ -53,6 +53,14 @@ pub enum StartError {
     /// A setting is wrong; the message names the key.
     #[error("{0}")]
     Config(String),
+}
+
+// By hand, not `#[from]`: the message already shows the log's error, so it is not
+// also exposed as `source()` (anyhow would print it twice).
+impl From<weir_proto::runtime::wal::WalError> for StartError {
+    fn from(e: weir_proto::runtime::wal::WalError) -> Self {
+        StartError::Log(e)
+    }
 }
 
 /// Where a router keeps its files and finds its catalog.
@@ -99,9 +107,9 @@ impl Router {
         let (listener, addr) =
             weir_proto::runtime::http::bind(&cfg.listen)
                 .await
-                .map_err(|source| StartError::Listen {
+                .map_err(|error| StartError::Listen {
                     addr: cfg.listen.clone(),
-                    source,
+                    error,
                 })?;
         let cursors = cursors::LogCursors::new(wal.clone());
         let end_at_start = wal.durable();
@@ -132,9 +140,9 @@ impl Router {
                     Duration::from_secs(cfg.grace_secs),
                     cfg.retention_days,
                 )
-                .map_err(|source| StartError::Buffer {
+                .map_err(|error| StartError::Buffer {
                     path: paths.buffer_dir.clone(),
-                    source,
+                    error,
                 })?;
                 let sink = buffer::FileBufferSink::new(file_buffer);
                 tokio::spawn(recipients::runner::run(

@@ -85,12 +85,12 @@ pub enum CodegenError {
     #[error("environment {0:?} is not in the catalog (it has: {1})")]
     UnknownEnv(String, String),
     /// A file could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {error}")]
     Write {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -150,12 +150,12 @@ pub fn write_files(out: &Path, files: &[(String, String)]) -> Result<(), Codegen
     for (rel, text) in files {
         let path = out.join(rel);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| CodegenError::Write {
+            std::fs::create_dir_all(parent).map_err(|error| CodegenError::Write {
                 path: parent.to_path_buf(),
-                source,
+                error,
             })?;
         }
-        std::fs::write(&path, text).map_err(|source| CodegenError::Write { path, source })?;
+        std::fs::write(&path, text).map_err(|error| CodegenError::Write { path, error })?;
     }
     Ok(())
 }

@@ -37,14 +37,14 @@ pub struct Position {
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
     /// The log directory could not be read or written.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}: {error}")]
     Io {
         /// What was being done.
         what: &'static str,
         /// The file or directory.
         path: PathBuf,
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
     /// A write or fsync failed; nothing of the group is acknowledged.
     #[error("write to {path} failed: {message}")]
@@ -115,10 +115,10 @@ fn segment_path(dir: &Path, segment: u64) -> PathBuf {
 
 /// Lists the segment numbers present in `dir`, in order.
 fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
-    let entries = fs::read_dir(dir).map_err(|source| WalError::Io {
+    let entries = fs::read_dir(dir).map_err(|error| WalError::Io {
         what: "cannot list",
         path: dir.to_path_buf(),
-        source,
+        error,
     })?;
     let mut segments: Vec<u64> = entries
         .filter_map(|e| e.ok())
@@ -172,10 +172,10 @@ impl Wal {
     /// starts the writer thread. New records go to a fresh segment.
     pub fn open(opts: WalOptions) -> Result<Wal, WalError> {
         let dir = opts.dir.clone();
-        fs::create_dir_all(&dir).map_err(|source| WalError::Io {
+        fs::create_dir_all(&dir).map_err(|error| WalError::Io {
             what: "cannot create",
             path: dir.clone(),
-            source,
+            error,
         })?;
         let lock_path = dir.join(".lock");
         let lock = OpenOptions::new()
@@ -183,19 +183,19 @@ impl Wal {
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|source| WalError::Io {
+            .map_err(|error| WalError::Io {
                 what: "cannot open",
                 path: lock_path.clone(),
-                source,
+                error,
             })?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(WalError::InUse(dir)),
-            Err(fs::TryLockError::Error(source)) => {
+            Err(fs::TryLockError::Error(error)) => {
                 return Err(WalError::Io {
                     what: "cannot lock",
                     path: lock_path,
-                    source,
+                    error,
                 })
             }
         }
@@ -203,10 +203,10 @@ impl Wal {
         let mut total = 0u64;
         for (i, &seg) in segments.iter().enumerate() {
             let path = segment_path(&dir, seg);
-            let io_err = |source| WalError::Io {
+            let io_err = |error| WalError::Io {
                 what: "cannot recover",
                 path: path.clone(),
-                source,
+                error,
             };
             let len = fs::metadata(&path).map_err(io_err)?.len();
             if i == segments.len() - 1 {
@@ -222,10 +222,10 @@ impl Wal {
             .append(true)
             .open(&path)
             .and_then(|f| sync_dir(&dir).map(|_| f))
-            .map_err(|source| WalError::Io {
+            .map_err(|error| WalError::Io {
                 what: "cannot create",
                 path: path.clone(),
-                source,
+                error,
             })?;
         let start = Position {
             segment: active,
@@ -255,10 +255,10 @@ impl Wal {
         std::thread::Builder::new()
             .name(format!("weir-{}-writer", opts.name))
             .spawn(move || writer.run(rx))
-            .map_err(|source| WalError::Io {
+            .map_err(|error| WalError::Io {
                 what: "cannot start the writer thread for",
                 path: dir,
-                source,
+                error,
             })?;
         Ok(Wal { tx, shared })
     }
@@ -374,11 +374,11 @@ impl Wal {
                     self.shared.segments.fetch_sub(1, Ordering::Relaxed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => {
+                Err(error) => {
                     return Err(WalError::Io {
                         what: "cannot delete",
                         path,
-                        source,
+                        error,
                     })
                 }
             }
@@ -557,10 +557,10 @@ impl WalReader {
                 continue;
             };
             let path = segment_path(&self.shared.dir, self.pos.segment);
-            let io_err = |source| WalError::Io {
+            let io_err = |error| WalError::Io {
                 what: "cannot read",
                 path: path.clone(),
-                source,
+                error,
             };
             let file_len = file.metadata().map_err(io_err)?.len();
             let end = limit.min(file_len);
@@ -627,11 +627,11 @@ impl WalReader {
                     self.file = None;
                     return Ok(false);
                 }
-                Err(source) => {
+                Err(error) => {
                     return Err(WalError::Io {
                         what: "cannot open",
                         path,
-                        source,
+                        error,
                     })
                 }
             }
@@ -702,12 +702,12 @@ pub fn save_cursor(path: &Path, pos: Position) -> Result<(), WalError> {
     let data = serde_json::to_vec(&pos).map_err(|e| WalError::Io {
         what: "cannot save the cursor",
         path: path.to_path_buf(),
-        source: io::Error::other(e),
+        error: io::Error::other(e),
     })?;
-    write_atomic(path, &data).map_err(|source| WalError::Io {
+    write_atomic(path, &data).map_err(|error| WalError::Io {
         what: "cannot save the cursor",
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
