@@ -18,12 +18,21 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 
+/// How the collector bench sends events.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Keep-alive HTTP connections.
+    Http,
+    /// The unix datagram socket.
+    Datagram,
+}
+
 /// How to load the collector.
 #[derive(clap::Args, Clone, Debug)]
 pub struct CollectorBench {
-    /// `http` (keep-alive connections) or `datagram` (the unix datagram socket).
-    #[arg(long, default_value = "http")]
-    mode: String,
+    /// How events go in.
+    #[arg(long, value_enum, default_value_t = Mode::Http)]
+    mode: Mode,
     /// Concurrent connections (http) or sending sockets (datagram).
     #[arg(long, default_value_t = 8)]
     connections: usize,
@@ -325,11 +334,7 @@ pub fn run(opts: CollectorBench) -> anyhow::Result<()> {
     if opts.batch == 0 || opts.connections == 0 {
         bail!("--batch and --connections must be at least 1");
     }
-    let datagram = match opts.mode.as_str() {
-        "http" => false,
-        "datagram" => true,
-        other => bail!("--mode {other:?}: use http or datagram"),
-    };
+    let datagram = opts.mode == Mode::Datagram;
     let (spawned, url, dgram, pid) = match &opts.target {
         Some(t) => (
             None,
@@ -357,7 +362,7 @@ pub fn run(opts: CollectorBench) -> anyhow::Result<()> {
     let what = if datagram { "datagrams" } else { "requests" };
     println!(
         "weir bench collector: {}, {} {}, {} events/{}, {} s, {}",
-        opts.mode,
+        if datagram { "datagram" } else { "http" },
         opts.connections,
         if datagram { "senders" } else { "connections" },
         opts.batch,

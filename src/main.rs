@@ -79,8 +79,8 @@ enum Command {
     /// Generate a typed client library ("langpack") for one environment from the catalog.
     Codegen {
         /// Target language.
-        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(weir_proto::codegen::LANGS))]
-        lang: String,
+        #[arg(long, value_enum)]
+        lang: weir_proto::codegen::Lang,
         /// The environment the langpack sends as.
         #[arg(long)]
         env: String,
@@ -316,7 +316,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let catalog = load_catalog_dir(&catalog)?;
             let model = weir_proto::codegen::Model::new(&catalog, &env)?;
-            let (package, files) = weir_proto::codegen::generate(&lang, &model);
+            let (package, files) = weir_proto::codegen::generate(lang, &model);
             weir_proto::codegen::write_files(&out, &files)?;
             println!(
                 "{} {} ({} event versions, {} files) written to {}",

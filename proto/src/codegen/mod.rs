@@ -193,14 +193,25 @@ impl Field {
 }
 
 /// The languages `weir codegen` writes.
-pub const LANGS: &[&str] = &["python", "typescript", "go", "php"];
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Lang {
+    /// A Python package (standard library only).
+    Python,
+    /// A TypeScript module for browsers and Node.js.
+    Typescript,
+    /// A Go module.
+    Go,
+    /// A PHP package.
+    Php,
+}
 
 /// The files of `lang`'s langpack and its package name.
-pub fn generate(lang: &str, model: &Model) -> (String, Vec<(String, String)>) {
+pub fn generate(lang: Lang, model: &Model) -> (String, Vec<(String, String)>) {
     match lang {
-        "typescript" => (typescript::package(&model.env), typescript::generate(model)),
-        "go" => (go::module(&model.env), go::generate(model)),
-        "php" => (php::package(&model.env), php::generate(model)),
-        _ => (python::package(&model.env), python::generate(model)),
+        Lang::Typescript => (typescript::package(&model.env), typescript::generate(model)),
+        Lang::Go => (go::module(&model.env), go::generate(model)),
+        Lang::Php => (php::package(&model.env), php::generate(model)),
+        Lang::Python => (python::package(&model.env), python::generate(model)),
     }
 }
