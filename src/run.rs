@@ -7,14 +7,12 @@ use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::signal::unix::{signal, SignalKind};
 use weir_collector::Collector;
+use weir_loader::service::{LoaderService, Periodic, Settings};
 use weir_loader::Loader;
 use weir_proto::Catalog;
 use weir_router::Router;
 
 use crate::config::Config;
-
-/// How long Flight clients may take to finish once shutdown starts.
-const FLIGHT_GRACE: Duration = Duration::from_secs(5);
 
 /// The tokio runtime every long-running command uses.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -49,13 +47,7 @@ fn install_metrics() -> Option<PrometheusHandle> {
 
 /// A loader over the config's buffer and warehouse.
 pub fn make_loader(cfg: &Config, catalog: Catalog) -> Loader {
-    Loader {
-        catalog: Arc::new(catalog),
-        buffer_dir: cfg.buffer_dir(),
-        warehouse: cfg.warehouse(),
-        row_group_rows: cfg.loader.row_group_rows,
-        index_memory_bytes: cfg.loader.index_memory_bytes,
-    }
+    weir_loader::service::loader(&loader_settings(cfg, false, false, None), &catalog)
 }
 
 /// With the MongoDB buffer, exports the hours `which` names into the local mirror the
@@ -171,28 +163,11 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: CatalogOrigin) ->
         }
     }
     let proxy_addr = collector.start_proxy(&proxy_cfg).await?;
-    let flight = Flight::start(&cfg, shared.clone()).await?;
-    let flight_addr = flight.addr;
-    let loader_for = {
-        let cfg = cfg.clone();
-        let shared = shared.clone();
-        move || Arc::new(make_loader(&cfg, (**shared.load()).clone()))
-    };
-    let (stop_loader, mut loader_stop) = tokio::sync::watch::channel(false);
     let interval = Duration::from_secs(cfg.loader.interval_secs.max(1));
-    let periodic = {
-        let loader_for = loader_for.clone();
-        let mirror_cfg = cfg.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = loader_stop.changed() => return,
-                }
-                load_closed_hours(&mirror_cfg, loader_for()).await;
-            }
-        })
-    };
+    // The router watches the catalog directory; the loader reads the same live catalog.
+    let settings = loader_settings(&cfg, false, false, Some(Periodic { first_round_now: false }));
+    let loader = LoaderService::start(settings, shared.clone(), None).await?;
+    let flight_addr = loader.flight_addr;
     let warehouse = cfg.warehouse();
     println!("weir up");
     println!(
@@ -235,16 +210,9 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: CatalogOrigin) ->
     eprintln!("shutting down: draining the spool and the router log, then loading every buffered hour...");
     collector.shutdown().await;
     router.shutdown().await;
-    let _ = stop_loader.send(true);
-    let _ = periodic.await;
-    mirror_mongo(&cfg, weir_loader::mongo_mirror::Hours::All).await?;
-    let l = loader_for();
-    let reports = tokio::task::spawn_blocking(move || l.run(true))
-        .await
-        .context("loader task failed")??;
-    if let Err(e) = flight.stop().await {
-        tracing::warn!(error = %e, "Arrow Flight server stopped with an error");
-    }
+    let reports = loader.load_everything().await;
+    loader.shutdown().await;
+    let reports = reports?;
     let rows: u64 = reports.iter().map(|r| r.manifest.rows).sum();
     let invalid: u64 = reports.iter().map(|r| r.manifest.invalid_rows).sum();
     eprintln!(
@@ -310,79 +278,33 @@ pub async fn router(cfg: Config, catalog: Catalog) -> anyhow::Result<()> {
 pub async fn flight(cfg: Config, catalog: Catalog) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     init_tracing();
-    let flight = Flight::start(&cfg, Arc::new(arc_swap::ArcSwap::from_pointee(catalog))).await?;
+    let settings = loader_settings(&cfg, false, false, None);
+    let service = LoaderService::start(settings, Arc::new(arc_swap::ArcSwap::from_pointee(catalog)), None).await?;
     println!(
         "Arrow Flight on grpc://{}, serving {}",
-        flight.addr,
+        service.flight_addr,
         cfg.warehouse().display()
     );
     signals.wait().await;
-    flight.stop().await
+    service.shutdown().await;
+    Ok(())
 }
 
-/// The Arrow Flight server over the warehouse, on `loader.flight`.
-struct Flight {
-    addr: std::net::SocketAddr,
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Flight {
-    async fn start(cfg: &Config, catalog: Arc<arc_swap::ArcSwap<Catalog>>) -> anyhow::Result<Flight> {
-        let (listener, addr) = weir_proto::runtime::http::bind(&cfg.loader.flight)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} for Arrow Flight (set loader.flight)",
-                    cfg.loader.flight
-                )
-            })?;
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let service = weir_loader::flight::WarehouseFlight::new(cfg.warehouse(), catalog);
-        let token = cfg.loader.flight_token.clone().filter(|t| !t.is_empty());
-        let task = tokio::spawn(async move { Ok(weir_loader::flight::serve(listener, service, token, rx).await?) });
-        Ok(Flight { addr, stop, task })
-    }
-
-    /// Stops it: clients get a grace period to finish; idle connections do not hold
-    /// the exit.
-    async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
-        match tokio::time::timeout(FLIGHT_GRACE, self.task).await {
-            Ok(joined) => joined.context("flight task failed")??,
-            Err(_) => tracing::warn!("Flight clients still connected after {FLIGHT_GRACE:?}; closing them"),
-        }
-        Ok(())
-    }
-}
-
-/// One round of loading: exports the MongoDB buffer's closed hours (if that is the
-/// buffer), then loads every closed hour not loaded yet, off the async workers. Errors
-/// are logged and counted (`weir_loader_failures_total`); the next round retries.
-async fn load_closed_hours(cfg: &Config, loader: Arc<Loader>) {
-    if let Err(e) = mirror_mongo(cfg, weir_loader::mongo_mirror::Hours::Closed).await {
-        metrics::counter!("weir_loader_failures_total").increment(1);
-        tracing::error!(error = %e, "reading the MongoDB buffer failed; will retry");
-        return;
-    }
-    match tokio::task::spawn_blocking(move || loader.run(false)).await {
-        Ok(Ok(reports)) => {
-            for r in &reports {
-                metrics::counter!("weir_loader_hours_loaded_total").increment(1);
-                metrics::counter!("weir_loader_rows_written_total").increment(r.manifest.rows);
-                metrics::counter!("weir_loader_invalid_rows_written_total").increment(r.manifest.invalid_rows);
-            }
-            metrics::gauge!("weir_loader_last_success_timestamp_seconds")
-                .set(weir_proto::event::now_micros() as f64 / 1e6);
-        }
-        Ok(Err(e)) => {
-            metrics::counter!("weir_loader_failures_total").increment(1);
-            tracing::error!(error = %e, "loading closed hours failed; will retry");
-        }
-        Err(e) => {
-            metrics::counter!("weir_loader_failures_total").increment(1);
-            tracing::error!(error = %e, "loader task failed; will retry");
-        }
+/// The loader service's settings from the config.
+fn loader_settings(cfg: &Config, own_catalog: bool, serve_http: bool, periodic: Option<Periodic>) -> Settings {
+    Settings {
+        buffer_dir: cfg.buffer_dir(),
+        warehouse: cfg.warehouse(),
+        mongo: cfg.mongo_buffer(),
+        loader: cfg.loader.clone(),
+        catalog_dir: cfg
+            .catalog
+            .as_deref()
+            .filter(|c| own_catalog && !crate::config::is_url(c))
+            .map(std::path::PathBuf::from),
+        catalog_watch: Duration::from_secs(cfg.router.catalog_watch_secs.max(1)),
+        serve_http,
+        periodic,
     }
 }
 
@@ -398,79 +320,18 @@ pub async fn loader_component(cfg: Config, catalog: Catalog) -> anyhow::Result<(
     init_tracing();
     let prom = install_metrics();
     let shared = Arc::new(arc_swap::ArcSwap::from_pointee(catalog));
-    let warehouse = cfg.warehouse();
-    std::fs::create_dir_all(&warehouse).with_context(|| {
-        format!(
-            "cannot create the warehouse {} (set loader.warehouse)",
-            warehouse.display()
-        )
-    })?;
-    let flight = Flight::start(&cfg, shared.clone()).await?;
-    let (http_listener, http_addr) = weir_proto::runtime::http::bind(&cfg.loader.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (set loader.listen)", cfg.loader.listen))?;
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let stop_rx_for_catalog = stop_rx.clone();
-    let http = {
-        let warehouse = warehouse.clone();
-        tokio::spawn(weir_proto::runtime::http::serve(
-            http_listener,
-            move |req: hyper::Request<hyper::body::Incoming>| {
-                let warehouse = warehouse.clone();
-                let prom = prom.clone();
-                async move { loader_http(&req, &warehouse, prom.as_ref()) }
-            },
-            stop_rx,
-        ))
-    };
-    // The catalog directory is watched as the router watches it (and SIGHUP), so a new
-    // event version gets its own Parquet files without a restart.
-    if let Some(dir) = cfg.catalog.as_deref().filter(|c| !crate::config::is_url(c)) {
-        tokio::spawn(weir_proto::runtime::catalog_watch::watch_dir(
-            std::path::PathBuf::from(dir),
-            shared.clone(),
-            Duration::from_secs(cfg.router.catalog_watch_secs.max(1)),
-            metrics::counter!("weir_loader_catalog_reloads_total"),
-            stop_rx_for_catalog,
-        ));
+    let settings = loader_settings(&cfg, true, true, Some(Periodic { first_round_now: true }));
+    let service = LoaderService::start(settings, shared, prom).await?;
+    println!(
+        "weir loader: {} -> {}",
+        cfg.buffer_dir().display(),
+        cfg.warehouse().display()
+    );
+    println!("  flight     grpc://{}", service.flight_addr);
+    if let Some(a) = service.http_addr {
+        println!("  health     http://{a}/healthz, /readyz, /metrics");
     }
-    println!("weir loader: {} -> {}", cfg.buffer_dir().display(), warehouse.display());
-    println!("  flight     grpc://{}", flight.addr);
-    println!("  health     http://{http_addr}/healthz, /readyz, /metrics");
-    let interval = Duration::from_secs(cfg.loader.interval_secs.max(1));
-    let loader_for = {
-        let cfg = cfg.clone();
-        move || Arc::new(make_loader(&cfg, (**shared.load()).clone()))
-    };
-    let stopping = signals.wait();
-    tokio::pin!(stopping);
-    loop {
-        load_closed_hours(&cfg, loader_for()).await;
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = &mut stopping => break,
-        }
-    }
-    let _ = stop.send(true);
-    let _ = http.await;
-    flight.stop().await
-}
-
-/// The loader's health and metrics endpoints.
-fn loader_http(
-    req: &hyper::Request<hyper::body::Incoming>,
-    warehouse: &std::path::Path,
-    metrics: Option<&PrometheusHandle>,
-) -> weir_proto::runtime::http::Response {
-    use hyper::{Method, StatusCode};
-    use weir_proto::runtime::http as h;
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => h::text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => h::readyz(&[("warehouse", warehouse)], ""),
-        (&Method::GET, "/metrics") => h::text(StatusCode::OK, metrics.map(|m| m.render()).unwrap_or_default()),
-        _ => h::error(
-            StatusCode::NOT_FOUND,
-            "no such endpoint: the loader serves GET /healthz, /readyz and /metrics (and Arrow Flight on loader.flight)",
-        ),
-    }
+    signals.wait().await;
+    service.shutdown().await;
+    Ok(())
 }

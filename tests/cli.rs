@@ -316,7 +316,10 @@ fn top_level_errors_say_each_cause_once() {
     let o = run(&["config", "check", missing.to_str().unwrap()]);
     assert_eq!(
         stderr(&o).trim_end(),
-        format!("error: {}: cannot read the config: No such file or directory (os error 2)", missing.display())
+        format!(
+            "error: {}: cannot read the config: No such file or directory (os error 2)",
+            missing.display()
+        )
     );
 
     // A log directory that is a file.
@@ -336,6 +339,9 @@ fn top_level_errors_say_each_cause_once() {
     let last = stderr(&o).lines().last().unwrap_or_default().to_string();
     assert_eq!(
         last,
-        format!("error: router log: cannot create {}/log: Not a directory (os error 20)", blocked.display())
+        format!(
+            "error: router log: cannot create {}/log: Not a directory (os error 20)",
+            blocked.display()
+        )
     );
 }

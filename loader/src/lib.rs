@@ -15,8 +15,10 @@ pub mod commit;
 pub mod config;
 pub mod flight;
 mod index;
+pub mod metrics;
 pub mod mongo_mirror;
 pub mod schema;
+pub mod service;
 
 use std::collections::HashSet;
 use std::fs;
@@ -358,8 +360,8 @@ impl Loader {
                 damaged_bytes = index.damaged_bytes,
                 "the hour's buffer held damage; every intact event around it was loaded"
             );
-            metrics::counter!("weir_loader_damaged_bytes_total").increment(index.damaged_bytes);
-            metrics::counter!("weir_loader_unreadable_records_total").increment(unreadable);
+            ::metrics::counter!(crate::metrics::DAMAGED_BYTES).increment(index.damaged_bytes);
+            ::metrics::counter!(crate::metrics::UNREADABLE_RECORDS).increment(unreadable);
         }
         // Earlier generations' files stay; the hour's totals count them.
         for f in &plan.kept {
