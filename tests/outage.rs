@@ -4,6 +4,7 @@
 //! free ports and stops by PID; RabbitMQ is the machine's own, stopped with
 //! `rabbitmqctl stop_app` and started again with `start_app`.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeSet;

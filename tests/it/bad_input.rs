@@ -1,11 +1,9 @@
 //! Every kind of bad input to the collector's HTTP API, each with its exact status and
 //! message, and nothing of a refused request stored.
 
-mod common;
-
 use std::io::Write;
 
-use common::*;
+use crate::common::*;
 
 fn ev(id: &str) -> String {
     format!(r#"{{"event":"cart.viewed","env":"web","id":"{id}","fields":{{"items":1,"session_id":"s"}}}}"#)

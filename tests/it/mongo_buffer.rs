@@ -3,15 +3,13 @@
 //! into the same Parquet rows as the file buffer gives for the same events; events that
 //! arrive for an hour already loaded and deleted are added to it, in both buffers.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
 use prost::Message;

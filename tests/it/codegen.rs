@@ -2,12 +2,10 @@
 //! language's own tools, refuses invalid events at the client, and sends events to a
 //! running collector that land valid in Parquet. Codegen is deterministic.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn demo_catalog() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("proto/demo-catalog")

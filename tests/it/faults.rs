@@ -2,8 +2,6 @@
 //! each time counting the ledger: every acknowledged event id in the Parquet exactly
 //! once. See README, "What weir guarantees".
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
@@ -11,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
-use common::{spawn_component as spawn, stop_component as stop};
+use crate::common::*;
+use crate::common::{spawn_component as spawn, stop_component as stop};
 
 fn all_ids(warehouse: &Path) -> Vec<String> {
     parquet_files(warehouse)
@@ -752,11 +750,11 @@ fn a_rabbitmq_message_no_queue_is_bound_for_is_dead_lettered_and_counted() {
     let amqp = service("TEST_WEIR_AMQP");
     let exchange = unique("weir.unbound.");
     let tmp = tempfile::tempdir().unwrap();
-    let up = common::fanout::up_with(
+    let up = crate::common::fanout::up_with(
         tmp.path(),
-        &common::fanout::recipients_config(Some((&amqp, &exchange)), None, None),
+        &crate::common::fanout::recipients_config(Some((&amqp, &exchange)), None, None),
     );
-    let (status, body) = post_events(&up.collector, &common::fanout::ev("item.liked", "lonely-1", 7));
+    let (status, body) = post_events(&up.collector, &crate::common::fanout::ev("item.liked", "lonely-1", 7));
     assert_eq!(status, 202, "{body}");
     let dead = tmp.path().join("data/router/dead-letters/models");
     let line = eventually(Duration::from_secs(30), "the unroutable event is dead-lettered", || {

@@ -1,12 +1,10 @@
 //! The `weir` command line on bad input: catalogs, configs, breaking catalog edits.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 
 fn run(args: &[&str]) -> Output {
     weir().args(args).env_remove("WEIR_LOG").output().unwrap()

@@ -1,16 +1,14 @@
 //! The whole path, across processes: HTTP POST to the collector of a real `weir up` →
 //! spool → router log → hourly buffer → loader → Parquet read back with arrow-rs.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use crate::common::*;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
-use common::*;
 use serde_json::json;
 
 fn files_of(warehouse: &Path, prefix: &str) -> Vec<std::path::PathBuf> {

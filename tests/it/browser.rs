@@ -3,11 +3,9 @@
 //! `navigator.sendBeacon`, and loads the pixel; all three land in Parquet with the
 //! parsed user agent.
 
-mod common;
-
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn a_browser_page_sends_with_fetch_beacon_and_pixel() {

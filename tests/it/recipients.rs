@@ -2,13 +2,11 @@
 //! Kafka (tansu), all started by `scripts/services`. Real consumers read back exactly the
 //! events the catalog routes to each recipient.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::fanout::*;
-use common::*;
+use crate::common::fanout::*;
+use crate::common::*;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::{AMQPValue, FieldTable};

@@ -3,11 +3,9 @@
 //! each event's context, with X-Forwarded-For ignored from an untrusted peer. Events are
 //! checked in the MongoDB hourly buffer (nx-27017), whose documents carry `context`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use mongodb::bson::{doc, Document};
 

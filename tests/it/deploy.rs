@@ -6,13 +6,11 @@
 //! `docker-compose config`. `./scripts/test` installs the tools. No container engine or
 //! cluster runs here: nothing is started.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::weir;
+use crate::common::weir;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -2,15 +2,13 @@
 //! `weir router` and `weir loader run`, with the router started only after the collector
 //! has already accepted events.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
-use common::{spawn_component as spawn, stop_component as stop};
+use crate::common::*;
+use crate::common::{spawn_component as spawn, stop_component as stop};
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -1,15 +1,13 @@
 //! Arrow Flight over a real warehouse: `weir loader serve`, read by the arrow-flight
 //! Rust client and by pyarrow.flight.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use arrow_array::cast::AsArray;
 use arrow_flight::{FlightClient, FlightDescriptor, Ticket};
-use common::*;
 use futures::TryStreamExt;
 
 #[test]

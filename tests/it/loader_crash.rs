@@ -1,15 +1,13 @@
 //! kill -9 during a load leaves the old hour or the new one, never a mix, and the next
 //! run completes it.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use prost::Message;
 
 fn append_events(buffer: &Path, hour: i64, from: usize, to: usize) {

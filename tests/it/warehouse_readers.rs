@@ -2,12 +2,10 @@
 //! and pyarrow's dataset API, through `tests/python/read_warehouse.py` (scripts/test
 //! installs both from PyPI).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn duckdb_and_pyarrow_count_what_was_sent_per_event_and_hour() {
