@@ -357,172 +357,9 @@ impl Config {
     }
 }
 
-/// A complete, commented config with every default (`weir config example`).
-pub const EXAMPLE: &str = r#"# weir config. Every key is optional; these are the defaults.
-# Any key can also be set in the environment: WEIR_DATA_DIR, WEIR_COLLECTOR_LISTEN,
-# WEIR_ROUTER_RETENTION_DAYS, ... An unknown key is an error naming the key and file.
-# Values can name environment variables, for secrets kept out of the file:
-#   url = "${RABBITMQ_URL}"   (unset: an error naming it)   "${X:-default}"   "$$" is a "$"
-
-# Spool, router log, hourly buffers and (by default) the warehouse live here.
-data_dir = "weir-data"
-# The catalog: a directory of *.toml files. `weir up` uses a built-in demo catalog
-# when this is not set.
-# catalog = "catalog"
-
-[collector]
-# HTTP API for local services: POST /v1/events, GET /healthz /readyz /metrics.
-listen = "127.0.0.1:8080"
-# The same HTTP API over a unix stream socket (mode 0660), and a unix datagram socket
-# taking one JSON event or NDJSON per datagram, no reply. "" disables one. A socket
-# may bind an environment, so its senders can leave `env` out.
-# socket = "weir-data/collector.sock"
-# socket_env = "backend"
-# datagram = "weir-data/collector.dgram"
-# datagram_env = "backend"
-# Routers the spool is forwarded to, tried in order (failover).
-routers = ["http://127.0.0.1:8081"]
-# Past this many spooled bytes, new events get 503 + Retry-After.
-spool_max_bytes = 1073741824
-spool_segment_bytes = 33554432
-# spool_dir = "weir-data/collector/spool"
-# Events every router refuses alone (too large even by themselves), with the reason,
-# one NDJSON file a day.
-# dead_letter_dir = "weir-data/collector/dead-letters"
-# Bearer token sent to routers that set [router] token.
-# router_token = "${ROUTER_TOKEN}"
-# Name stamped on each event (default: $NODE_NAME, else the host name).
-# name = "node-1"
-# Largest request body, also after gzip/zstd decompression (413 beyond).
-max_body_bytes = 5242880
-# Largest single event (its JSON); larger ones are rejected.
-max_event_bytes = 1048576
-# Request bytes held in memory at once; past it requests wait (TCP backpressure).
-max_inflight_bytes = 67108864
-# Connections each listener serves at once (headers within 10 s, at most 64 KiB).
-max_connections = 1024
-# Batches to the router: at most this many events, or this old.
-batch_max_events = 1000
-batch_max_wait_ms = 1
-# On shutdown, how long to keep trying to hand the spool to a router.
-drain_timeout_secs = 30
-# `weir collector` without a catalog directory pulls the catalog from its routers
-# (GET /v1/catalog) this often, and keeps the last good copy in <data_dir>/collector/.
-catalog_poll_secs = 30
-
-[router]
-# Collectors send batches here (POST /v1/batches).
-listen = "127.0.0.1:8081"
-# Hourly buffers: files under the data dir.
-buffer = { kind = "file" }
-# Or MongoDB collections buffer_YYYYMMDDHH (closed hours are marked in buffer_hours;
-# the loader exports them to <data_dir>/loader/mongo-buffer and loads them from there):
-# buffer = { kind = "mongo", url = "mongodb://127.0.0.1:27017", db = "weir" }
-# Buffered hours are kept this long for replay (at least 1), then deleted -- but only
-# once the loader has committed the whole hour; an hour never fully loaded is kept
-# (logged, and counted in weir_router_buffer_hours_kept_unloaded).
-retention_days = 3
-# An hour closes (and is loaded) this long after it ends.
-grace_secs = 300
-# log_dir = "weir-data/router/log"
-log_segment_bytes = 67108864
-# Largest batch accepted (also decompressed), at most 67108864 (the log's record
-# limit). Collectors split a refused batch down to single events.
-max_batch_bytes = 67108864
-# Bearer token collectors must send (collector.router_token) on /v1/batches and
-# /v1/catalog; 401 without it. Unset: no check (fine on loopback).
-# token = "${ROUTER_TOKEN}"
-max_connections = 1024
-# Intake answers 503 (collectors keep spooling) while the disk of the log or the file
-# buffer has less free space than this, so the log can always drain into the buffer;
-# it takes events again by itself once space frees. 0 turns the check off.
-min_free_bytes = 268435456
-# The catalog directory is re-read this often (and at once on SIGHUP); a valid change
-# applies without restart, re-routing included.
-catalog_watch_secs = 2
-# What a recipient can never deliver, with the reason, one NDJSON file per recipient and day.
-# dead_letter_dir = "weir-data/router/dead-letters"
-# On shutdown, how long recipients may keep delivering before the rest waits in the
-# log for the next start.
-drain_secs = 10
-
-# Recipients, by the name the catalog's `recipients` uses. Each follows the router log
-# with its own cursor, retries with backoff forever while its server is down, and puts
-# what the server refuses into its dead-letter store. Once `max_backlog_bytes` (default
-# 4 GiB) of the log waits for one recipient, intake answers 503 and collectors keep
-# spooling. Every kind takes `max_backlog_bytes` and `batch_events` (default 500).
-#
-# [router.recipients.moderation-queue]
-# kind = "rabbitmq"                      # durable topic exchange, routing key = event name,
-# url = "amqp://guest:guest@127.0.0.1:5672/%2f"   # persistent, publisher confirms,
-# exchange = "weir.events"               # headers event/version/env/id, body = event JSON
-# max_message_bytes = 134217728
-#
-# [router.recipients.ml-store]
-# kind = "mongo"                         # _id = event id: a redelivery is stored once
-# url = "mongodb://127.0.0.1:27017"
-# db = "weir"
-# collection = "{event_ident}"           # {event} = item.viewed, {event_ident} = item_viewed
-#
-# [router.recipients.stream]
-# kind = "kafka"                         # key = event id, acks=all, idempotent producer
-# brokers = "127.0.0.1:9092"
-# topic = "weir.{event}"
-# options = { "linger.ms" = "5" }        # any librdkafka producer setting
-
-[proxy]
-# The public entry for browsers and mobile apps (`weir proxy`, and inside `weir up`):
-# the collector's POST /v1/events behind write keys, CORS and a smaller body limit; the
-# client's address and user agent go into each event's `context`.
-listen = "127.0.0.1:8088"
-# Write keys: HTTP Basic with the key as user (the Segment way), an X-Weir-Key header,
-# ?key=, or "writeKey" in the body (navigator.sendBeacon). A key binds its environment:
-# an event naming another one refuses the request with 403.
-# [[proxy.keys]]
-# key_env = "WEB_WRITE_KEY"               # or key = "..." (WEIR_* names are config keys)
-# env = "web"
-# rate = 100                              # requests per second (and burst); none = no limit
-keys = []
-# Origins allowed to send from a browser; "*" allows any. Credentials are never allowed.
-cors_origins = []
-# Load balancers whose X-Forwarded-For is believed (addresses or CIDRs).
-trusted_proxies = []
-# Zero the host part of client addresses (IPv4 /24, IPv6 /48).
-truncate_ip = false
-# Largest request body, also after decompression, on every path (events, Segment,
-# pixel), and most events (or Segment calls) in one request; 413 beyond. Context values
-# (user agent, Segment ids) are cut at 1 KiB.
-max_body_bytes = 524288
-max_events = 5000
-# Connections served at once; headers must arrive within 10 s and fit in 64 KiB (431).
-max_connections = 1024
-# Requests per second one client address may send (and burst); 0 = no limit. Past a
-# limit the answer is 429 with Retry-After.
-per_ip_rate = 0
-# A MaxMind-format database (GeoIP2/GeoLite2 City or Country .mmdb, kept fresh by
-# geoipupdate) for `country` and `region` in each event's context. A missing file only
-# leaves them out; a changed file is loaded within a minute, or at once on SIGHUP.
-# geoip = "/var/lib/GeoIP/GeoLite2-City.mmdb"
-
-[loader]
-# Parquet lands here (default <data_dir>/warehouse).
-# warehouse = "weir-data/warehouse"
-# Arrow Flight address (weir loader serve).
-flight = "127.0.0.1:8815"
-# Bearer token every Flight call must carry (metadata `authorization: Bearer <token>`);
-# UNAUTHENTICATED without it. Unset: open (fine on loopback).
-# flight_token = "${FLIGHT_TOKEN}"
-# /healthz, /readyz and /metrics of the loader component (weir loader --config FILE).
-listen = "127.0.0.1:8816"
-# buffer_dir = "weir-data/router/buffer"
-row_group_rows = 131072
-# Memory for one hour's index, about 64 bytes an event (256 MiB: 4M events); a larger
-# hour is indexed through spill files under the warehouse's _staging, so any hour loads
-# in bounded memory.
-index_memory_bytes = 268435456
-# How often closed hours are looked for.
-interval_secs = 30
-"#;
+/// A complete, commented config with every default (`weir config example`): the file
+/// `src/example.toml`, which a test checks key by key against the config structs.
+pub const EXAMPLE: &str = include_str!("example.toml");
 
 #[cfg(test)]
 mod tests {
@@ -599,6 +436,32 @@ mod tests {
         assert_eq!(toml::to_string(&c.router).unwrap(), toml::to_string(&d.router).unwrap());
         assert_eq!(toml::to_string(&c.loader).unwrap(), toml::to_string(&d.loader).unwrap());
         assert_eq!(toml::to_string(&c.proxy).unwrap(), toml::to_string(&d.proxy).unwrap());
+    }
+
+    /// Every key path of a TOML table that holds a value (`router.retention_days`).
+    fn key_paths(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let toml::Value::Table(t) = v {
+            for (k, v) in t {
+                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                match v {
+                    toml::Value::Table(_) => key_paths(v, &path, out),
+                    _ => out.push(path),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_names_every_key_that_has_a_default() {
+        let example: toml::Value = toml::from_str(EXAMPLE).unwrap();
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let (mut want, mut have) = (Vec::new(), Vec::new());
+        key_paths(&defaults, "", &mut want);
+        key_paths(&example, "", &mut have);
+        let missing: Vec<&String> = want.iter().filter(|k| !have.contains(k)).collect();
+        assert!(missing.is_empty(), "keys missing from src/example.toml: {missing:?}");
+        // The other way round (a key the structs do not have) is refused by the parse in
+        // `example_parses_to_the_defaults`: every section denies unknown fields.
     }
 
     #[test]
