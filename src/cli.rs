@@ -1,0 +1,191 @@
+//! The command line: every command, subcommand and flag (clap); what each does is in
+//! [`crate::commands`].
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::bench;
+
+/// weir — a self-hosted clickstream pipeline: collector, router, loader and event catalog.
+#[derive(Parser)]
+#[command(name = "weir", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct ConfigArg {
+    /// The config file (TOML); `weir config example` prints one.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Collector, router and loader in one process, on embedded defaults.
+    Up {
+        /// Data directory (spool, log, buffers, warehouse). Default: ./weir-data.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Catalog directory. Default: the built-in demo catalog.
+        #[arg(long, value_name = "DIR")]
+        catalog: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run only the collector.
+    Collector {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run the public proxy: a collector whose public listener takes events from
+    /// browsers and apps with write keys, CORS and enrichment (`[proxy]`).
+    Proxy {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run only the router.
+    Router {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// The loader: without a subcommand, the deployed component (loads closed hours as
+    /// they close, serves Arrow Flight, /healthz, /readyz and /metrics on loader.listen).
+    #[command(args_conflicts_with_subcommands = true)]
+    Loader {
+        #[command(subcommand)]
+        command: Option<LoaderCommand>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Check the event catalog.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// Print or check a config.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Generate a typed client library ("langpack") for one environment from the catalog.
+    Codegen {
+        /// Target language.
+        #[arg(long, value_enum)]
+        lang: weir_proto::codegen::Lang,
+        /// The environment the langpack sends as.
+        #[arg(long)]
+        env: String,
+        /// The catalog directory.
+        #[arg(long)]
+        catalog: PathBuf,
+        /// Where to write the langpack (created when missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Load generators and benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Drive a collector over HTTP or its datagram socket and report events/s, latency,
+    /// CPU and peak RSS.
+    Collector(bench::CollectorBench),
+    /// Load one hour of demo events from a buffer into Parquet and report rows/s,
+    /// peak RSS and Parquet size.
+    Loader(bench::LoaderBench),
+    /// Send a router protobuf batches as collectors do: events/s through intake, log and
+    /// hourly buffer.
+    Router(bench::RouterBench),
+    /// End to end at a steady rate: collector accept -> router -> RabbitMQ -> a consumer;
+    /// reports the latency percentiles.
+    Fanout(bench::FanoutBench),
+    /// Drive the proxy (write key, CORS, enrichment) with 100-event batches.
+    Proxy(bench::ProxyBench),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum LoaderCommand {
+    /// Load closed hours that are not loaded yet (or grew since).
+    Run {
+        /// Also load the hours still open.
+        #[arg(long)]
+        now: bool,
+        /// Keep running, loading hours as they close.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Serve the warehouse over Arrow Flight (`loader.flight`, default 127.0.0.1:8815).
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Rebuild buffered hours, replacing what was loaded.
+    Replay {
+        /// First hour, like 2026-11-22T13 (UTC).
+        #[arg(long, value_name = "HOUR")]
+        from: String,
+        /// Last hour, inclusive.
+        #[arg(long, value_name = "HOUR")]
+        to: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CatalogCommand {
+    /// Validate a catalog directory; with --previous, also refuse breaking edits.
+    Check {
+        /// The earlier revision of the catalog (a directory) to compare against.
+        #[arg(long, value_name = "OLD")]
+        previous: Option<PathBuf>,
+        /// The catalog directory.
+        dir: PathBuf,
+    },
+    /// List every difference between two revisions of a catalog (added `+`, removed `-`,
+    /// changed `~`), and which of them break the append-only rule.
+    Diff {
+        /// The earlier revision (a directory).
+        old: PathBuf,
+        /// The later revision (a directory).
+        new: PathBuf,
+    },
+    /// Print a markdown changelog: every event, what each version changed, the
+    /// environments and fields.
+    Changelog {
+        /// The catalog directory.
+        dir: PathBuf,
+    },
+    /// Export the catalog for other tools.
+    Export {
+        /// Output format.
+        #[arg(long, value_parser = ["jsonschema"])]
+        format: String,
+        /// Write one `<event>.v<version>.schema.json` per event version here instead of
+        /// one JSON document (keyed `<event>/v<version>`) on stdout.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// The catalog directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Print a complete, commented config with every default.
+    Example,
+    /// Validate a config file (and its catalog) without starting anything.
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+}
