@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "bench")]
 use crate::bench;
 
 /// weir — a self-hosted clickstream pipeline: collector, router, loader and event catalog.
@@ -86,6 +87,7 @@ pub(crate) enum Command {
         out: PathBuf,
     },
     /// Load generators and benchmarks.
+    #[cfg(feature = "bench")]
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
@@ -93,6 +95,7 @@ pub(crate) enum Command {
 }
 
 #[derive(Subcommand)]
+#[cfg(feature = "bench")]
 pub(crate) enum BenchCommand {
     /// Drive a collector over HTTP or its datagram socket and report events/s, latency,
     /// CPU and peak RSS.

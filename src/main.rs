@@ -1,5 +1,6 @@
 //! `weir`: one binary for every part of the pipeline.
 
+#[cfg(feature = "bench")]
 mod bench;
 mod cli;
 mod commands;

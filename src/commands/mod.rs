@@ -8,9 +8,11 @@ use std::process::ExitCode;
 
 use weir_proto::Catalog;
 
+#[cfg(feature = "bench")]
+use crate::bench;
 use crate::cli::*;
 use crate::config::{self, Config};
-use crate::{bench, run};
+use crate::run;
 use catalog::{catalog_check, catalog_diff, catalog_export, load_catalog_dir};
 
 pub(crate) fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
@@ -81,36 +83,8 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Loader {
             command: Some(command), ..
         } => loader::loader(command),
-        Command::Bench {
-            command: BenchCommand::Collector(opts),
-        } => {
-            bench::run(opts)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench {
-            command: BenchCommand::Loader(opts),
-        } => {
-            bench::run_loader(opts)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench {
-            command: BenchCommand::Router(opts),
-        } => {
-            bench::run_router(opts)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench {
-            command: BenchCommand::Fanout(opts),
-        } => {
-            bench::run_fanout(opts)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench {
-            command: BenchCommand::Proxy(opts),
-        } => {
-            bench::run_proxy(opts)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        #[cfg(feature = "bench")]
+        Command::Bench { command } => bench::run_command(command),
         Command::Catalog {
             command: CatalogCommand::Check { previous, dir },
         } => catalog_check(previous.as_deref(), &dir),

@@ -1,0 +1,27 @@
+//! `weir bench`: the project's load generators, one file per bench, one harness.
+
+mod collector;
+mod fanout;
+mod harness;
+mod loader;
+mod proxy;
+mod router;
+
+pub use collector::{run, CollectorBench};
+pub use fanout::{run_fanout, FanoutBench};
+pub use loader::{run_loader, LoaderBench};
+pub use proxy::{run_proxy, ProxyBench};
+pub use router::{run_router, RouterBench};
+
+/// Runs one `weir bench` command.
+pub fn run_command(command: crate::cli::BenchCommand) -> anyhow::Result<std::process::ExitCode> {
+    use crate::cli::BenchCommand as B;
+    match command {
+        B::Collector(o) => run(o)?,
+        B::Loader(o) => run_loader(o)?,
+        B::Router(o) => run_router(o)?,
+        B::Fanout(o) => run_fanout(o)?,
+        B::Proxy(o) => run_proxy(o)?,
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,99 @@
+//! `weir bench router`: zstd protobuf batches into a pinned router, as collectors send them.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::harness::*;
+
+/// How to bench the router.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RouterBench {
+    /// Concurrent collectors (connections).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Events per batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+}
+
+/// Starts `weir router` pinned to CPU 0 and sends it zstd protobuf batches the way
+/// collectors do (no batch id, so none is deduplicated); prints events/s through intake
+/// (log fsync) and how far the hourly buffer kept up, with CPU and peak RSS.
+pub fn run_router(opts: RouterBench) -> anyhow::Result<()> {
+    use prost::Message;
+    pin_self_to_cpu1();
+    let port = free_port()?;
+    let (dir, cfg) = bench_setup(&format!("[router]\nlisten = \"127.0.0.1:{port}\"\n"))?;
+    let log = dir.path().join("router.log");
+    let child = spawn_weir(&["router", "--config", &cfg], Some("0"), &log)?;
+    let pid = child.id();
+    let _guard = Spawned {
+        children: vec![child],
+        _dir: dir,
+    };
+    wait_for_port(port, &log, "the router")?;
+    let now = weir_proto::event::now_micros();
+    let mut idbuf = [0u8; 36];
+    let events: Vec<weir_proto::pb::Event> = (0..opts.batch as u64)
+        .map(|i| weir_proto::pb::Event {
+            id: weir_proto::event::uuid_v7(now, &mut idbuf).to_string(),
+            event: "item.viewed".into(),
+            version: 2,
+            env: "web".into(),
+            received_at: now,
+            collector: "bench".into(),
+            fields: event_json(i).into_bytes().into(),
+            valid: true,
+            ..Default::default()
+        })
+        .collect();
+    let raw = weir_proto::pb::EventBatch {
+        batch_id: String::new(),
+        collector: "bench".into(),
+        events,
+    }
+    .encode_to_vec();
+    let body = Bytes::from(zstd::bulk::compress(&raw, 1)?);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let before = proc_usage(pid);
+    let started = Instant::now();
+    let post = Post {
+        path: "/v1/batches",
+        headers: &[("content-type", "application/x-protobuf"), ("content-encoding", "zstd")],
+        expect: 200,
+    };
+    let (mut lat, requests) = rt.block_on(drive(port, post, body, opts.connections, opts.duration))?;
+    let wall = started.elapsed().as_secs_f64();
+    let after = proc_usage(pid);
+    lat.sort_unstable();
+    let metrics = ureq_get(&rt, &format!("http://127.0.0.1:{port}/metrics"))?;
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let events = requests * opts.batch as u64;
+    println!(
+        "weir bench router: {} connections, {} events/batch (zstd protobuf), {} s",
+        opts.connections, opts.batch, opts.duration
+    );
+    println!("  batches/s   {:>10.0}", requests as f64 / wall);
+    println!(
+        "  events/s    {:>10.0}   (acknowledged: in the fsynced log)",
+        events as f64 / wall
+    );
+    println!(
+        "  buffered    {:>10.0}   events in the hourly buffer when the load stopped ({:.0}%)",
+        metric("weir_router_buffer_events_total"),
+        100.0 * metric("weir_router_buffer_events_total") / events.max(1) as f64
+    );
+    print_latency(&lat);
+    print_usage("router", before, after, wall);
+    Ok(())
+}
