@@ -1,0 +1,233 @@
+//! The catalog's model: environments, field types, fields, event versions, and the
+//! shapes of a catalog file and of the catalog as served to collectors.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// What kind of sender an environment is; it decides the validation policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvKind {
+    /// Services we run: an invalid event is rejected and the error returned.
+    Backend,
+    /// Web pages: an invalid event is kept, flagged `valid = false`.
+    Frontend,
+    /// Mobile apps: an invalid event is kept, flagged `valid = false`.
+    Mobile,
+}
+
+impl EnvKind {
+    /// Whether invalid events from this kind are rejected (rather than kept flagged).
+    pub fn rejects_invalid(self) -> bool {
+        matches!(self, EnvKind::Backend)
+    }
+}
+
+/// An environment events are sent from (`web`, `ios`, `backend`...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// Validation policy.
+    pub kind: EnvKind,
+    /// Common fields every event of this environment must carry.
+    #[serde(default)]
+    pub fields: Vec<String>,
+    /// What it is, for people.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Scalar field types, also the element types of arrays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scalar {
+    /// UTF-8 text.
+    String,
+    /// 64-bit signed integer.
+    Int,
+    /// 64-bit float (integers are accepted).
+    Float,
+    /// true or false.
+    Bool,
+    /// RFC 3339 text or integer microseconds since the epoch; stored as µs UTC.
+    Timestamp,
+}
+
+/// The type of a field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FieldType {
+    /// One value.
+    Scalar(Scalar),
+    /// A JSON array of values of one scalar type (not timestamps).
+    Array(Scalar),
+}
+
+impl FieldType {
+    /// Parses `string`, `int`, `float`, `bool`, `timestamp` or `array<T>`.
+    pub fn parse(s: &str) -> Option<FieldType> {
+        let scalar = |s: &str| match s {
+            "string" => Some(Scalar::String),
+            "int" => Some(Scalar::Int),
+            "float" => Some(Scalar::Float),
+            "bool" => Some(Scalar::Bool),
+            "timestamp" => Some(Scalar::Timestamp),
+            _ => None,
+        };
+        match s.strip_prefix("array<").and_then(|r| r.strip_suffix('>')) {
+            Some(inner) => match scalar(inner.trim())? {
+                Scalar::Timestamp => None,
+                s => Some(FieldType::Array(s)),
+            },
+            None => scalar(s).map(FieldType::Scalar),
+        }
+    }
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scalar::String => "string",
+            Scalar::Int => "int",
+            Scalar::Float => "float",
+            Scalar::Bool => "bool",
+            Scalar::Timestamp => "timestamp",
+        })
+    }
+}
+
+impl fmt::Display for FieldType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FieldType::Scalar(s) => write!(f, "{s}"),
+            FieldType::Array(s) => write!(f, "array<{s}>"),
+        }
+    }
+}
+
+impl Serialize for FieldType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for FieldType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        FieldType::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown type `{s}`, expected string, int, float, bool, timestamp or array<string|int|float|bool>"
+            ))
+        })
+    }
+}
+
+/// An allowed value of an `enum` field.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EnumValue {
+    /// For int fields.
+    Int(i64),
+    /// For string fields.
+    Str(String),
+}
+
+impl fmt::Display for EnumValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EnumValue::Int(i) => write!(f, "{i}"),
+            EnumValue::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// A typed field, shared by every event that names it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldDef {
+    /// Its type.
+    #[serde(rename = "type")]
+    pub ty: FieldType,
+    /// What it holds, for people and generated code.
+    #[serde(default)]
+    pub description: String,
+    /// Allowed values (string and int fields).
+    #[serde(default, rename = "enum", skip_serializing_if = "Option::is_none")]
+    pub enum_values: Option<Vec<EnumValue>>,
+    /// Longest allowed string in characters (for arrays: the most elements).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<u64>,
+}
+
+/// One version of an event: append-only, never edited once created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionDef {
+    /// 1, 2, 3... in order.
+    pub version: u32,
+    /// Environments allowed to send it.
+    pub environments: Vec<String>,
+    /// Fields that must be present.
+    #[serde(default)]
+    pub required: Vec<String>,
+    /// Fields that may be present.
+    #[serde(default)]
+    pub optional: Vec<String>,
+    /// What changed in this version, for people.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// An event and its versions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventDef {
+    /// Team that owns it.
+    #[serde(default)]
+    pub owner: String,
+    /// What it means, for people.
+    #[serde(default)]
+    pub description: String,
+    /// Router recipients besides the warehouse.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// Operators can switch a noisy event off: collectors drop it.
+    #[serde(default)]
+    pub drop: bool,
+    /// Names other APIs (Segment `track`) use for it.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Its versions, oldest first.
+    #[serde(default)]
+    pub versions: Vec<VersionDef>,
+}
+
+impl EventDef {
+    /// The version numbered `v`.
+    pub fn version(&self, v: u32) -> Option<&VersionDef> {
+        self.versions.iter().find(|d| d.version == v)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CatalogFile {
+    #[serde(default)]
+    pub(super) environments: BTreeMap<String, Environment>,
+    #[serde(default)]
+    pub(super) fields: BTreeMap<String, FieldDef>,
+    #[serde(default)]
+    pub(super) events: BTreeMap<String, EventDef>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct WireCatalog {
+    pub(super) revision: String,
+    pub(super) files: Vec<WireFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct WireFile {
+    pub(super) name: String,
+    pub(super) text: String,
+}
