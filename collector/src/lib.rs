@@ -36,13 +36,8 @@ pub enum StartError {
     #[error("spool: {0}")]
     Spool(weir_proto::runtime::wal::WalError),
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {error} (is another weir already running? set collector.listen)")]
-    Listen {
-        /// The address.
-        addr: String,
-        /// Why.
-        error: std::io::Error,
-    },
+    #[error("{0}")]
+    Listen(weir_proto::runtime::http::BindError),
     /// No router is configured.
     #[error("collector.routers is empty: name at least one router URL")]
     NoRouters,
@@ -102,13 +97,9 @@ impl Collector {
             return Err(StartError::NoRouters);
         }
         let spool = spool::Spool::open(spool_dir, cfg.spool_segment_bytes, cfg.spool_max_bytes)?;
-        let (listener, addr) =
-            weir_proto::runtime::http::bind(&cfg.listen)
-                .await
-                .map_err(|error| StartError::Listen {
-                    addr: cfg.listen.clone(),
-                    error,
-                })?;
+        let (listener, addr) = weir_proto::runtime::http::bind(&cfg.listen, "collector.listen")
+            .await
+            .map_err(StartError::Listen)?;
         let name = cfg.node_name();
         let state = Arc::new(http::State {
             catalog,
@@ -202,13 +193,9 @@ impl Collector {
     /// it stops with the collector. Returns where it listens.
     pub async fn start_proxy(&mut self, cfg: &proxy::ProxyConfig) -> Result<SocketAddr, StartError> {
         let p = Arc::new(proxy::Proxy::new(cfg).map_err(StartError::Proxy)?);
-        let (listener, addr) =
-            weir_proto::runtime::http::bind(&cfg.listen)
-                .await
-                .map_err(|error| StartError::Listen {
-                    addr: cfg.listen.clone(),
-                    error,
-                })?;
+        let (listener, addr) = weir_proto::runtime::http::bind(&cfg.listen, "proxy.listen")
+            .await
+            .map_err(StartError::Listen)?;
         let state = self.state.clone();
         let tidy = p.clone();
         let mut stop = self.stop_http.subscribe();

@@ -64,17 +64,8 @@ pub enum StartError {
         error: std::io::Error,
     },
     /// An address could not be bound.
-    #[error("cannot listen on {addr} for {what} (set {key}): {error}")]
-    Listen {
-        /// What would listen there.
-        what: &'static str,
-        /// The address.
-        addr: String,
-        /// The config key.
-        key: &'static str,
-        /// Why.
-        error: std::io::Error,
-    },
+    #[error("{0}")]
+    Listen(h::BindError),
 }
 
 /// Errors of one load round.
@@ -118,26 +109,16 @@ impl LoaderService {
             error,
         })?;
         let (stop, stop_rx) = watch::channel(false);
-        let (listener, flight_addr) = h::bind(&settings.loader.flight)
+        let (listener, flight_addr) = h::bind(&settings.loader.flight, "loader.flight")
             .await
-            .map_err(|error| StartError::Listen {
-                what: "Arrow Flight",
-                addr: settings.loader.flight.clone(),
-                key: "loader.flight",
-                error,
-            })?;
+            .map_err(StartError::Listen)?;
         let service = crate::flight::WarehouseFlight::new(settings.warehouse.clone(), catalog.clone());
         let token = settings.loader.flight_token.clone().filter(|t| !t.is_empty());
         let flight = tokio::spawn(crate::flight::serve(listener, service, token, stop_rx.clone()));
         let (http, http_addr) = if settings.serve_http {
-            let (listener, addr) = h::bind(&settings.loader.listen)
+            let (listener, addr) = h::bind(&settings.loader.listen, "loader.listen")
                 .await
-                .map_err(|error| StartError::Listen {
-                    what: "the loader's health and metrics",
-                    addr: settings.loader.listen.clone(),
-                    key: "loader.listen",
-                    error,
-                })?;
+                .map_err(StartError::Listen)?;
             let warehouse = settings.warehouse.clone();
             let task = tokio::spawn(h::serve(
                 listener,

@@ -40,13 +40,8 @@ pub enum StartError {
         error: std::io::Error,
     },
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {error} (is another weir already running? set router.listen)")]
-    Listen {
-        /// The address.
-        addr: String,
-        /// Why.
-        error: std::io::Error,
-    },
+    #[error("{0}")]
+    Listen(weir_proto::runtime::http::BindError),
     /// A configured feature is not available in this build.
     #[error("{0}")]
     Unsupported(String),
@@ -104,13 +99,9 @@ impl Router {
             name: "router-log",
             metric_prefix: "weir_router_log",
         })?;
-        let (listener, addr) =
-            weir_proto::runtime::http::bind(&cfg.listen)
-                .await
-                .map_err(|error| StartError::Listen {
-                    addr: cfg.listen.clone(),
-                    error,
-                })?;
+        let (listener, addr) = weir_proto::runtime::http::bind(&cfg.listen, "router.listen")
+            .await
+            .map_err(StartError::Listen)?;
         let cursors = cursors::LogCursors::new(wal.clone());
         let end_at_start = wal.durable();
         let (stop_buffer, buf_rx) = watch::channel(false);

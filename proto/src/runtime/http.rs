@@ -151,10 +151,28 @@ pub async fn read_body(
     }
 }
 
-/// Binds a TCP listener and tells the address it got (for `127.0.0.1:0`).
-pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, std::net::SocketAddr)> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
+/// A listen address that could not be bound, naming the config key that sets it.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {error} (is another weir already running? set {key})")]
+pub struct BindError {
+    /// The address.
+    pub addr: String,
+    /// The config key that names it (`router.listen`).
+    pub key: &'static str,
+    /// Why.
+    pub error: std::io::Error,
+}
+
+/// Binds a TCP listener on `addr` (set by the config key `key`) and tells the address
+/// it got (for `127.0.0.1:0`).
+pub async fn bind(addr: &str, key: &'static str) -> Result<(TcpListener, std::net::SocketAddr), BindError> {
+    let err = |error| BindError {
+        addr: addr.to_string(),
+        key,
+        error,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
     Ok((listener, local))
 }
 
