@@ -143,27 +143,11 @@ impl Rabbit {
     /// Reads exactly `n` ids from the queue (waiting up to a minute).
     async fn read(&self, n: usize) -> BTreeSet<String> {
         let (_conn, ch) = self.channel().await;
-        let mut consumer = ch
-            .basic_consume(
-                self.queue.as_str().into(),
-                "t".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+        rabbit_read(&ch, &self.queue, n, Duration::from_secs(60), Read::DistinctIds)
             .await
-            .unwrap();
-        let mut ids = BTreeSet::new();
-        while ids.len() < n {
-            let d = tokio::time::timeout(Duration::from_secs(60), consumer.next())
-                .await
-                .unwrap_or_else(|_| panic!("only {} of {n} RabbitMQ messages", ids.len()))
-                .unwrap()
-                .unwrap();
-            d.ack(BasicAckOptions::default()).await.unwrap();
-            let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
-            ids.insert(v["id"].as_str().unwrap().to_string());
-        }
-        ids
+            .into_iter()
+            .map(|(_, _, v)| v["id"].as_str().unwrap_or_default().to_string())
+            .collect()
     }
 }
 

@@ -89,16 +89,33 @@ impl MongoBuffer {
         let db = self.database().await?;
         let now = now_micros();
         let names = db.list_collection_names().await.map_err(|e| format!("MongoDB: {e}"))?;
+        // Other routers writing to the same buffer may have moved an hour on.
+        (self.closed, self.generations) = hour_states(&db).await.map_err(|e| format!("MongoDB: {e}"))?;
         let mut hours = BTreeSet::new();
         for (h, g) in names.iter().filter_map(|n| mongo_hour_of(n)) {
             let current = self.generation(h);
-            if g < current {
-                // Loaded whole and moved past; a crash came before the drop.
+            if g + 1 == current {
+                // Loaded whole and moved past; a crash came before the drop. Dropped only
+                // when it still holds exactly what was loaded: a late event another router
+                // inserted there since is kept (and logged), never dropped.
                 let name = mongo_collection(h, g);
-                db.collection::<Document>(&name)
-                    .drop()
+                let coll = db.collection::<Document>(&name);
+                let count = coll
+                    .count_documents(doc! {})
                     .await
-                    .map_err(|e| format!("MongoDB: cannot drop {name}: {e}"))?;
+                    .map_err(|e| format!("MongoDB: {e}"))? as i64;
+                let marker = db
+                    .collection::<Document>(HOURS)
+                    .find_one(doc! {"_id": hour::compact(h)})
+                    .await
+                    .map_err(|e| format!("MongoDB: {e}"))?;
+                if marker.and_then(|d| get_int(&d, "dropped_count")) == Some(count) {
+                    coll.drop()
+                        .await
+                        .map_err(|e| format!("MongoDB: cannot drop {name}: {e}"))?;
+                } else if self.warned.insert(h) {
+                    tracing::error!(collection = %name, documents = count, "a collection of an hour already loaded and dropped holds events that were not loaded; keeping it (move its documents to the current generation's collection and load the hour)");
+                }
             } else if g == current {
                 hours.insert(h);
             }
@@ -141,7 +158,7 @@ impl MongoBuffer {
                 .await
                 .map_err(|e| format!("MongoDB: {e}"))? as i64;
             if loaded == Some(count) {
-                expired.push(h);
+                expired.push((h, count));
             } else {
                 kept += 1;
                 if self.warned.insert(h) {
@@ -150,12 +167,12 @@ impl MongoBuffer {
             }
         }
         metrics::gauge!(m::HOURS_KEPT_UNLOADED).set(kept as f64);
-        for h in expired {
+        for (h, count) in expired {
             let g = self.generation(h);
             db.collection::<Document>(HOURS)
                 .update_one(
                     doc! {"_id": hour::compact(h)},
-                    doc! {"$set": {"generation": i64::from(g) + 1}, "$unset": {"closed": "", "closed_at": "", "loaded_count": ""}},
+                    doc! {"$set": {"generation": i64::from(g) + 1, "dropped_count": count}, "$unset": {"closed": "", "closed_at": "", "loaded_count": ""}},
                 )
                 .await
                 .map_err(|e| format!("MongoDB: {e}"))?;
@@ -234,7 +251,31 @@ impl Sink for MongoBuffer {
             g.1.push(d);
         }
         let mut buffered = 0u64;
+        let this_hour = hour::of_micros(now_micros());
         for (h, (idx, docs)) in groups {
+            if h < this_hour {
+                // A past hour may have been dropped (and moved to its next generation) by
+                // another router since this one looked: read its generation now.
+                match db
+                    .collection::<Document>(HOURS)
+                    .find_one(doc! {"_id": hour::compact(h)})
+                    .await
+                {
+                    Ok(Some(d)) => {
+                        if let Some(g) = get_int(&d, "generation").and_then(|g| u32::try_from(g).ok()) {
+                            self.generations.insert(h, g);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let why = format!("MongoDB: {e}");
+                        for i in idx {
+                            out[i] = Outcome::Retry(why.clone());
+                        }
+                        continue;
+                    }
+                }
+            }
             let late = self.closed.contains(&h);
             let n = docs.len() as u64;
             let outcomes = insert(

@@ -147,17 +147,28 @@ async fn hours_close_drop_after_retention_and_load_like_the_file_buffer() {
     let late_old = [event("old-late", at(old_h, 20), true)];
     assert_eq!(again.deliver(&late_old).await, vec![Outcome::Delivered]);
     assert!(collections(&db).await.contains(&mongo_collection(old_h, 1)));
+    // Another router that last looked before the drop sends one too: it goes to the
+    // current generation, not into a recreated collection of the dropped one.
+    let late_other = [event("old-late-2", at(old_h, 21), true)];
+    assert_eq!(buffer.deliver(&late_other).await, vec![Outcome::Delivered]);
+    let names = collections(&db).await;
+    assert!(!names.contains(&mongo_collection(old_h, 0)), "{names:?}");
+    let g1 = db.collection::<Document>(&mongo_collection(old_h, 1));
+    assert_eq!(g1.count_documents(doc! {}).await.unwrap(), 2);
     mirror(&src_old, &old_mirror, Hours::Range(old_h, old_h)).await.unwrap();
     let reports = loader(&old_mirror, &tmp.path().join("wh-old")).run(true).unwrap();
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0].manifest.generation, 1);
-    assert_eq!(reports[0].manifest.rows, 6, "the five loaded before and the late one");
+    assert_eq!(
+        reports[0].manifest.rows, 7,
+        "the five loaded before and the two late ones"
+    );
     let mut ids: Vec<String> = parquet_files(&tmp.path().join("wh-old"))
         .iter()
         .flat_map(|f| strings(&read_parquet(f), "id"))
         .collect();
     ids.sort();
-    assert_eq!(ids, ["o0", "o1", "o2", "o3", "o4", "old-late"]);
+    assert_eq!(ids, ["o0", "o1", "o2", "o3", "o4", "old-late", "old-late-2"]);
     let markers: Vec<Document> = db
         .collection::<Document>("buffer_hours")
         .find(doc! {})

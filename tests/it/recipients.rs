@@ -8,45 +8,8 @@ use std::time::Duration;
 use crate::common::fanout::*;
 use crate::common::*;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use mongodb::bson::{doc, Document};
-
-/// Reads `n` messages from `queue`, acking each; returns (routing key, headers, body).
-async fn consume(ch: &lapin::Channel, queue: &str, n: usize) -> Vec<(String, FieldTable, serde_json::Value)> {
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "test".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    while out.len() < n {
-        let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} RabbitMQ messages arrived", out.len()))
-            .unwrap()
-            .unwrap();
-        d.ack(BasicAckOptions::default()).await.unwrap();
-        let headers = d.properties.headers().clone().unwrap_or_default();
-        out.push((
-            d.routing_key.to_string(),
-            headers,
-            serde_json::from_slice(&d.data).unwrap(),
-        ));
-    }
-    // Nothing more than that.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), consumer.next())
-            .await
-            .is_err(),
-        "more messages than routed"
-    );
-    out
-}
 
 fn header_str(h: &FieldTable, key: &str) -> String {
     match h.inner().get(key) {
@@ -99,7 +62,7 @@ async fn each_recipient_gets_exactly_the_events_routed_to_it() {
     assert_eq!(reply["flagged"], 1);
 
     // RabbitMQ: the eight item.* events, with the documented headers.
-    let got = consume(&ch, &queue, 8).await;
+    let got = rabbit_read(&ch, &queue, 8, Duration::from_secs(30), Read::Exactly).await;
     let mut ids = BTreeSet::new();
     for (key, headers, body) in &got {
         let id = body["id"].as_str().unwrap().to_string();

@@ -99,14 +99,7 @@ impl Catalog {
 
     /// Parses and merges catalog files given as (path, contents).
     pub fn from_files(files: Vec<(PathBuf, String)>) -> Result<Catalog, CatalogError> {
-        let mut catalog = Catalog {
-            environments: BTreeMap::new(),
-            fields: BTreeMap::new(),
-            events: BTreeMap::new(),
-            sources: Sources::default(),
-            revision: String::new(),
-            files: Vec::new(),
-        };
+        let mut catalog = Catalog::empty();
         let mut problems = Vec::new();
         // The revision (the ETag collectors poll with): a stable 64-bit hash of every
         // file's name and text, each length-prefixed so no two catalogs run together.

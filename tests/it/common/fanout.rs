@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use mongodb::bson::{doc, Document};
@@ -107,6 +109,64 @@ pub async fn bind_queue(amqp: &str, exchange: &str, queue: &str, key: &str) -> (
     .await
     .unwrap();
     (conn, ch)
+}
+
+/// How [`rabbit_read`] counts and when it stops.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Exactly `n` messages, and then no more within half a second.
+    Exactly,
+    /// Until `n` distinct event ids arrived (redeliveries after an outage count once).
+    DistinctIds,
+}
+
+/// Reads from `queue` (waiting up to `wait` for each message), acking each: (routing
+/// key, headers, JSON body) of every message read.
+pub async fn rabbit_read(
+    ch: &lapin::Channel,
+    queue: &str,
+    n: usize,
+    wait: Duration,
+    how: Read,
+) -> Vec<(String, FieldTable, serde_json::Value)> {
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            unique("consumer").as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut out: Vec<(String, FieldTable, serde_json::Value)> = Vec::new();
+    let mut ids = std::collections::BTreeSet::new();
+    let done = |out: &Vec<_>, ids: &std::collections::BTreeSet<String>| match how {
+        Read::Exactly => out.len() >= n,
+        Read::DistinctIds => ids.len() >= n,
+    };
+    while !done(&out, &ids) {
+        let d = tokio::time::timeout(wait, consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} RabbitMQ messages arrived", out.len()))
+            .unwrap()
+            .unwrap();
+        d.ack(BasicAckOptions::default()).await.unwrap();
+        let headers = d.properties.headers().clone().unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+        if let Some(id) = body["id"].as_str() {
+            ids.insert(id.to_string());
+        }
+        out.push((d.routing_key.to_string(), headers, body));
+    }
+    if how == Read::Exactly {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), consumer.next())
+                .await
+                .is_err(),
+            "more messages than routed"
+        );
+    }
+    out
 }
 
 pub fn kafka_consumer(brokers: &str, topic: &str) -> StreamConsumer {
