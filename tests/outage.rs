@@ -14,9 +14,6 @@ use std::time::Duration;
 
 use common::fanout::*;
 use common::*;
-use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
-use lapin::types::FieldTable;
 use lapin::Connection;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use crate::common::fanout::*;
 use crate::common::*;
-use futures::StreamExt;
 use lapin::types::{AMQPValue, FieldTable};
 use mongodb::bson::{doc, Document};
 
