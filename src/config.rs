@@ -274,9 +274,9 @@ impl Config {
             }
         }
         let cfg: Config = toml::Value::Table(table).try_into().map_err(invalid)?;
-        cfg.router.validate().map_err(|message| ConfigError::Invalid {
+        cfg.router.validate().map_err(|e| ConfigError::Invalid {
             path: label.clone(),
-            message,
+            message: e.to_string(),
         })?;
         Ok(cfg)
     }

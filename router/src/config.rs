@@ -114,18 +114,19 @@ impl RecipientConfig {
         }
     }
 
-    /// Checks what deserialization cannot: templates and limits. The error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks what deserialization cannot: templates and limits. The error names the key
+    /// within the recipient's table.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         let template = match self {
             RecipientConfig::Mongo { collection, .. } => Some(("collection", collection)),
             RecipientConfig::Kafka { topic, .. } => Some(("topic", topic)),
             RecipientConfig::Rabbitmq { .. } => None,
         };
         if let Some((key, t)) = template {
-            crate::recipients::check_template(t).map_err(|e| format!("{key}: {e}"))?;
+            crate::recipients::check_template(t).map_err(|e| InvalidSetting::new(key, e))?;
         }
         if self.limits().1 == 0 {
-            return Err("batch_events: must be at least 1".into());
+            return Err(InvalidSetting::new("batch_events", "must be at least 1"));
         }
         Ok(())
     }
@@ -149,6 +150,34 @@ fn default_max_message() -> usize {
 
 fn default_topic() -> String {
     "weir.{event}".into()
+}
+
+/// A setting with a value no component can run with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct InvalidSetting {
+    /// The key, dotted (`router.max_batch_bytes`).
+    pub key: String,
+    /// What is wrong and what to set instead.
+    pub message: String,
+}
+
+impl InvalidSetting {
+    /// `key` is wrong: `message`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> InvalidSetting {
+        InvalidSetting {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same, with its key inside the table `prefix`.
+    pub fn within(self, prefix: &str) -> InvalidSetting {
+        InvalidSetting {
+            key: format!("{prefix}.{}", self.key),
+            message: self.message,
+        }
+    }
 }
 
 /// Router settings.
@@ -190,29 +219,36 @@ pub struct RouterConfig {
 
 impl RouterConfig {
     /// Checks ranges deserialization cannot, and every recipient; the error names the
-    /// key (`router.max_batch_bytes: ...`).
-    pub fn validate(&self) -> Result<(), String> {
+    /// key (`router.max_batch_bytes`).
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         let max_record = weir_proto::record::MAX_RECORD_LEN;
         if self.max_batch_bytes == 0 || self.max_batch_bytes > max_record {
-            return Err(format!(
-                "router.max_batch_bytes: {} is out of range; it must be 1..={max_record} (64 MiB, the log's largest record)",
-                self.max_batch_bytes
+            return Err(InvalidSetting::new(
+                "router.max_batch_bytes",
+                format!(
+                    "{} is out of range; it must be 1..={max_record} (64 MiB, the log's largest record)",
+                    self.max_batch_bytes
+                ),
             ));
         }
         if self.retention_days < 1 {
-            return Err(
-                "router.retention_days: must be at least 1 (hours are kept for replay until the loader has committed them)"
-                    .into(),
-            );
+            return Err(InvalidSetting::new(
+                "router.retention_days",
+                "must be at least 1 (hours are kept for replay until the loader has committed them)",
+            ));
         }
         if self.log_segment_bytes < 4096 {
-            return Err(format!(
-                "router.log_segment_bytes: {} is too small; use at least 4096 (default 67108864)",
-                self.log_segment_bytes
+            return Err(InvalidSetting::new(
+                "router.log_segment_bytes",
+                format!(
+                    "{} is too small; use at least 4096 (default 67108864)",
+                    self.log_segment_bytes
+                ),
             ));
         }
         for (name, r) in &self.recipients {
-            r.validate().map_err(|e| format!("router.recipients.{name}.{e}"))?;
+            r.validate()
+                .map_err(|e| e.within(&format!("router.recipients.{name}")))?;
         }
         Ok(())
     }
@@ -236,5 +272,28 @@ impl Default for RouterConfig {
             min_free_bytes: 256 << 20,
             recipients: BTreeMap::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_settings_name_the_whole_key() {
+        let mut cfg = RouterConfig::default();
+        cfg.recipients.insert(
+            "stream".into(),
+            serde_json::from_str(r#"{"kind": "kafka", "brokers": "b", "batch_events": 0}"#).unwrap(),
+        );
+        let e = cfg.validate().unwrap_err();
+        assert_eq!(e.key, "router.recipients.stream.batch_events");
+        assert_eq!(
+            e.to_string(),
+            "router.recipients.stream.batch_events: must be at least 1"
+        );
+        cfg.recipients.clear();
+        cfg.retention_days = 0;
+        assert_eq!(cfg.validate().unwrap_err().key, "router.retention_days");
     }
 }

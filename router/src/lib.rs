@@ -47,7 +47,7 @@ pub enum StartError {
     Unsupported(String),
     /// A setting is wrong; the message names the key.
     #[error("{0}")]
-    Config(String),
+    Config(config::InvalidSetting),
 }
 
 // By hand, not `#[from]`: the message already shows the log's error, so it is not
