@@ -38,7 +38,7 @@ pub struct GeoIp {
 
 /// A database that could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("proxy.geoip: {path}: not a readable MaxMind database ({reason}); point it at a GeoIP2/GeoLite2 City or Country .mmdb file, or remove the key")]
+#[error("{path}: not a readable MaxMind database ({reason}); point it at a GeoIP2/GeoLite2 City or Country .mmdb file, or remove the key")]
 pub struct GeoIpError {
     path: String,
     reason: String,
@@ -166,7 +166,7 @@ mod tests {
         let path = dir.path().join("bad.mmdb");
         std::fs::write(&path, b"\x00\x01 not a maxmind database").unwrap();
         let e = GeoIp::open(&path).err().expect("refused").to_string();
-        assert!(e.contains("proxy.geoip") && e.contains("bad.mmdb"), "{e}");
+        assert!(e.contains("not a readable MaxMind database") && e.contains("bad.mmdb"), "{e}");
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub enum StartError {
     },
     /// The proxy settings are wrong; the message names the key.
     #[error("{0}")]
-    Proxy(String),
+    Proxy(weir_proto::InvalidSetting),
 }
 
 // By hand, not `#[from]`: the message already shows the log's error, so it is not

@@ -22,6 +22,34 @@ pub mod pb {
 
 pub use catalog::Catalog;
 
+/// A setting with a value no component can run with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct InvalidSetting {
+    /// The key, dotted (`router.max_batch_bytes`).
+    pub key: String,
+    /// What is wrong and what to set instead.
+    pub message: String,
+}
+
+impl InvalidSetting {
+    /// `key` is wrong: `message`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> InvalidSetting {
+        InvalidSetting {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same, with its key inside the table `prefix`.
+    pub fn within(self, prefix: &str) -> InvalidSetting {
+        InvalidSetting {
+            key: format!("{prefix}.{}", self.key),
+            message: self.message,
+        }
+    }
+}
+
 /// Hours as weir names them: `2026-11-22T13` (UTC).
 pub mod hour {
     use chrono::{DateTime, NaiveDateTime, Utc};

@@ -152,33 +152,7 @@ fn default_topic() -> String {
     "weir.{event}".into()
 }
 
-/// A setting with a value no component can run with.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {message}")]
-pub struct InvalidSetting {
-    /// The key, dotted (`router.max_batch_bytes`).
-    pub key: String,
-    /// What is wrong and what to set instead.
-    pub message: String,
-}
-
-impl InvalidSetting {
-    /// `key` is wrong: `message`.
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> InvalidSetting {
-        InvalidSetting {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-
-    /// The same, with its key inside the table `prefix`.
-    pub fn within(self, prefix: &str) -> InvalidSetting {
-        InvalidSetting {
-            key: format!("{prefix}.{}", self.key),
-            message: self.message,
-        }
-    }
-}
+pub use weir_proto::InvalidSetting;
 
 /// Router settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]

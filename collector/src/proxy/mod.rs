@@ -51,6 +51,7 @@ use hyper::header::HeaderValue;
 use hyper::{Method, Request, StatusCode};
 
 use weir_proto::runtime::http::{self as h, Response};
+use weir_proto::InvalidSetting;
 
 use crate::http::State;
 use crate::ingest::Source;
@@ -76,17 +77,26 @@ pub struct Proxy {
 
 impl Proxy {
     /// Resolves `cfg`; the error names the key.
-    pub fn new(cfg: &ProxyConfig) -> Result<Proxy, String> {
+    pub fn new(cfg: &ProxyConfig) -> Result<Proxy, InvalidSetting> {
         let mut keys = Vec::new();
         for (i, k) in cfg.keys.iter().enumerate() {
             let value = match (&k.key, &k.key_env) {
                 (Some(v), None) => v.clone(),
-                (None, Some(var)) => std::env::var(var)
-                    .map_err(|_| format!("proxy.keys[{i}].key_env: environment variable {var} is not set"))?,
-                _ => return Err(format!("proxy.keys[{i}]: set exactly one of key and key_env")),
+                (None, Some(var)) => std::env::var(var).map_err(|_| {
+                    InvalidSetting::new(
+                        format!("proxy.keys[{i}].key_env"),
+                        format!("environment variable {var} is not set"),
+                    )
+                })?,
+                _ => {
+                    return Err(InvalidSetting::new(
+                        format!("proxy.keys[{i}]"),
+                        "set exactly one of key and key_env",
+                    ))
+                }
             };
             if value.is_empty() {
-                return Err(format!("proxy.keys[{i}]: the key is empty"));
+                return Err(InvalidSetting::new(format!("proxy.keys[{i}]"), "the key is empty"));
             }
             keys.push(Key {
                 value,
@@ -97,10 +107,12 @@ impl Proxy {
         let trusted = cfg
             .trusted_proxies
             .iter()
-            .map(|s| Cidr::parse(s).map_err(|e| format!("proxy.trusted_proxies: {e}")))
+            .map(|s| Cidr::parse(s).map_err(|e| InvalidSetting::new("proxy.trusted_proxies", e)))
             .collect::<Result<_, _>>()?;
         let geoip = match &cfg.geoip {
-            Some(path) => Some(crate::geoip::GeoIp::open(path).map_err(|e| e.to_string())?),
+            Some(path) => {
+                Some(crate::geoip::GeoIp::open(path).map_err(|e| InvalidSetting::new("proxy.geoip", e.to_string()))?)
+            }
             None => None,
         };
         let proxy = Proxy {
