@@ -104,7 +104,7 @@ impl GeoIp {
                 true
             }
             Err(e) => {
-                tracing::error!("{e}; keeping the database loaded before");
+                tracing::error!("proxy.geoip: {e}; keeping the database loaded before");
                 false
             }
         }
