@@ -166,7 +166,10 @@ mod tests {
         let path = dir.path().join("bad.mmdb");
         std::fs::write(&path, b"\x00\x01 not a maxmind database").unwrap();
         let e = GeoIp::open(&path).err().expect("refused").to_string();
-        assert!(e.contains("not a readable MaxMind database") && e.contains("bad.mmdb"), "{e}");
+        assert!(
+            e.contains("not a readable MaxMind database") && e.contains("bad.mmdb"),
+            "{e}"
+        );
     }
 
     #[test]

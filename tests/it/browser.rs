@@ -12,14 +12,10 @@ fn a_browser_page_sends_with_fetch_beacon_and_pixel() {
     let tmp = tempfile::tempdir().unwrap();
     let page_port = free_port();
     let origin = format!("http://127.0.0.1:{page_port}");
-    let config = tmp.path().join("weir.toml");
-    std::fs::write(
-        &config,
-        format!("[proxy]\ncors_origins = [\"{origin}\"]\n\n[[proxy.keys]]\nkey = \"wk_browser\"\nenv = \"web\"\n"),
-    )
-    .unwrap();
+    let config =
+        format!("[proxy]\ncors_origins = [\"{origin}\"]\n\n[[proxy.keys]]\nkey = \"wk_browser\"\nenv = \"web\"\n");
+    let up = Up::with(tmp.path(), None, &config, &[]);
     let data = tmp.path().join("data");
-    let up = Up::start(&data, &["--config", config.to_str().unwrap()], &[]);
     let proxy = up.banner_url("proxy");
     let site = tmp.path().join("site");
     std::fs::create_dir_all(&site).unwrap();

@@ -320,24 +320,9 @@ fn weir_up_with_the_mongo_buffer_loads_every_hour_on_stop() {
     let url = service("TEST_WEIR_MONGO");
     let db_name = unique("up");
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("weir.toml");
-    std::fs::write(
-        &config,
-        format!("[router]\nbuffer = {{ kind = \"mongo\", url = \"{url}\", db = \"{db_name}\" }}\n"),
-    )
-    .unwrap();
+    let config = format!("[router]\nbuffer = {{ kind = \"mongo\", url = \"{url}\", db = \"{db_name}\" }}\n");
+    let up = Up::with(tmp.path(), Some(&fixture_catalog()), &config, &[]);
     let data = tmp.path().join("data");
-    let catalog = fixture_catalog();
-    let up = Up::start(
-        &data,
-        &[
-            "--catalog",
-            catalog.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[],
-    );
     let body: String = (0..20)
         .map(|i| format!(r#"{{"event":"order.completed","env":"backend","id":"u{i}","fields":{{"order_id":"o{i}","amount":{i}}}}}"#))
         .collect::<Vec<_>>()

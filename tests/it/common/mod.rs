@@ -96,6 +96,19 @@ impl Up {
         }
     }
 
+    /// Starts `weir up` with `toml` as its config (written to `<dir>/weir.toml`), data in
+    /// `<dir>/data`, and the catalog directory `catalog` (the built-in demo when `None`).
+    pub fn with(dir: &Path, catalog: Option<&Path>, toml: &str, env: &[(&str, &str)]) -> Up {
+        let config = dir.join("weir.toml");
+        fs::write(&config, toml).unwrap();
+        let mut args = vec!["--config".to_string(), config.display().to_string()];
+        if let Some(c) = catalog {
+            args.extend(["--catalog".to_string(), c.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Up::start(&dir.join("data"), &args, env)
+    }
+
     /// Starts `weir up` with the test catalog (tests/fixtures/catalog).
     pub fn with_fixture(data_dir: &Path, env: &[(&str, &str)]) -> Up {
         let catalog = fixture_catalog();
