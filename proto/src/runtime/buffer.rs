@@ -119,21 +119,8 @@ pub fn expire_hour(dir: &Path, hour: i64) -> io::Result<()> {
 /// Completes expiries a crash interrupted (a `.loaded` marker whose buffer is gone).
 /// Returns the hours completed. Run before the first append.
 pub fn finish_expiry(dir: &Path) -> io::Result<Vec<i64>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
     let mut done = Vec::new();
-    for entry in entries {
-        let name = entry?.file_name();
-        let Some(h) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".loaded"))
-            .and_then(hour::parse_compact)
-        else {
-            continue;
-        };
+    for (h, _) in hours_with(dir, ".loaded")? {
         if !buffer_path(dir, h).exists() {
             let _ = fs::remove_file(closed_path(dir, h));
             fs::rename(loaded_path(dir, h), expired_path(dir, h))?;
@@ -196,19 +183,8 @@ pub struct HourState {
 
 /// Every hour in the buffer directory, oldest first. A missing directory has none.
 pub fn list_hours(dir: &Path) -> io::Result<Vec<HourState>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
     let mut hours = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".buf")) else {
-            continue;
-        };
-        let Some(h) = hour::parse_compact(stem) else { continue };
+    for (h, entry) in hours_with(dir, ".buf")? {
         hours.push(HourState {
             hour: h,
             bytes: entry.metadata()?.len(),
@@ -217,4 +193,28 @@ pub fn list_hours(dir: &Path) -> io::Result<Vec<HourState>> {
     }
     hours.sort_by_key(|h| h.hour);
     Ok(hours)
+}
+
+/// The hours of the files named `<YYYYMMDDHH><suffix>` in `dir`, with their entries. A
+/// missing directory has none.
+fn hours_with(dir: &Path, suffix: &str) -> io::Result<Vec<(i64, fs::DirEntry)>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(h) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(suffix))
+            .and_then(hour::parse_compact)
+        else {
+            continue;
+        };
+        out.push((h, entry));
+    }
+    Ok(out)
 }
