@@ -24,132 +24,60 @@ pub enum BufferConfig {
     },
 }
 
-/// A recipient the catalog's `recipients` can name.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum RecipientConfig {
-    /// A RabbitMQ topic exchange; routing key = event name.
-    Rabbitmq {
-        /// AMQP URL.
-        url: String,
-        /// Durable topic exchange (declared when missing).
-        #[serde(default = "default_exchange")]
-        exchange: String,
-        /// Larger messages are dead-lettered instead of sent (RabbitMQ's own default
-        /// limit is 128 MiB).
-        #[serde(default = "default_max_message")]
-        max_message_bytes: usize,
-        /// Once this much of the router log waits for this recipient, intake answers 503
-        /// (collectors keep spooling) until it catches up.
-        #[serde(default = "default_max_backlog")]
-        max_backlog_bytes: u64,
-        /// Most events sent to the server in one go.
-        #[serde(default = "default_batch_events")]
-        batch_events: usize,
-    },
-    /// A MongoDB collection per template.
-    Mongo {
-        /// Connection string.
-        url: String,
-        /// Database.
-        db: String,
-        /// Collection template (`{event}`, `{event_ident}`).
-        collection: String,
-        /// Once this much of the router log waits for this recipient, intake answers 503
-        /// (collectors keep spooling) until it catches up.
-        #[serde(default = "default_max_backlog")]
-        max_backlog_bytes: u64,
-        /// Most events sent to the server in one go.
-        #[serde(default = "default_batch_events")]
-        batch_events: usize,
-    },
-    /// A Kafka topic per template.
-    Kafka {
-        /// Bootstrap servers.
-        brokers: String,
-        /// Topic template (`{event}`, `{event_ident}`).
-        #[serde(default = "default_topic")]
-        topic: String,
-        /// Extra librdkafka producer settings (`"queue.buffering.max.ms" = "10"`).
-        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        options: BTreeMap<String, String>,
-        /// Once this much of the router log waits for this recipient, intake answers 503
-        /// (collectors keep spooling) until it catches up.
-        #[serde(default = "default_max_backlog")]
-        max_backlog_bytes: u64,
-        /// Most events sent to the server in one go.
-        #[serde(default = "default_batch_events")]
-        batch_events: usize,
-    },
+/// Declares the recipient kinds: one line each, `Variant => module::Config`, where the
+/// module in `router/src/recipients/` implements [`crate::recipients::Kind`] for its
+/// `Config`. The `kind` key is the module's name.
+macro_rules! recipient_kinds {
+    ($($variant:ident => $module:ident::$config:ident),* $(,)?) => {
+        /// A recipient the catalog's `recipients` can name.
+        #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+        #[serde(tag = "kind", rename_all = "lowercase")]
+        pub enum RecipientConfig {
+            $(
+                #[doc = concat!("`kind = \"", stringify!($module), "\"`")]
+                $variant(crate::recipients::$module::$config),
+            )*
+        }
+
+        impl RecipientConfig {
+            /// The kind's behaviour.
+            pub fn as_kind(&self) -> &dyn crate::recipients::Kind {
+                match self {
+                    $(RecipientConfig::$variant(c) => c,)*
+                }
+            }
+
+            /// The kind, as written in the config.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(RecipientConfig::$variant(_) => stringify!($module),)*
+                }
+            }
+        }
+    };
+}
+
+recipient_kinds! {
+    Rabbitmq => rabbitmq::Config,
+    Mongo => mongo::Config,
+    Kafka => kafka::Config,
 }
 
 impl RecipientConfig {
     /// `(max_backlog_bytes, batch_events)`, which every kind has.
     pub fn limits(&self) -> (u64, usize) {
-        match self {
-            RecipientConfig::Rabbitmq {
-                max_backlog_bytes,
-                batch_events,
-                ..
-            }
-            | RecipientConfig::Mongo {
-                max_backlog_bytes,
-                batch_events,
-                ..
-            }
-            | RecipientConfig::Kafka {
-                max_backlog_bytes,
-                batch_events,
-                ..
-            } => (*max_backlog_bytes, *batch_events),
-        }
-    }
-
-    /// The kind, as written in the config.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            RecipientConfig::Rabbitmq { .. } => "rabbitmq",
-            RecipientConfig::Mongo { .. } => "mongo",
-            RecipientConfig::Kafka { .. } => "kafka",
-        }
+        self.as_kind().limits()
     }
 
     /// Checks what deserialization cannot: templates and limits. The error names the key
     /// within the recipient's table.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        let template = match self {
-            RecipientConfig::Mongo { collection, .. } => Some(("collection", collection)),
-            RecipientConfig::Kafka { topic, .. } => Some(("topic", topic)),
-            RecipientConfig::Rabbitmq { .. } => None,
-        };
-        if let Some((key, t)) = template {
-            crate::recipients::check_template(t).map_err(|e| InvalidSetting::new(key, e))?;
-        }
+        self.as_kind().validate()?;
         if self.limits().1 == 0 {
             return Err(InvalidSetting::new("batch_events", "must be at least 1"));
         }
         Ok(())
     }
-}
-
-fn default_max_backlog() -> u64 {
-    4 << 30
-}
-
-fn default_batch_events() -> usize {
-    500
-}
-
-fn default_exchange() -> String {
-    "weir.events".into()
-}
-
-fn default_max_message() -> usize {
-    128 << 20
-}
-
-fn default_topic() -> String {
-    "weir.{event}".into()
 }
 
 pub use weir_proto::InvalidSetting;
@@ -269,5 +197,30 @@ mod tests {
         cfg.recipients.clear();
         cfg.retention_days = 0;
         assert_eq!(cfg.validate().unwrap_err().key, "router.retention_days");
+    }
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_parses_from_its_table_and_refuses_unknown_keys() {
+        let r: RecipientConfig = serde_json::from_str(r#"{"kind": "rabbitmq", "url": "amqp://x"}"#).unwrap();
+        assert_eq!((r.kind(), r.limits()), ("rabbitmq", (4 << 30, 500)));
+        let m: RecipientConfig =
+            serde_json::from_str(r#"{"kind": "mongo", "url": "u", "db": "d", "collection": "{event_ident}"}"#).unwrap();
+        assert_eq!(m.kind(), "mongo");
+        let e = serde_json::from_str::<RecipientConfig>(r#"{"kind": "kafka", "brokers": "b", "topik": "t"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("topik"), "{e}");
+        let e = serde_json::from_str::<RecipientConfig>(r#"{"kind": "mqtt"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mqtt"), "{e}");
+        let bad: RecipientConfig =
+            serde_json::from_str(r#"{"kind": "kafka", "brokers": "b", "topic": "{nope}"}"#).unwrap();
+        assert_eq!(bad.validate().unwrap_err().key, "topic");
     }
 }

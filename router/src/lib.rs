@@ -171,35 +171,16 @@ impl Router {
                 batch_events,
                 start,
             );
-            let (w, c, rx) = (wal.clone(), cursors.clone(), buf_rx.clone());
             tracing::info!(recipient = %name, kind = rc.kind(), "recipient started");
-            recipients.push(match rc {
-                config::RecipientConfig::Rabbitmq {
-                    url,
-                    exchange,
-                    max_message_bytes,
-                    ..
-                } => {
-                    let sink = recipients::rabbitmq::RabbitSink::new(name, url, exchange, *max_message_bytes);
-                    tokio::spawn(recipients::runner::run(sink, w, c, run_cfg, rx))
-                }
-                config::RecipientConfig::Mongo {
-                    url, db, collection, ..
-                } => {
-                    let sink = recipients::mongo::MongoSink::new(url, db, collection);
-                    tokio::spawn(recipients::runner::run(sink, w, c, run_cfg, rx))
-                }
-                config::RecipientConfig::Kafka {
-                    brokers,
-                    topic,
-                    options,
-                    ..
-                } => {
-                    let sink =
-                        recipients::kafka::KafkaSink::new(recipients::kafka::producer_config(brokers, options), topic);
-                    tokio::spawn(recipients::runner::run(sink, w, c, run_cfg, rx))
-                }
-            });
+            recipients.push(rc.as_kind().spawn(
+                name,
+                recipients::RunArgs {
+                    wal: wal.clone(),
+                    cursors: cursors.clone(),
+                    cfg: run_cfg,
+                    stop: buf_rx.clone(),
+                },
+            ));
         }
         warn_unknown_recipients(&catalog.load(), cfg);
         let state = Arc::new(http::State {

@@ -16,6 +16,46 @@ use weir_proto::runtime::log_limit::LogLimit;
 
 use super::{decode, render_template, retry_all, Outcome, Sink};
 
+/// `kind = "kafka"`: a Kafka topic per template.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Topic template (`{event}`, `{event_ident}`).
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Extra librdkafka producer settings (`"queue.buffering.max.ms" = "10"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+    /// Once this much of the router log waits for this recipient, intake answers 503
+    /// (collectors keep spooling) until it catches up.
+    #[serde(default = "super::defaults::max_backlog")]
+    pub max_backlog_bytes: u64,
+    /// Most events sent to the server in one go.
+    #[serde(default = "super::defaults::batch_events")]
+    pub batch_events: usize,
+}
+
+fn default_topic() -> String {
+    "weir.{event}".into()
+}
+
+impl super::Kind for Config {
+    fn limits(&self) -> (u64, usize) {
+        (self.max_backlog_bytes, self.batch_events)
+    }
+    fn validate(&self) -> Result<(), weir_proto::InvalidSetting> {
+        super::check_template(&self.topic).map_err(|e| weir_proto::InvalidSetting::new("topic", e))
+    }
+    fn spawn(&self, _name: &str, run: super::RunArgs) -> tokio::task::JoinHandle<()> {
+        run.spawn(KafkaSink::new(
+            producer_config(&self.brokers, &self.options),
+            &self.topic,
+        ))
+    }
+}
+
 /// Produces to one Kafka cluster.
 pub struct KafkaSink {
     config: ClientConfig,

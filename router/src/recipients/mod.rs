@@ -26,6 +26,52 @@ pub enum Outcome {
     Refuse(String),
 }
 
+/// What the runner of one recipient is started with: its log, cursors, settings and the
+/// shutdown signal.
+pub struct RunArgs {
+    /// The router log.
+    pub wal: weir_proto::runtime::wal::Wal,
+    /// Every consumer's cursor.
+    pub cursors: std::sync::Arc<crate::cursors::LogCursors>,
+    /// The runner's settings.
+    pub cfg: runner::RunnerConfig,
+    /// Turns true at shutdown.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl RunArgs {
+    /// Runs `sink` behind the recipient runner (cursor, retries, dead letters).
+    pub fn spawn<S: Sink>(self, sink: S) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(runner::run(sink, self.wal, self.cursors, self.cfg, self.stop))
+    }
+}
+
+/// A kind of recipient: its `[router.recipients.<name>]` table (the `Config` of its
+/// module) checks itself and starts its sink. A new kind is its module, implementing
+/// this, plus one line in `recipient_kinds!` (router/src/config.rs).
+pub trait Kind {
+    /// `(max_backlog_bytes, batch_events)`, which every kind has.
+    fn limits(&self) -> (u64, usize);
+    /// Checks what deserialization cannot; the key is relative to the recipient's table.
+    fn validate(&self) -> Result<(), weir_proto::InvalidSetting> {
+        Ok(())
+    }
+    /// Starts the recipient named `name`.
+    fn spawn(&self, name: &str, run: RunArgs) -> tokio::task::JoinHandle<()>;
+}
+
+/// The defaults every kind shares.
+pub mod defaults {
+    /// `max_backlog_bytes`: 4 GiB.
+    pub fn max_backlog() -> u64 {
+        4 << 30
+    }
+    /// `batch_events`: 500.
+    pub fn batch_events() -> usize {
+        500
+    }
+}
+
 /// A recipient's delivery side.
 pub trait Sink: Send + 'static {
     /// Delivers `events` (each an encoded `weir.v1.Event`) and returns one outcome per

@@ -14,6 +14,37 @@ use mongodb::Client;
 use super::{decode, render_template, retry_all, Outcome, Sink};
 use weir_proto::event::EventView;
 
+/// `kind = "mongo"`: a MongoDB collection per template.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Connection string.
+    pub url: String,
+    /// Database.
+    pub db: String,
+    /// Collection template (`{event}`, `{event_ident}`).
+    pub collection: String,
+    /// Once this much of the router log waits for this recipient, intake answers 503
+    /// (collectors keep spooling) until it catches up.
+    #[serde(default = "super::defaults::max_backlog")]
+    pub max_backlog_bytes: u64,
+    /// Most events sent to the server in one go.
+    #[serde(default = "super::defaults::batch_events")]
+    pub batch_events: usize,
+}
+
+impl super::Kind for Config {
+    fn limits(&self) -> (u64, usize) {
+        (self.max_backlog_bytes, self.batch_events)
+    }
+    fn validate(&self) -> Result<(), weir_proto::InvalidSetting> {
+        super::check_template(&self.collection).map_err(|e| weir_proto::InvalidSetting::new("collection", e))
+    }
+    fn spawn(&self, _name: &str, run: super::RunArgs) -> tokio::task::JoinHandle<()> {
+        run.spawn(MongoSink::new(&self.url, &self.db, &self.collection))
+    }
+}
+
 /// Server codes that mean "try again": the server is stepping down, shutting down,
 /// unreachable, overloaded, or the credentials are wrong (an operator can fix those
 /// without the events being at fault).

@@ -14,6 +14,45 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 
 use super::{decode, retry_all, Outcome, Sink};
 
+/// `kind = "rabbitmq"`: a RabbitMQ topic exchange; routing key = event name.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// AMQP URL.
+    pub url: String,
+    /// Durable topic exchange (declared when missing).
+    #[serde(default = "default_exchange")]
+    pub exchange: String,
+    /// Larger messages are dead-lettered instead of sent (RabbitMQ's own default limit
+    /// is 128 MiB).
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// Once this much of the router log waits for this recipient, intake answers 503
+    /// (collectors keep spooling) until it catches up.
+    #[serde(default = "super::defaults::max_backlog")]
+    pub max_backlog_bytes: u64,
+    /// Most events sent to the server in one go.
+    #[serde(default = "super::defaults::batch_events")]
+    pub batch_events: usize,
+}
+
+fn default_exchange() -> String {
+    "weir.events".into()
+}
+
+fn default_max_message() -> usize {
+    128 << 20
+}
+
+impl super::Kind for Config {
+    fn limits(&self) -> (u64, usize) {
+        (self.max_backlog_bytes, self.batch_events)
+    }
+    fn spawn(&self, name: &str, run: super::RunArgs) -> tokio::task::JoinHandle<()> {
+        run.spawn(RabbitSink::new(name, &self.url, &self.exchange, self.max_message_bytes))
+    }
+}
+
 /// How long a connect or a confirm may take before the attempt counts as failed.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
