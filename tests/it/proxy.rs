@@ -37,11 +37,8 @@ async fn keys_bind_environments_cors_limits_and_context() {
     let mongo = service("TEST_WEIR_MONGO");
     let db = unique("proxy");
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("weir.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let config = format!(
+        r#"
 [router]
 buffer = {{ kind = "mongo", url = "{mongo}", db = "{db}" }}
 
@@ -57,15 +54,9 @@ env = "web"
 key_env = "TEST_BACKEND_WRITE_KEY"
 env = "backend"
 "#
-        ),
-    )
-    .unwrap();
-    let data = tmp.path().join("data");
-    let up = Up::start(
-        &data,
-        &["--config", config.to_str().unwrap()],
-        &[("TEST_BACKEND_WRITE_KEY", "wk_backend")],
     );
+    let data = tmp.path().join("data");
+    let up = Up::with(tmp.path(), None, &config, &[("TEST_BACKEND_WRITE_KEY", "wk_backend")]);
     let proxy = up.banner_url("proxy");
     let url = format!("{proxy}/v1/events");
     let json = ("content-type", "application/json");
@@ -287,10 +278,7 @@ fn flood(url: &str, headers: &[(&str, &str)], n: usize) -> (Vec<u16>, Vec<String
 #[test]
 fn a_flooding_key_or_client_gets_429_while_others_keep_getting_202() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("weir.toml");
-    std::fs::write(
-        &config,
-        r#"
+    let config = r#"
 [proxy]
 trusted_proxies = ["127.0.0.1"]
 per_ip_rate = 20
@@ -303,10 +291,8 @@ rate = 5
 [[proxy.keys]]
 key = "wk_calm"
 env = "web"
-"#,
-    )
-    .unwrap();
-    let up = Up::start(&tmp.path().join("data"), &["--config", config.to_str().unwrap()], &[]);
+"#;
+    let up = Up::with(tmp.path(), None, config, &[]);
     let url = format!("{}/v1/events", up.banner_url("proxy"));
     // One key floods (each request from another client address, so only the key's
     // limit applies); the other key, sending meanwhile, is never refused.
@@ -491,11 +477,8 @@ fn make_geoip(out: &std::path::Path, networks: &str) {
 fn country_and_region_from_a_maxmind_database_follow_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let mmdb = tmp.path().join("GeoLite2-City.mmdb");
-    let config = tmp.path().join("weir.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let config = format!(
+        r#"
 [proxy]
 trusted_proxies = ["127.0.0.1"]
 truncate_ip = true
@@ -505,13 +488,11 @@ geoip = "{}"
 key = "wk_web"
 env = "web"
 "#,
-            mmdb.display()
-        ),
-    )
-    .unwrap();
+        mmdb.display()
+    );
     let data = tmp.path().join("data");
     // The file does not exist yet: not an error, the fields are absent.
-    let up = Up::start(&data, &["--config", config.to_str().unwrap()], &[]);
+    let up = Up::with(tmp.path(), None, &config, &[]);
     let proxy = up.banner_url("proxy");
     let metrics = format!("{}/metrics", up.collector);
     let built = || -> f64 {
@@ -598,7 +579,7 @@ env = "web"
     );
 
     // A file that is there but is not a MaxMind database refuses to start, naming it.
-    let err = up_refused(&tmp.path().join("d2"), &config);
+    let err = up_refused(&tmp.path().join("d2"), &tmp.path().join("weir.toml"));
     assert!(
         err.contains("proxy.geoip") && err.contains("GeoLite2-City.mmdb") && err.contains("MaxMind"),
         "{err}"
