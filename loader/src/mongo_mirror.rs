@@ -20,6 +20,7 @@ use weir_proto::runtime::buffer::{
     buffer_path, closed_path, expired_path, list_hours, loaded_path, mongo_collection, mongo_hour_of, read_loaded,
     write_expired,
 };
+use weir_proto::runtime::mongo_hours;
 use weir_proto::{hour, record};
 
 /// Errors reading the MongoDB buffer.
@@ -101,38 +102,17 @@ pub async fn mirror(src: &MongoSource, dir: &Path, which: Hours) -> Result<Vec<i
     let client = mongodb::Client::with_options(opts).map_err(mongo)?;
     let db = client.database(&src.db);
     let names = db.list_collection_names().await.map_err(mongo)?;
-    let mut closed = BTreeSet::new();
-    let mut generations: BTreeMap<i64, u32> = BTreeMap::new();
-    let mut cur = db
-        .collection::<Document>("buffer_hours")
-        .find(doc! {})
-        .await
-        .map_err(mongo)?;
-    while let Some(d) = cur.try_next().await.map_err(mongo)? {
-        let Some(h) = d.get_str("_id").ok().and_then(hour::parse_compact) else {
-            continue;
-        };
-        if d.get_bool("closed").unwrap_or(false) {
-            closed.insert(h);
-        }
-        let g = match d.get("generation") {
-            Some(mongodb::bson::Bson::Int64(n)) => u32::try_from(*n).unwrap_or(0),
-            Some(mongodb::bson::Bson::Int32(n)) => u32::try_from(*n).unwrap_or(0),
-            _ => 0,
-        };
-        if g > 0 {
-            generations.insert(h, g);
-        }
-    }
+    let markers = mongo_hours::read_all(&db).await.map_err(mongo)?;
+    let closed: BTreeSet<i64> = markers.iter().filter(|(_, m)| m.closed).map(|(h, _)| *h).collect();
+    let generation = |h: i64| markers.get(&h).map_or(0, |m| m.generation);
     // The collection of each hour's current generation (older ones are loaded whole and
     // about to be dropped by the router).
     let present: BTreeSet<i64> = names
         .iter()
         .filter_map(|n| mongo_hour_of(n))
-        .filter(|(h, g)| generations.get(h).copied().unwrap_or(0) == *g)
+        .filter(|(h, g)| generation(*h) == *g)
         .map(|(h, _)| h)
         .collect();
-    let generation = |h: i64| generations.get(&h).copied().unwrap_or(0);
     // Hours the loader committed whole (its `.loaded` marker covers the mirror file
     // exported from `count` documents of the current generation) are marked
     // `loaded_count` in buffer_hours: the router drops an hour past retention only once
@@ -149,7 +129,7 @@ pub async fn mirror(src: &MongoSource, dir: &Path, which: Hours) -> Result<Vec<i
             && g == generation(state.hour)
             && present.contains(&state.hour)
         {
-            db.collection::<Document>("buffer_hours")
+            db.collection::<Document>(mongo_hours::HOURS)
                 .update_one(
                     doc! {"_id": hour::compact(state.hour)},
                     doc! {"$set": {"loaded_count": count as i64}},

@@ -26,10 +26,8 @@ use crate::metrics as m;
 use crate::recipients::mongo::{connect, document, insert};
 use crate::recipients::{decode, retry_all, Every, Outcome, Sink};
 
-/// The collection of hour markers.
-pub const HOURS: &str = "buffer_hours";
-
 use weir_proto::runtime::buffer::{mongo_collection, mongo_hour_of};
+use weir_proto::runtime::mongo_hours::{self, HourMarker, HOURS};
 
 /// The hourly buffer in one MongoDB database.
 pub struct MongoBuffer {
@@ -38,10 +36,10 @@ pub struct MongoBuffer {
     grace: Duration,
     retention_days: u32,
     client: Option<Client>,
-    closed: BTreeSet<i64>,
-    /// Hours whose buffer was dropped at least once: the generation now written.
-    generations: BTreeMap<i64, u32>,
-    closed_loaded: bool,
+    /// What `buffer_hours` said at the last look (re-read every housekeeping round:
+    /// other routers may share the buffer).
+    markers: BTreeMap<i64, HourMarker>,
+    markers_loaded: bool,
     housekeeping_due: Every,
     /// Hours already warned about being kept past retention.
     warned: BTreeSet<i64>,
@@ -56,9 +54,8 @@ impl MongoBuffer {
             grace,
             retention_days,
             client: None,
-            closed: BTreeSet::new(),
-            generations: BTreeMap::new(),
-            closed_loaded: false,
+            markers: BTreeMap::new(),
+            markers_loaded: false,
             housekeeping_due: Every::new(Duration::from_secs(5)),
             warned: BTreeSet::new(),
         }
@@ -72,16 +69,21 @@ impl MongoBuffer {
             Some(c) => c.database(&self.db),
             None => return Err("no MongoDB client".into()),
         };
-        if !self.closed_loaded {
-            (self.closed, self.generations) = hour_states(&db).await.map_err(|e| format!("MongoDB: {e}"))?;
-            self.closed_loaded = true;
+        if !self.markers_loaded {
+            self.markers = mongo_hours::read_all(&db).await.map_err(|e| format!("MongoDB: {e}"))?;
+            self.markers_loaded = true;
         }
         Ok(db)
     }
 
+    /// What `buffer_hours` said of hour `h` at the last look.
+    fn marker(&self, h: i64) -> HourMarker {
+        self.markers.get(&h).copied().unwrap_or_default()
+    }
+
     /// The generation of an hour's buffer now written.
     fn generation(&self, h: i64) -> u32 {
-        self.generations.get(&h).copied().unwrap_or(0)
+        self.marker(h).generation
     }
 
     /// Closes the hours due and drops the hours past retention.
@@ -90,7 +92,7 @@ impl MongoBuffer {
         let now = now_micros();
         let names = db.list_collection_names().await.map_err(|e| format!("MongoDB: {e}"))?;
         // Other routers writing to the same buffer may have moved an hour on.
-        (self.closed, self.generations) = hour_states(&db).await.map_err(|e| format!("MongoDB: {e}"))?;
+        self.markers = mongo_hours::read_all(&db).await.map_err(|e| format!("MongoDB: {e}"))?;
         let mut hours = BTreeSet::new();
         for (h, g) in names.iter().filter_map(|n| mongo_hour_of(n)) {
             let current = self.generation(h);
@@ -104,12 +106,7 @@ impl MongoBuffer {
                     .count_documents(doc! {})
                     .await
                     .map_err(|e| format!("MongoDB: {e}"))? as i64;
-                let marker = db
-                    .collection::<Document>(HOURS)
-                    .find_one(doc! {"_id": hour::compact(h)})
-                    .await
-                    .map_err(|e| format!("MongoDB: {e}"))?;
-                if marker.and_then(|d| get_int(&d, "dropped_count")) == Some(count) {
+                if self.marker(h).dropped_count == Some(count) {
                     coll.drop()
                         .await
                         .map_err(|e| format!("MongoDB: cannot drop {name}: {e}"))?;
@@ -122,7 +119,7 @@ impl MongoBuffer {
         }
         let grace = self.grace.as_micros() as i64;
         for &h in &hours {
-            if (h + 1) * HOUR_MICROS + grace <= now && !self.closed.contains(&h) {
+            if (h + 1) * HOUR_MICROS + grace <= now && !self.marker(h).closed {
                 db.collection::<Document>(HOURS)
                     .update_one(
                         doc! {"_id": hour::compact(h)},
@@ -131,7 +128,7 @@ impl MongoBuffer {
                     .upsert(true)
                     .await
                     .map_err(|e| format!("MongoDB: cannot close hour {}: {e}", hour::display(h)))?;
-                self.closed.insert(h);
+                self.markers.entry(h).or_default().closed = true;
                 metrics::counter!(m::HOURS_CLOSED).increment(1);
                 tracing::info!(hour = %hour::display(h), "hour closed (MongoDB buffer)");
             }
@@ -140,18 +137,13 @@ impl MongoBuffer {
         let past: Vec<i64> = hours
             .iter()
             .copied()
-            .filter(|h| *h < keep_from && self.closed.contains(h))
+            .filter(|h| *h < keep_from && self.marker(*h).closed)
             .collect();
         // Dropped only once the loader committed every document (its `loaded_count`).
         let mut expired = Vec::new();
         let mut kept = 0u64;
         for h in past {
-            let marker = db
-                .collection::<Document>(HOURS)
-                .find_one(doc! {"_id": hour::compact(h)})
-                .await
-                .map_err(|e| format!("MongoDB: {e}"))?;
-            let loaded = marker.and_then(|d| get_int(&d, "loaded_count"));
+            let loaded = self.marker(h).loaded_count;
             let count = db
                 .collection::<Document>(&mongo_collection(h, self.generation(h)))
                 .count_documents(doc! {})
@@ -176,8 +168,14 @@ impl MongoBuffer {
                 )
                 .await
                 .map_err(|e| format!("MongoDB: {e}"))?;
-            self.closed.remove(&h);
-            self.generations.insert(h, g + 1);
+            self.markers.insert(
+                h,
+                HourMarker {
+                    generation: g + 1,
+                    dropped_count: Some(count),
+                    ..HourMarker::default()
+                },
+            );
             let name = mongo_collection(h, g);
             db.collection::<Document>(&name)
                 .drop()
@@ -188,38 +186,6 @@ impl MongoBuffer {
         }
         Ok(())
     }
-}
-
-/// A whole number in a document, whichever BSON integer type it was stored as.
-pub fn get_int(d: &Document, key: &str) -> Option<i64> {
-    match d.get(key) {
-        Some(mongodb::bson::Bson::Int64(n)) => Some(*n),
-        Some(mongodb::bson::Bson::Int32(n)) => Some(i64::from(*n)),
-        _ => None,
-    }
-}
-
-/// The hours marked closed in `buffer_hours`, and the generation of every hour past 0.
-pub async fn hour_states(db: &Database) -> mongodb::error::Result<(BTreeSet<i64>, BTreeMap<i64, u32>)> {
-    use futures::TryStreamExt;
-    let mut cur = db.collection::<Document>(HOURS).find(doc! {}).await?;
-    let mut closed = BTreeSet::new();
-    let mut generations = BTreeMap::new();
-    while let Some(d) = cur.try_next().await? {
-        let Some(h) = d.get_str("_id").ok().and_then(hour::parse_compact) else {
-            continue;
-        };
-        if d.get_bool("closed").unwrap_or(false) {
-            closed.insert(h);
-        }
-        if let Some(g) = get_int(&d, "generation")
-            .and_then(|g| u32::try_from(g).ok())
-            .filter(|g| *g > 0)
-        {
-            generations.insert(h, g);
-        }
-    }
-    Ok((closed, generations))
 }
 
 impl Sink for MongoBuffer {
@@ -251,22 +217,16 @@ impl Sink for MongoBuffer {
             g.1.push(d);
         }
         let mut buffered = 0u64;
-        let this_hour = hour::of_micros(now_micros());
+        // An hour past retention may have been dropped (and moved to its next
+        // generation) by another router since this one looked: read its marker now. Only
+        // such late events pay for the read.
+        let keep_from = hour::of_micros(now_micros()) - i64::from(self.retention_days.max(1)) * 24;
         for (h, (idx, docs)) in groups {
-            if h < this_hour {
-                // A past hour may have been dropped (and moved to its next generation) by
-                // another router since this one looked: read its generation now.
-                match db
-                    .collection::<Document>(HOURS)
-                    .find_one(doc! {"_id": hour::compact(h)})
-                    .await
-                {
-                    Ok(Some(d)) => {
-                        if let Some(g) = get_int(&d, "generation").and_then(|g| u32::try_from(g).ok()) {
-                            self.generations.insert(h, g);
-                        }
+            if h < keep_from {
+                match mongo_hours::read(&db, h).await {
+                    Ok(m) => {
+                        self.markers.insert(h, m);
                     }
-                    Ok(None) => {}
                     Err(e) => {
                         let why = format!("MongoDB: {e}");
                         for i in idx {
@@ -276,7 +236,7 @@ impl Sink for MongoBuffer {
                     }
                 }
             }
-            let late = self.closed.contains(&h);
+            let late = self.marker(h).closed;
             let n = docs.len() as u64;
             let outcomes = insert(
                 &db.collection::<Document>(&mongo_collection(h, self.generation(h))),

@@ -2,7 +2,8 @@
 //! durable record log ([`wal`]) and the file layouts on disk ([`buffer`],
 //! [`dead_letter`]), free-space checks ([`disk`]), HTTP serving and probes ([`http`]),
 //! signals ([`signal`]), retry delays ([`backoff`]), rate-limited logging
-//! ([`log_limit`]) and the catalog directory watcher ([`catalog_watch`]).
+//! ([`log_limit`]), the catalog directory watcher ([`catalog_watch`]) and, with the
+//! `mongo` feature, the MongoDB buffer's hour markers (`mongo_hours`).
 
 pub mod backoff;
 pub mod buffer;
@@ -11,5 +12,7 @@ pub mod dead_letter;
 pub mod disk;
 pub mod http;
 pub mod log_limit;
+#[cfg(feature = "mongo")]
+pub mod mongo_hours;
 pub mod signal;
 pub mod wal;
