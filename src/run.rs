@@ -47,7 +47,7 @@ fn install_metrics() -> Option<PrometheusHandle> {
 
 /// A loader over the config's buffer and warehouse.
 pub fn make_loader(cfg: &Config, catalog: Catalog) -> Loader {
-    weir_loader::service::loader(&loader_settings(cfg, false, false, None), &catalog)
+    weir_loader::service::loader(&loader_settings(cfg, false, false, None), Arc::new(catalog))
 }
 
 /// With the MongoDB buffer, exports the hours `which` names into the local mirror the

@@ -84,12 +84,13 @@ pub fn generation_of(rel: &str) -> u32 {
 /// earlier generation whose manifest was lost).
 pub fn entry_from_disk(warehouse: &Path, rel: &str) -> Result<FileEntry, LoadError> {
     let path = warehouse.join(rel);
-    let data = fs::read(&path).map_err(io_err(&path))?;
-    let reader = parquet::file::serialized_reader::SerializedFileReader::new(bytes::Bytes::from(data.clone()))
-        .map_err(|e| LoadError::Parquet {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+    let data = bytes::Bytes::from(fs::read(&path).map_err(io_err(&path))?);
+    let crc32 = format!("{:08x}", crc32fast::hash(&data));
+    let bytes = data.len() as u64;
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(data).map_err(|e| LoadError::Parquet {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
     let rows = parquet::file::reader::FileReader::metadata(&reader)
         .file_metadata()
         .num_rows() as u64;
@@ -106,8 +107,8 @@ pub fn entry_from_disk(warehouse: &Path, rel: &str) -> Result<FileEntry, LoadErr
         event,
         version,
         rows,
-        bytes: data.len() as u64,
-        crc32: format!("{:08x}", crc32fast::hash(&data)),
+        bytes,
+        crc32,
     })
 }
 

@@ -196,10 +196,10 @@ impl LoaderService {
     }
 }
 
-/// A loader over `settings` with the catalog as it is now.
-pub fn loader(settings: &Settings, catalog: &Catalog) -> Loader {
+/// A loader over `settings` with `catalog`.
+pub fn loader(settings: &Settings, catalog: Arc<Catalog>) -> Loader {
     Loader {
-        catalog: Arc::new(catalog.clone()),
+        catalog,
         buffer_dir: settings.buffer_dir.clone(),
         warehouse: settings.warehouse.clone(),
         row_group_rows: settings.loader.row_group_rows,
@@ -221,7 +221,7 @@ async fn round(
             .await
             .map_err(RoundError::Mirror)?;
     }
-    let l = loader(settings, &catalog.load());
+    let l = loader(settings, catalog.load_full());
     let reports = tokio::task::spawn_blocking(move || l.run(include_open))
         .await
         .map_err(|e| RoundError::Task(e.to_string()))?

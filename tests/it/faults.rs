@@ -66,12 +66,7 @@ fn a_torn_hour_buffer_record_loses_nothing_sent_after_it() {
     let mut acked = send(&up.collector, "before", 100);
     assert!(up.stop().success());
     // What kill -9 (or a full disk) mid-append leaves at the end of the open hour.
-    let buf = fs::read_dir(data.join("router/buffer"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "buf"))
-        .expect("an hour buffer");
+    let buf = only_hour_buffer(&data);
     let mut f = fs::OpenOptions::new().append(true).open(&buf).unwrap();
     f.write_all(&[0x40, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, b'{', b'"'])
         .unwrap();
@@ -95,27 +90,13 @@ fn the_loader_skips_damage_in_the_middle_of_an_hour_and_says_so() {
     let first = send(&up.collector, "first", 50);
     let second = send(&up.collector, "second", 50);
     assert!(up.stop().success());
-    let buf = fs::read_dir(data.join("router/buffer"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "buf"))
-        .unwrap();
+    let buf = only_hour_buffer(&data);
     // A bad sector in the middle: garble bytes inside the file, past the first record.
     let len = fs::metadata(&buf).unwrap().len();
     let f = fs::OpenOptions::new().write(true).open(&buf).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &[0xff; 64], len / 2).unwrap();
     drop(f);
-    let cfg = tmp.path().join("weir.toml");
-    fs::write(
-        &cfg,
-        format!(
-            "data_dir = \"{}\"\ncatalog = \"{}\"\n",
-            data.display(),
-            fixture_catalog().display()
-        ),
-    )
-    .unwrap();
+    let cfg = fixture_config(tmp.path(), &data);
     let replay = |from: &str| {
         weir()
             .args(["loader", "replay", "--from", from, "--to", from, "--config"])

@@ -70,16 +70,7 @@ fn kill_9_during_a_load_leaves_old_or_new_and_the_next_run_completes() {
     fs::create_dir_all(&buffer).unwrap();
     let hour = weir_proto::hour::parse("2026-11-22T08").unwrap();
     fs::write(weir_proto::runtime::buffer::closed_path(&buffer, hour), "{}").unwrap();
-    let cfg = tmp.path().join("weir.toml");
-    fs::write(
-        &cfg,
-        format!(
-            "data_dir = \"{}\"\ncatalog = \"{}\"\n",
-            data.display(),
-            fixture_catalog().display()
-        ),
-    )
-    .unwrap();
+    let cfg = fixture_config(tmp.path(), &data);
     let cfg = cfg.to_str().unwrap().to_string();
     let warehouse = data.join("warehouse");
     let run = || {

@@ -56,12 +56,16 @@ pub struct Loaded {
 /// Records (atomically, durably) that the loader committed `source_bytes` of
 /// generation `generation` of an hour.
 pub fn write_loaded(dir: &Path, hour: i64, source_bytes: u64, generation: u32) -> io::Result<()> {
+    write_marker(&loaded_path(dir, hour), source_bytes, generation)
+}
+
+fn write_marker(path: &Path, source_bytes: u64, generation: u32) -> io::Result<()> {
     let data = serde_json::to_vec(&Loaded {
         source_bytes,
         generation,
     })
     .map_err(io::Error::other)?;
-    crate::runtime::wal::write_atomic(&loaded_path(dir, hour), &data)
+    crate::runtime::wal::write_atomic(path, &data)
 }
 
 /// The loader's marker of an hour; `None` when it is missing or unreadable (the hour
@@ -92,12 +96,7 @@ pub fn current_generation(dir: &Path, hour: i64) -> io::Result<u32> {
 
 /// Writes an hour's tombstone (the MongoDB mirror's, which has no `.loaded` to rename).
 pub fn write_expired(dir: &Path, hour: i64, generation: u32) -> io::Result<()> {
-    let data = serde_json::to_vec(&Loaded {
-        source_bytes: 0,
-        generation,
-    })
-    .map_err(io::Error::other)?;
-    crate::runtime::wal::write_atomic(&expired_path(dir, hour), &data)
+    write_marker(&expired_path(dir, hour), 0, generation)
 }
 
 /// Deletes an hour's buffer, loaded whole, and leaves its tombstone: the buffer and

@@ -240,6 +240,31 @@ pub fn post_events(collector: &str, body: &str) -> (u16, serde_json::Value) {
     )
 }
 
+/// The one `.buf` file of `<data>/router/buffer` (the open hour's buffer).
+pub fn only_hour_buffer(data: &Path) -> PathBuf {
+    fs::read_dir(data.join("router/buffer"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "buf"))
+        .expect("an hour buffer")
+}
+
+/// Writes `<dir>/weir.toml` naming `data` and the test catalog; returns its path.
+pub fn fixture_config(dir: &Path, data: &Path) -> PathBuf {
+    let cfg = dir.join("weir.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\ncatalog = \"{}\"\n",
+            data.display(),
+            fixture_catalog().display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 /// Every Parquet file under `dir` (recursively), sorted.
 pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
