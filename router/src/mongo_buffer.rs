@@ -24,7 +24,7 @@ use weir_proto::hour::{self, HOUR_MICROS};
 
 use crate::metrics as m;
 use crate::recipients::mongo::{connect, document, insert};
-use crate::recipients::{decode, retry_all, Every, Outcome, Sink};
+use crate::recipients::{decode, retry_all, Every, Outcome, ServerError, Sink};
 
 use weir_proto::runtime::buffer::{mongo_collection, mongo_hour_of};
 use weir_proto::runtime::mongo_hours::{self, HourMarker, HOURS};
@@ -61,16 +61,18 @@ impl MongoBuffer {
         }
     }
 
-    async fn database(&mut self) -> Result<Database, String> {
-        if self.client.is_none() {
-            self.client = Some(connect(&self.url).await?);
-        }
-        let db = match &self.client {
-            Some(c) => c.database(&self.db),
-            None => return Err("no MongoDB client".into()),
+    async fn database(&mut self) -> Result<Database, ServerError> {
+        let client = match &self.client {
+            Some(c) => c.clone(),
+            None => {
+                let c = connect(&self.url).await?;
+                self.client = Some(c.clone());
+                c
+            }
         };
+        let db = client.database(&self.db);
         if !self.markers_loaded {
-            self.markers = mongo_hours::read_all(&db).await.map_err(|e| format!("MongoDB: {e}"))?;
+            self.markers = mongo_hours::read_all(&db).await?;
             self.markers_loaded = true;
         }
         Ok(db)
@@ -87,12 +89,12 @@ impl MongoBuffer {
     }
 
     /// Closes the hours due and drops the hours past retention.
-    async fn housekeeping(&mut self) -> Result<(), String> {
+    async fn housekeeping(&mut self) -> Result<(), ServerError> {
         let db = self.database().await?;
         let now = now_micros();
-        let names = db.list_collection_names().await.map_err(|e| format!("MongoDB: {e}"))?;
+        let names = db.list_collection_names().await?;
         // Other routers writing to the same buffer may have moved an hour on.
-        self.markers = mongo_hours::read_all(&db).await.map_err(|e| format!("MongoDB: {e}"))?;
+        self.markers = mongo_hours::read_all(&db).await?;
         let mut hours = BTreeSet::new();
         for (h, g) in names.iter().filter_map(|n| mongo_hour_of(n)) {
             let current = self.generation(h);
@@ -105,11 +107,10 @@ impl MongoBuffer {
                 let count = coll
                     .count_documents(doc! {})
                     .await
-                    .map_err(|e| format!("MongoDB: {e}"))? as i64;
+                    .map_err(ServerError::mongo(format!("count the documents of {name}")))?
+                    as i64;
                 if self.marker(h).dropped_count == Some(count) {
-                    coll.drop()
-                        .await
-                        .map_err(|e| format!("MongoDB: cannot drop {name}: {e}"))?;
+                    coll.drop().await.map_err(ServerError::mongo(format!("drop {name}")))?;
                 } else if self.warned.insert(h) {
                     tracing::error!(collection = %name, documents = count, "a collection of an hour already loaded and dropped holds events that were not loaded; keeping it (move its documents to the current generation's collection and load the hour)");
                 }
@@ -127,7 +128,7 @@ impl MongoBuffer {
                     )
                     .upsert(true)
                     .await
-                    .map_err(|e| format!("MongoDB: cannot close hour {}: {e}", hour::display(h)))?;
+                    .map_err(ServerError::mongo(format!("close hour {}", hour::display(h))))?;
                 self.markers.entry(h).or_default().closed = true;
                 metrics::counter!(m::HOURS_CLOSED).increment(1);
                 tracing::info!(hour = %hour::display(h), "hour closed (MongoDB buffer)");
@@ -148,7 +149,10 @@ impl MongoBuffer {
                 .collection::<Document>(&mongo_collection(h, self.generation(h)))
                 .count_documents(doc! {})
                 .await
-                .map_err(|e| format!("MongoDB: {e}"))? as i64;
+                .map_err(ServerError::mongo(format!(
+                    "count the documents of hour {}",
+                    hour::display(h)
+                )))? as i64;
             if loaded == Some(count) {
                 expired.push((h, count));
             } else {
@@ -167,7 +171,7 @@ impl MongoBuffer {
                     doc! {"$set": {"generation": i64::from(g) + 1, "dropped_count": count}, "$unset": {"closed": "", "closed_at": "", "loaded_count": ""}},
                 )
                 .await
-                .map_err(|e| format!("MongoDB: {e}"))?;
+                .map_err(ServerError::mongo(format!("mark hour {} expired", hour::display(h))))?;
             self.markers.insert(
                 h,
                 HourMarker {
@@ -180,7 +184,7 @@ impl MongoBuffer {
             db.collection::<Document>(&name)
                 .drop()
                 .await
-                .map_err(|e| format!("MongoDB: cannot drop {name}: {e}"))?;
+                .map_err(ServerError::mongo(format!("drop {name}")))?;
             metrics::counter!(m::HOURS_EXPIRED).increment(1);
             tracing::info!(hour = %hour::display(h), "buffer past retention dropped (MongoDB buffer)");
         }
@@ -192,7 +196,7 @@ impl Sink for MongoBuffer {
     async fn deliver(&mut self, events: &[Bytes]) -> Vec<Outcome> {
         let db = match self.database().await {
             Ok(db) => db,
-            Err(e) => return retry_all(events.len(), &e),
+            Err(e) => return retry_all(events.len(), &e.to_string()),
         };
         let mut out = vec![Outcome::Delivered; events.len()];
         let mut groups: BTreeMap<i64, (Vec<usize>, Vec<Document>)> = BTreeMap::new();

@@ -5,6 +5,7 @@
 //! A recipient is a [`Sink`]: given a run of encoded events it answers, per event,
 //! delivered, retry later, or refused for good (dead-lettered with the reason).
 
+mod error;
 pub mod kafka;
 pub mod mongo;
 pub mod rabbitmq;
@@ -13,6 +14,8 @@ pub mod runner;
 use std::future::Future;
 
 use bytes::Bytes;
+
+pub use error::ServerError;
 
 /// What became of one event handed to a sink.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use mongodb::bson::{self, doc, Bson, Document};
 use mongodb::error::{Error as MongoError, ErrorKind};
 use mongodb::Client;
 
-use super::{decode, render_template, retry_all, Outcome, Sink};
+use super::{decode, render_template, retry_all, Outcome, ServerError, Sink};
 use weir_proto::event::EventView;
 
 /// `kind = "mongo"`: a MongoDB collection per template.
@@ -77,20 +77,18 @@ impl MongoSink {
 
 /// Connects a client with short timeouts (the runner retries, so a dead server should
 /// fail an attempt quickly rather than hang it).
-pub async fn connect(url: &str) -> Result<Client, String> {
-    let mut opts = mongodb::options::ClientOptions::parse(url)
-        .await
-        .map_err(|e| format!("bad MongoDB url {:?}: {e}", weir_proto::secret::redact_url(url)))?;
+pub async fn connect(url: &str) -> Result<Client, ServerError> {
+    let bad_url = |e: mongodb::error::Error| ServerError::BadUrl {
+        server: "MongoDB",
+        url: weir_proto::secret::redact_url(url),
+        message: e.to_string(),
+    };
+    let mut opts = mongodb::options::ClientOptions::parse(url).await.map_err(bad_url)?;
     let short = std::time::Duration::from_secs(5);
     opts.server_selection_timeout.get_or_insert(short);
     opts.connect_timeout.get_or_insert(short);
     opts.app_name.get_or_insert_with(|| "weir-router".into());
-    Client::with_options(opts).map_err(|e| {
-        format!(
-            "cannot set up a MongoDB client for {:?}: {e}",
-            weir_proto::secret::redact_url(url)
-        )
-    })
+    Client::with_options(opts).map_err(bad_url)
 }
 
 /// Converts a stored event into its MongoDB document: `_id` (the event id), `event`,
@@ -181,7 +179,7 @@ impl Sink for MongoSink {
         if self.client.is_none() {
             match connect(&self.url).await {
                 Ok(c) => self.client = Some(c),
-                Err(e) => return retry_all(events.len(), &e),
+                Err(e) => return retry_all(events.len(), &e.to_string()),
             }
         }
         let Some(client) = self.client.as_ref() else {

@@ -12,7 +12,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareO
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use super::{decode, retry_all, Outcome, Sink};
+use super::{decode, retry_all, Outcome, ServerError, Sink};
 
 /// `kind = "rabbitmq"`: a RabbitMQ topic exchange; routing key = event name.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -81,7 +81,7 @@ impl RabbitSink {
         }
     }
 
-    async fn channel(&mut self) -> Result<Channel, String> {
+    async fn channel(&mut self) -> Result<Channel, ServerError> {
         if let Some((conn, ch)) = &self.conn {
             if conn.status().connected() && ch.status().connected() {
                 return Ok(ch.clone());
@@ -110,11 +110,11 @@ impl RabbitSink {
                 self.conn = Some((conn, ch.clone()));
                 Ok(ch)
             }
-            Ok(Err(e)) => Err(format!("cannot connect to RabbitMQ: {e}")),
-            Err(_) => Err(format!(
-                "cannot connect to RabbitMQ: no answer in {}s",
-                TIMEOUT.as_secs()
-            )),
+            Ok(Err(e)) => Err(ServerError::Rabbit(e)),
+            Err(_) => Err(ServerError::Timeout {
+                server: "RabbitMQ",
+                seconds: TIMEOUT.as_secs(),
+            }),
         }
     }
 }
@@ -127,7 +127,7 @@ impl Sink for RabbitSink {
     async fn deliver(&mut self, events: &[Bytes]) -> Vec<Outcome> {
         let ch = match self.channel().await {
             Ok(ch) => ch,
-            Err(e) => return retry_all(events.len(), &e),
+            Err(e) => return retry_all(events.len(), &e.to_string()),
         };
         let mut out = vec![Outcome::Delivered; events.len()];
         // Render everything first, then publish all at once: awaiting each publish in
