@@ -115,6 +115,10 @@ pub struct RouterConfig {
     /// free space than this, so the log's consumers always have room to move what it
     /// holds (0: no check).
     pub min_free_bytes: u64,
+    /// Kafka mode: consume this topic (one group per recipient) instead of taking
+    /// batches into a local log. Needs the MongoDB buffer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<weir_proto::runtime::kafka::KafkaConfig>,
     /// Recipients by name.
     pub recipients: BTreeMap<String, RecipientConfig>,
 }
@@ -148,6 +152,15 @@ impl RouterConfig {
                 ),
             ));
         }
+        if let Some(k) = &self.kafka {
+            k.validate().map_err(|e| e.within("router.kafka"))?;
+            if let BufferConfig::File { .. } = self.buffer {
+                return Err(InvalidSetting::new(
+                    "router.buffer",
+                    "Kafka mode (router.kafka) needs the MongoDB buffer, which every router shares: set buffer = { kind = \"mongo\", url = \"mongodb://...\", db = \"weir\" }",
+                ));
+            }
+        }
         for (name, r) in &self.recipients {
             r.validate()
                 .map_err(|e| e.within(&format!("router.recipients.{name}")))?;
@@ -172,6 +185,7 @@ impl Default for RouterConfig {
             token: None,
             max_connections: weir_proto::runtime::http::DEFAULT_MAX_CONNECTIONS,
             min_free_bytes: 256 << 20,
+            kafka: None,
             recipients: BTreeMap::new(),
         }
     }

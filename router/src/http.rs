@@ -57,8 +57,8 @@ impl RecentBatches {
     }
 }
 
-/// What the handlers share.
-pub struct State {
+/// Batch intake (HTTP mode): the log and what guards it.
+pub struct Intake {
     /// The log consumers' cursors (a full backlog refuses intake).
     pub cursors: Arc<crate::cursors::LogCursors>,
     /// The durable log.
@@ -67,12 +67,18 @@ pub struct State {
     pub recent: RecentBatches,
     /// Largest accepted batch body (also decompressed).
     pub max_batch_bytes: usize,
+    /// Free space kept on the log's and buffer's disks (`router.min_free_bytes`).
+    pub reserve: weir_proto::runtime::disk::Reserve,
+}
+
+/// What the handlers share.
+pub struct State {
+    /// Batch intake; `None` in Kafka mode, where collectors produce to Kafka.
+    pub intake: Option<Intake>,
     /// Bearer token required on `/v1/batches` and `/v1/catalog`, when set.
     pub token: Option<String>,
     /// Renders `/metrics`.
     pub metrics: Option<PrometheusHandle>,
-    /// Free space kept on the log's and buffer's disks (`router.min_free_bytes`).
-    pub reserve: weir_proto::runtime::disk::Reserve,
     /// The catalog served to collectors.
     pub catalog: Arc<arc_swap::ArcSwap<weir_proto::Catalog>>,
 }
@@ -87,12 +93,25 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response {
         );
     }
     match (req.method(), path) {
-        (&Method::POST, "/v1/batches") => batches(&state, req).await,
+        (&Method::POST, "/v1/batches") => match &state.intake {
+            Some(intake) => batches(intake, req).await,
+            // Retryable on purpose: a collector pointed here keeps its events spooled.
+            None => h::retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this router runs in Kafka mode and takes no batches: set [collector] kafka (the same brokers and topic as [router] kafka) instead of routers",
+                30,
+            ),
+        },
         (&Method::GET, "/v1/catalog") => catalog(&state, &req),
         (&Method::GET, "/healthz") => h::text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => h::readyz(&[("log", state.wal.dir())], ""),
+        (&Method::GET, "/readyz") => match &state.intake {
+            Some(i) => h::readyz(&[("log", i.wal.dir())], ""),
+            None => h::readyz(&[], ""),
+        },
         (&Method::GET, "/metrics") => {
-            metrics::gauge!(m::LOG_BYTES).set(state.wal.bytes() as f64);
+            if let Some(i) = &state.intake {
+                metrics::gauge!(m::LOG_BYTES).set(i.wal.bytes() as f64);
+            }
             h::text(
                 StatusCode::OK,
                 state.metrics.as_ref().map(|m| m.render()).unwrap_or_default(),
@@ -146,7 +165,7 @@ fn ack(ack: &BatchAck) -> Response {
     )
 }
 
-async fn batches(state: &State, req: Request<Incoming>) -> Response {
+async fn batches(state: &Intake, req: Request<Incoming>) -> Response {
     let limit = state.max_batch_bytes;
     let (parts, body) = match h::read_body(req, limit).await {
         Ok(b) => b,

@@ -8,11 +8,12 @@ pub mod buffer;
 
 pub mod config;
 pub mod cursors;
-pub use weir_proto::runtime::dead_letter;
+pub mod dead_letter;
 pub mod http;
 pub mod metrics;
 pub mod mongo_buffer;
 pub mod recipients;
+pub mod source;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +49,17 @@ pub enum StartError {
     /// A setting is wrong; the message names the key.
     #[error("{0}")]
     Config(config::InvalidSetting),
+    /// The Kafka topic cannot be used.
+    #[error("{0}")]
+    Topic(weir_proto::runtime::kafka::TopicError),
+    /// A Kafka client could not be created (a bad option).
+    #[error("cannot create the Kafka client for {what}: {error} (check router.kafka.options)")]
+    Kafka {
+        /// Which consumer or producer.
+        what: String,
+        /// What librdkafka said.
+        error: rdkafka::error::KafkaError,
+    },
 }
 
 // By hand, not `#[from]`: the message already shows the log's error, so it is not
@@ -76,7 +88,7 @@ pub struct Router {
     /// Where the HTTP API listens.
     pub addr: SocketAddr,
     watcher: Option<JoinHandle<()>>,
-    wal: Wal,
+    wal: Option<Wal>,
     stop_http: watch::Sender<bool>,
     stop_buffer: watch::Sender<bool>,
     server: JoinHandle<()>,
@@ -85,7 +97,8 @@ pub struct Router {
 }
 
 impl Router {
-    /// Opens the log and buffer, binds the listener and starts moving events.
+    /// Opens the log and buffer (or, in Kafka mode, checks the topic and joins the
+    /// groups), binds the listener and starts moving events.
     pub async fn start(
         cfg: &RouterConfig,
         paths: &RouterPaths,
@@ -93,37 +106,53 @@ impl Router {
         metrics: Option<PrometheusHandle>,
     ) -> Result<Router, StartError> {
         cfg.validate().map_err(StartError::Config)?;
-        let wal = Wal::open(WalOptions {
-            dir: paths.log_dir.clone(),
-            segment_bytes: cfg.log_segment_bytes,
-            name: "router-log",
-            metric_prefix: "weir_router_log",
-        })?;
+        let mode = match &cfg.kafka {
+            Some(k) => {
+                weir_proto::runtime::kafka::ensure_topic(k, &k.topic, "router.kafka")
+                    .await
+                    .map_err(StartError::Topic)?;
+                let dead = weir_proto::runtime::kafka::KafkaConfig {
+                    partitions: 1,
+                    ..k.clone()
+                };
+                weir_proto::runtime::kafka::ensure_topic(&dead, &k.dead_letter_topic(), "router.kafka")
+                    .await
+                    .map_err(StartError::Topic)?;
+                Mode::Kafka(k.clone())
+            }
+            None => {
+                let wal = Wal::open(WalOptions {
+                    dir: paths.log_dir.clone(),
+                    segment_bytes: cfg.log_segment_bytes,
+                    name: "router-log",
+                    metric_prefix: "weir_router_log",
+                })?;
+                let cursors = cursors::LogCursors::new(wal.clone());
+                let end_at_start = wal.durable();
+                Mode::Log {
+                    wal,
+                    cursors,
+                    end_at_start,
+                }
+            }
+        };
         let (listener, addr) = weir_proto::runtime::http::bind(&cfg.listen, "router.listen")
             .await
             .map_err(StartError::Listen)?;
-        let cursors = cursors::LogCursors::new(wal.clone());
-        let end_at_start = wal.durable();
         let (stop_buffer, buf_rx) = watch::channel(false);
         let drain = Duration::from_secs(cfg.drain_secs);
-        let run_cfg = |name: &str, route, batch_events, start| recipients::runner::RunnerConfig {
-            name: name.to_string(),
-            route,
-            batch_events,
-            dead_letters: dead_letter::DeadLetters::new(&paths.dead_letter_dir, name),
-            start,
-            end_at_start,
-            drain,
+        let run_cfg = |name: &str, route, batch_events| -> Result<_, StartError> {
+            Ok(recipients::runner::RunnerConfig {
+                name: name.to_string(),
+                route,
+                batch_events,
+                dead_letters: mode.dead_letters(&paths.dead_letter_dir, name)?,
+                drain,
+            })
         };
         // Every consumer of the log is registered before intake opens, the warehouse
         // buffer first: segments are released only once all registered ones passed them.
-        let buffer_start = cursors.register(buffer::NAME, wal.first_position()?, u64::MAX)?;
-        let buffer_cfg = run_cfg(
-            buffer::NAME,
-            recipients::runner::Route::Everything,
-            1 << 20,
-            buffer_start,
-        );
+        let buffer_source = mode.follow(buffer::NAME, Start::Oldest, u64::MAX)?;
         let buffer = match &cfg.buffer {
             config::BufferConfig::File { .. } => {
                 let file_buffer = buffer::FileBuffer::open(
@@ -136,68 +165,54 @@ impl Router {
                     error,
                 })?;
                 let sink = buffer::FileBufferSink::new(file_buffer);
-                tokio::spawn(recipients::runner::run(
-                    sink,
-                    wal.clone(),
-                    cursors.clone(),
-                    buffer_cfg,
-                    buf_rx.clone(),
-                ))
+                let buffer_cfg = run_cfg(buffer::NAME, recipients::runner::Route::Everything, 1 << 20)?;
+                tokio::spawn(recipients::runner::run(sink, buffer_source, buffer_cfg, buf_rx.clone()))
             }
             config::BufferConfig::Mongo { url, db } => {
                 let sink =
                     mongo_buffer::MongoBuffer::new(url, db, Duration::from_secs(cfg.grace_secs), cfg.retention_days);
-                let buffer_cfg = recipients::runner::RunnerConfig {
-                    batch_events: 1000,
-                    ..buffer_cfg
-                };
-                tokio::spawn(recipients::runner::run(
-                    sink,
-                    wal.clone(),
-                    cursors.clone(),
-                    buffer_cfg,
-                    buf_rx.clone(),
-                ))
+                let buffer_cfg = run_cfg(buffer::NAME, recipients::runner::Route::Everything, 1000)?;
+                tokio::spawn(recipients::runner::run(sink, buffer_source, buffer_cfg, buf_rx.clone()))
             }
         };
         let mut recipients = Vec::new();
         for (name, rc) in &cfg.recipients {
             let (max_backlog, batch_events) = rc.limits();
             // A new recipient starts with what arrives from now on.
-            let start = cursors.register(name, end_at_start, max_backlog)?;
-            let run_cfg = run_cfg(
-                name,
-                recipients::runner::Route::Catalog(catalog.clone()),
-                batch_events,
-                start,
-            );
+            let source = mode.follow(name, Start::End, max_backlog)?;
+            let run_cfg = run_cfg(name, recipients::runner::Route::Catalog(catalog.clone()), batch_events)?;
             tracing::info!(recipient = %name, kind = rc.kind(), "recipient started");
             recipients.push(rc.as_kind().spawn(
                 name,
                 recipients::RunArgs {
-                    wal: wal.clone(),
-                    cursors: cursors.clone(),
+                    source,
                     cfg: run_cfg,
                     stop: buf_rx.clone(),
                 },
             ));
         }
         warn_unknown_recipients(&catalog.load(), cfg);
+        let intake = match &mode {
+            Mode::Log { wal, cursors, .. } => Some(http::Intake {
+                cursors: cursors.clone(),
+                wal: wal.clone(),
+                recent: http::RecentBatches::new(100_000),
+                max_batch_bytes: cfg.max_batch_bytes,
+                reserve: weir_proto::runtime::disk::Reserve::new(
+                    match cfg.buffer {
+                        config::BufferConfig::File { .. } => vec![paths.log_dir.clone(), paths.buffer_dir.clone()],
+                        _ => vec![paths.log_dir.clone()],
+                    },
+                    cfg.min_free_bytes,
+                ),
+            }),
+            Mode::Kafka(_) => None,
+        };
         let state = Arc::new(http::State {
-            cursors: cursors.clone(),
-            wal: wal.clone(),
-            recent: http::RecentBatches::new(100_000),
-            max_batch_bytes: cfg.max_batch_bytes,
+            intake,
             token: cfg.token.clone().filter(|t| !t.is_empty()),
             metrics,
             catalog: catalog.clone(),
-            reserve: weir_proto::runtime::disk::Reserve::new(
-                match cfg.buffer {
-                    config::BufferConfig::File { .. } => vec![paths.log_dir.clone(), paths.buffer_dir.clone()],
-                    _ => vec![paths.log_dir.clone()],
-                },
-                cfg.min_free_bytes,
-            ),
         });
         let (stop_http, http_rx) = watch::channel(false);
         let watcher = paths.catalog_dir.clone().map(|dir| {
@@ -220,7 +235,10 @@ impl Router {
         Ok(Router {
             addr,
             watcher,
-            wal,
+            wal: match mode {
+                Mode::Log { wal, .. } => Some(wal),
+                Mode::Kafka(_) => None,
+            },
             stop_http,
             stop_buffer,
             server,
@@ -229,9 +247,9 @@ impl Router {
         })
     }
 
-    /// Bytes waiting in the durable log.
+    /// Bytes waiting in the durable log (0 in Kafka mode).
     pub fn log_bytes(&self) -> u64 {
-        self.wal.bytes()
+        self.wal.as_ref().map_or(0, |w| w.bytes())
     }
 
     /// Stops intake (requests in flight finish), then moves what is left in the log into
@@ -246,6 +264,74 @@ impl Router {
         let _ = self.buffer.await;
         for r in self.recipients {
             let _ = r.await;
+        }
+    }
+}
+
+/// Where a new consumer of the router log starts.
+#[derive(Clone, Copy)]
+enum Start {
+    /// The oldest retained record (the warehouse buffer: everything).
+    Oldest,
+    /// The end of the log at start (a new recipient: what arrives from now on).
+    End,
+}
+
+/// The log the router's consumers follow.
+enum Mode {
+    /// HTTP mode: the router's own log.
+    Log {
+        wal: Wal,
+        cursors: Arc<cursors::LogCursors>,
+        end_at_start: weir_proto::runtime::wal::Position,
+    },
+    /// Kafka mode: the topic, one consumer group per consumer.
+    Kafka(weir_proto::runtime::kafka::KafkaConfig),
+}
+
+impl Mode {
+    /// The source of the consumer `name` (registered now, in HTTP mode).
+    fn follow(&self, name: &str, start: Start, max_backlog: u64) -> Result<source::Follow, StartError> {
+        match self {
+            Mode::Log {
+                wal,
+                cursors,
+                end_at_start,
+            } => {
+                let default = match start {
+                    Start::Oldest => wal.first_position()?,
+                    Start::End => *end_at_start,
+                };
+                let at = cursors.register(name, default, max_backlog)?;
+                Ok(source::Follow::Log(source::log::LogSource::new(
+                    name,
+                    wal.clone(),
+                    cursors.clone(),
+                    at,
+                    *end_at_start,
+                )))
+            }
+            Mode::Kafka(k) => source::kafka::KafkaSource::new(k, name)
+                .map(source::Follow::Kafka)
+                .map_err(|error| StartError::Kafka {
+                    what: format!("the group {}.{name}", k.group),
+                    error,
+                }),
+        }
+    }
+
+    /// The dead-letter store of the consumer `name`.
+    fn dead_letters(&self, dir: &std::path::Path, name: &str) -> Result<dead_letter::DeadLetterStore, StartError> {
+        match self {
+            Mode::Log { .. } => Ok(dead_letter::DeadLetterStore::Files(dead_letter::DeadLetters::new(
+                dir, name,
+            ))),
+            Mode::Kafka(k) => dead_letter::KafkaDeadLetters::new(k, name)
+                .map(dead_letter::DeadLetterStore::Kafka)
+                .map_err(|error| StartError::Kafka {
+                    what: format!("the dead letters of {name}"),
+                    error,
+                }),
         }
     }
 }

@@ -35,6 +35,10 @@ pub const RECIPIENT_UNROUTABLE: &str = "weir_router_recipient_unroutable_total";
 pub const RECIPIENT_DEAD: &str = "weir_router_recipient_dead_lettered_events_total";
 /// Events of the log the recipient has not passed yet.
 pub const RECIPIENT_BACKLOG_EVENTS: &str = "weir_router_recipient_backlog_events";
+/// Events the recipient has not passed yet: in Kafka mode the sum over this router's
+/// partitions of high watermark minus the group's committed offset (sum it over routers
+/// for the group's lag); in HTTP mode the same as the backlog.
+pub const RECIPIENT_LAG: &str = "weir_router_recipient_lag_events";
 /// Bytes of the log the recipient has not passed yet (intake answers 503 past `max_backlog_bytes`).
 pub const RECIPIENT_BACKLOG_BYTES: &str = "weir_router_recipient_backlog_bytes";
 /// Age of the oldest event the recipient has not delivered yet (0 when caught up).

@@ -3,7 +3,8 @@
 //! [`dead_letter`]), free-space checks ([`disk`]), HTTP serving and probes ([`http`]),
 //! signals ([`signal`]), retry delays ([`backoff`]), rate-limited logging
 //! ([`log_limit`]), the catalog directory watcher ([`catalog_watch`]) and, with the
-//! `mongo` feature, the MongoDB buffer's hour markers (`mongo_hours`).
+//! `mongo` feature, the MongoDB buffer's hour markers (`mongo_hours`), and with `kafka`
+//! what Kafka mode's producers and consumers share (`kafka`).
 
 pub mod backoff;
 pub mod buffer;
@@ -11,6 +12,8 @@ pub mod catalog_watch;
 pub mod dead_letter;
 pub mod disk;
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod log_limit;
 #[cfg(feature = "mongo")]
 pub mod mongo_hours;

@@ -12,7 +12,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use weir_proto::runtime::log_limit::LogLimit;
 
 use super::{decode, render_template, retry_all, Outcome, Sink};
 
@@ -50,7 +49,7 @@ impl super::Kind for Config {
     }
     fn spawn(&self, _name: &str, run: super::RunArgs) -> tokio::task::JoinHandle<()> {
         run.spawn(KafkaSink::new(
-            producer_config(&self.brokers, &self.options),
+            producer_config(&self.brokers, "weir-router", &self.options),
             &self.topic,
         ))
     }
@@ -63,65 +62,8 @@ pub struct KafkaSink {
     producer: Option<FutureProducer<QuietContext>>,
 }
 
-/// Passes librdkafka's own log and error callbacks to `tracing`, at most one line per
-/// 30 s: a broker that is down makes librdkafka report every reconnect attempt, and the
-/// runner already reports the failing delivery.
-pub struct QuietContext {
-    limit: LogLimit,
-}
-
-impl Default for QuietContext {
-    fn default() -> Self {
-        QuietContext {
-            limit: LogLimit::new(Duration::from_secs(30)),
-        }
-    }
-}
-
-impl QuietContext {
-    fn allow(&self) -> bool {
-        self.limit.allow().is_some()
-    }
-}
-
-impl rdkafka::ClientContext for QuietContext {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        use rdkafka::config::RDKafkaLogLevel as L;
-        match level {
-            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
-                if self.allow() {
-                    tracing::warn!(
-                        facility = fac,
-                        "librdkafka: {log_message} (repeats are suppressed for 30 s)"
-                    );
-                }
-            }
-            _ => tracing::debug!(facility = fac, "librdkafka: {log_message}"),
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if self.allow() {
-            tracing::warn!(error = %error, "Kafka client: {reason} (repeats are suppressed for 30 s)");
-        }
-    }
-}
-
-/// The producer settings weir insists on, then the operator's `options` on top.
-pub fn producer_config(brokers: &str, options: &BTreeMap<String, String>) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "15000")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("client.id", "weir-router");
-    for (k, v) in options {
-        c.set(k, v);
-    }
-    c
-}
+pub use weir_proto::runtime::kafka::QuietContext;
+use weir_proto::runtime::kafka::{permanent, producer_config};
 
 impl KafkaSink {
     /// A sink producing to `topic` (a template) through `config`.
@@ -132,22 +74,6 @@ impl KafkaSink {
             producer: None,
         }
     }
-}
-
-/// Errors that no retry can fix: the message itself is refused.
-fn permanent(code: RDKafkaErrorCode) -> bool {
-    use RDKafkaErrorCode as C;
-    matches!(
-        code,
-        C::MessageSizeTooLarge
-            | C::InvalidMessageSize
-            | C::InvalidMessage
-            | C::InvalidTopic
-            | C::MessageBatchTooLarge
-            | C::InvalidRecord
-            | C::BadMessage
-            | C::InvalidArgument
-    )
 }
 
 fn outcome(e: &KafkaError) -> Outcome {
@@ -258,7 +184,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let created = producer_config("127.0.0.1:1", &options)
+        let created = producer_config("127.0.0.1:1", "weir-router", &options)
             .create_with_context::<_, FutureProducer<QuietContext>>(QuietContext::default());
         assert!(created.is_ok(), "{:?}", created.err());
     }

@@ -29,13 +29,11 @@ pub enum Outcome {
     Refuse(String),
 }
 
-/// What the runner of one recipient is started with: its log, cursors, settings and the
-/// shutdown signal.
+/// What the runner of one recipient is started with: the log it follows, its settings
+/// and the shutdown signal.
 pub struct RunArgs {
-    /// The router log.
-    pub wal: weir_proto::runtime::wal::Wal,
-    /// Every consumer's cursor.
-    pub cursors: std::sync::Arc<crate::cursors::LogCursors>,
+    /// The router log or its Kafka consumer group.
+    pub source: crate::source::Follow,
     /// The runner's settings.
     pub cfg: runner::RunnerConfig,
     /// Turns true at shutdown.
@@ -45,7 +43,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// Runs `sink` behind the recipient runner (cursor, retries, dead letters).
     pub fn spawn<S: Sink>(self, sink: S) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(runner::run(sink, self.wal, self.cursors, self.cfg, self.stop))
+        tokio::spawn(runner::run(sink, self.source, self.cfg, self.stop))
     }
 }
 

@@ -1,9 +1,10 @@
-//! Follows the router log for one recipient: reads batches from its cursor, keeps the
-//! events routed to it, delivers them through its [`Sink`], retries what failed with
-//! backoff (forever: the server will come back, and the log keeps the events), puts what
-//! was refused into the dead-letter store, and only then moves the cursor.
+//! Runs one recipient over the log it follows ([`crate::source`]: the router log or a
+//! Kafka consumer group): pulls a run of events, keeps those routed to it, delivers them
+//! through its [`Sink`], retries what failed with backoff (forever: the server will come
+//! back, and the log keeps the events), puts what was refused into the dead-letter store,
+//! and only then marks the run done (the cursor moves, or the offsets are committed).
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,13 +14,12 @@ use tokio::sync::watch;
 use weir_proto::event::{now_micros, EventView};
 use weir_proto::runtime::backoff::Backoff;
 use weir_proto::runtime::log_limit::LogLimit;
-use weir_proto::runtime::wal::{Position, Wal, WalReader};
 use weir_proto::Catalog;
 
 use super::{Outcome, Sink};
-use crate::cursors::LogCursors;
-use crate::dead_letter::DeadLetters;
+use crate::dead_letter::DeadLetterStore;
 use crate::metrics as m;
+use crate::source::{Source, Stats};
 use weir_proto::event::batch;
 
 /// Which events a recipient takes.
@@ -41,24 +41,9 @@ pub struct RunnerConfig {
     /// Most events handed to the sink at once.
     pub batch_events: usize,
     /// Where refused events go.
-    pub dead_letters: DeadLetters,
-    /// Where its cursor stood at start.
-    pub start: Position,
-    /// The log's end at start: events between `start` and here were already waiting.
-    pub end_at_start: Position,
+    pub dead_letters: DeadLetterStore,
     /// How long shutdown waits for it to catch up.
     pub drain: Duration,
-}
-
-/// Live figures of one runner, read by the metrics ticker.
-#[derive(Default)]
-struct Stats {
-    /// Events of the log passed (delivered, dead-lettered or not routed here).
-    passed: AtomicU64,
-    /// Events that were waiting at start (counted in the background).
-    waiting_at_start: AtomicU64,
-    /// `received_at` of the oldest event not yet delivered; 0 when caught up.
-    oldest: AtomicI64,
 }
 
 /// The recipient's metric handles, registered once: per-event recording is then an
@@ -85,28 +70,16 @@ impl Meters {
 }
 
 /// Runs one recipient until `stop` turns true and it has caught up (or `drain` passed).
-pub async fn run<S: Sink>(
+pub async fn run<S: Sink, F: Source>(
     mut sink: S,
-    wal: Wal,
-    cursors: Arc<LogCursors>,
+    mut source: F,
     mut cfg: RunnerConfig,
     mut stop: watch::Receiver<bool>,
 ) {
     let name = cfg.name.clone();
     let stats = Arc::new(Stats::default());
     let meters = Meters::new(&name);
-    let ticker = tokio::spawn(report(name.clone(), stats.clone(), cursors.clone()));
-    let counter = tokio::task::spawn_blocking({
-        let (wal, stats) = (wal.clone(), stats.clone());
-        let (from, to) = (cfg.start, cfg.end_at_start);
-        move || {
-            stats
-                .waiting_at_start
-                .store(count_events(wal.reader(from), to), Ordering::Relaxed)
-        }
-    });
-    let mut reader = Some(wal.reader(cfg.start));
-    let mut durable = wal.subscribe();
+    let reporter = source.report(&name, stats.clone());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut deadline: Option<Instant> = None;
@@ -116,36 +89,23 @@ pub async fn run<S: Sink>(
         if deadline.is_none() && *stop.borrow() {
             deadline = Some(Instant::now() + cfg.drain);
         }
-        let Some(mut r) = reader.take() else { break };
-        let (r, read) = match tokio::task::spawn_blocking(move || {
-            let x = r.read(64, 8 << 20);
-            (r, x)
-        })
-        .await
-        {
-            Ok(x) => x,
-            Err(_) => break,
-        };
-        let records = match read {
-            Ok(records) => records,
+        let pull = match source.pull(cfg.batch_events.max(1)).await {
+            Ok(p) => p,
             Err(e) => {
                 if let Some(n) = quiet.allow() {
-                    tracing::error!(recipient = %name, error = %e, suppressed = n, "cannot read the router log; retrying");
+                    tracing::error!(recipient = %name, error = %e, suppressed = n, "cannot read the log; retrying");
                 }
-                reader = Some(r);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        let pos = r.position();
-        reader = Some(r);
-        if records.is_empty() {
+        let Some(pull) = pull else {
             stats.oldest.store(0, Ordering::Relaxed);
             if deadline.is_some() {
                 break;
             }
             tokio::select! {
-                _ = durable.changed() => {}
+                _ = source.wait() => {}
                 _ = tick.tick() => {
                     sink.tick().await;
                     last_tick = Instant::now();
@@ -153,21 +113,39 @@ pub async fn run<S: Sink>(
                 _ = stop.changed() => {}
             }
             continue;
+        };
+        for (rec, why) in &pull.unreadable {
+            meters.dead.increment(1);
+            cfg.dead_letters.add(rec, why);
         }
-        let (todo, passed) = select(&records, &cfg.route, &name, &mut cfg.dead_letters, &meters);
+        let passed = pull.events.len() as u64;
+        let todo = select(pull.events, &cfg.route, &name, &mut cfg.dead_letters, &meters);
         if let Some(first) = todo.first() {
             let at = batch::received_at(first).unwrap_or(0);
             stats.oldest.store(at, Ordering::Relaxed);
         }
-        let done = deliver(&mut sink, todo, &mut cfg, &meters, &mut stop, &mut deadline, &quiet).await;
+        let current = |s: &F| s.current(&pull.mark);
+        let done = deliver(
+            &mut sink,
+            todo,
+            &mut cfg,
+            &meters,
+            &mut stop,
+            &mut deadline,
+            &quiet,
+            || current(&source),
+        )
+        .await;
         // Dead letters are durable before the cursor passes them.
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        while let Err(e) = cfg.dead_letters.flush() {
-            tracing::error!(recipient = %name, dir = %cfg.dead_letters.dir().display(), error = %e, "cannot write dead letters; retrying");
+        while let Err(e) = cfg.dead_letters.flush().await {
+            tracing::error!(recipient = %name, store = %cfg.dead_letters, error = %e, "cannot write dead letters; retrying");
             backoff.wait().await;
         }
-        if !done {
-            break;
+        match done {
+            Delivery::Done => {}
+            Delivery::Abandoned => continue,
+            Delivery::OutOfTime => break,
         }
         stats.passed.fetch_add(passed, Ordering::Relaxed);
         // Housekeeping (hour closing) also runs under a load that never lets it idle.
@@ -175,71 +153,52 @@ pub async fn run<S: Sink>(
             sink.tick().await;
             last_tick = Instant::now();
         }
-        if let Err(e) = cursors.advance(&name, pos).await {
-            tracing::error!(recipient = %name, error = %e, "cannot save the recipient's cursor or release log segments");
-        }
+        source.done(pull.mark).await;
     }
     sink.finish().await;
-    if let Err(e) = cursors.save(&name) {
-        tracing::error!(recipient = %name, error = %e, "cannot save the recipient's cursor; it reads a little of the log again after a restart");
-    }
-    if let Some(r) = &reader {
-        let left = cursors.backlog_bytes(&name);
-        if left > 0 {
-            tracing::warn!(recipient = %name, backlog_bytes = left, at = ?r.position(), "stopping with a backlog; it is delivered after the next start");
-        }
-    }
-    counter.abort();
-    ticker.abort();
+    source.finish().await;
+    reporter.abort();
 }
 
-/// Keeps the events of `records` that `route` sends to `name`; unreadable batches go to
-/// the dead letters. Returns them and how many events were passed in all.
-fn select(records: &[Bytes], route: &Route, name: &str, dead: &mut DeadLetters, meters: &Meters) -> (Vec<Bytes>, u64) {
-    let catalog = match route {
-        Route::Catalog(c) => Some(c.load()),
-        Route::Everything => None,
+/// Keeps the events `route` sends to `name`; unreadable ones go to the dead letters.
+fn select(events: Vec<Bytes>, route: &Route, name: &str, dead: &mut DeadLetterStore, meters: &Meters) -> Vec<Bytes> {
+    let cat = match route {
+        Route::Catalog(c) => c.load(),
+        Route::Everything => return events,
     };
     let mut todo = Vec::new();
-    let mut passed = 0u64;
-    for rec in records {
-        let events = match batch::events(rec) {
-            Ok(e) => e,
-            Err(e) => {
-                meters.dead.increment(1);
-                dead.add(rec, &format!("unreadable batch in the router log: {e}"));
-                continue;
-            }
+    for ev in events {
+        let Ok(view) = EventView::decode(&ev) else {
+            meters.dead.increment(1);
+            dead.add(&ev, "unreadable event in the log");
+            continue;
         };
-        passed += events.len() as u64;
-        match &catalog {
-            None => todo.extend(events),
-            Some(cat) => {
-                for ev in events {
-                    let Ok(view) = EventView::decode(&ev) else {
-                        meters.dead.increment(1);
-                        dead.add(&ev, "unreadable event in the router log");
-                        continue;
-                    };
-                    let wanted = view.valid
-                        && cat
-                            .events
-                            .get(view.event)
-                            .is_some_and(|d| d.recipients.iter().any(|r| r == name));
-                    if wanted {
-                        todo.push(ev);
-                    }
-                }
-            }
+        let wanted = view.valid
+            && cat
+                .events
+                .get(view.event)
+                .is_some_and(|d| d.recipients.iter().any(|r| r == name));
+        if wanted {
+            todo.push(ev);
         }
     }
-    (todo, passed)
+    todo
+}
+
+/// How a run's delivery ended.
+enum Delivery {
+    /// Every event delivered or dead-lettered.
+    Done,
+    /// The run is no longer this runner's (a Kafka rebalance); it is left undone.
+    Abandoned,
+    /// Shutdown's drain time ran out; the rest waits for the next start.
+    OutOfTime,
 }
 
 /// Delivers `todo`, a chunk at a time and in order, until every event is delivered or
 /// dead-lettered; a failing chunk is retried (only its failed events) before the next one
-/// is sent. Returns false when shutdown's drain time ran out first (the cursor then stays,
-/// and the rest is delivered after the next start).
+/// is sent. Between retries `current` says whether the run is still this runner's.
+#[allow(clippy::too_many_arguments)]
 async fn deliver<S: Sink>(
     sink: &mut S,
     todo: Vec<Bytes>,
@@ -248,7 +207,8 @@ async fn deliver<S: Sink>(
     stop: &mut watch::Receiver<bool>,
     deadline: &mut Option<Instant>,
     quiet: &LogLimit,
-) -> bool {
+    current: impl Fn() -> bool,
+) -> Delivery {
     let name = cfg.name.clone();
     let batch_events = cfg.batch_events.max(1);
     for chunk in todo.chunks(batch_events) {
@@ -260,7 +220,7 @@ async fn deliver<S: Sink>(
                 // events stay in the log and go out after the next start.
                 Some(d) => match tokio::time::timeout_at(d.into(), sink.deliver(&pending)).await {
                     Ok(o) => o,
-                    Err(_) => return false,
+                    Err(_) => return Delivery::OutOfTime,
                 },
                 None => sink.deliver(&pending).await,
             };
@@ -309,7 +269,7 @@ async fn deliver<S: Sink>(
             let wait = match *deadline {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
                     Some(left) => backoff.next_delay().min(left),
-                    None => return false,
+                    None => return Delivery::OutOfTime,
                 },
                 None => backoff.next_delay(),
             };
@@ -317,60 +277,24 @@ async fn deliver<S: Sink>(
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed(), if deadline.is_none() => {}
             }
-        }
-    }
-    true
-}
-
-/// Counts the events between the reader's position and `end`.
-fn count_events(mut reader: WalReader, end: Position) -> u64 {
-    let mut n = 0;
-    while reader.position() < end {
-        match reader.read(256, 32 << 20) {
-            Ok(recs) if !recs.is_empty() => {
-                n += recs
-                    .iter()
-                    .map(|r| batch::events(r).map_or(0, |e| e.len() as u64))
-                    .sum::<u64>()
+            if !current() {
+                tracing::info!(recipient = %name, events = pending.len(), "a rebalance moved these events' partitions; leaving them to their new owner");
+                return Delivery::Abandoned;
             }
-            _ => break,
         }
     }
-    n
-}
-
-/// Publishes the backlog gauges once a second.
-async fn report(name: String, stats: Arc<Stats>, cursors: Arc<LogCursors>) {
-    let events = metrics::gauge!(m::RECIPIENT_BACKLOG_EVENTS, "recipient" => name.clone());
-    let bytes_g = metrics::gauge!(m::RECIPIENT_BACKLOG_BYTES, "recipient" => name.clone());
-    let age_g = metrics::gauge!(m::RECIPIENT_BACKLOG_AGE, "recipient" => name.clone());
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let backlog = (stats.waiting_at_start.load(Ordering::Relaxed) + cursors.appended())
-            .saturating_sub(stats.passed.load(Ordering::Relaxed));
-        let oldest = stats.oldest.load(Ordering::Relaxed);
-        let age = if oldest > 0 {
-            (now_micros() - oldest).max(0) as f64 / 1e6
-        } else {
-            0.0
-        };
-        let bytes = cursors.backlog_bytes(&name);
-        // Nothing left to read is a backlog of 0, whatever the event arithmetic says.
-        events.set(if bytes == 0 { 0.0 } else { backlog as f64 });
-        bytes_g.set(bytes as f64);
-        age_g.set(age);
-        cursors.refresh();
-    }
+    Delivery::Done
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cursors::LogCursors;
+    use crate::source::log::LogSource;
     use prost::Message;
     use std::sync::Mutex;
     use weir_proto::pb::{Event, EventBatch};
-    use weir_proto::runtime::wal::WalOptions;
+    use weir_proto::runtime::wal::{Position, Wal, WalOptions};
 
     /// A fake recipient: fails the first `fail_rounds` attempts, refuses ids starting with
     /// "poison", records what it took.
@@ -478,16 +402,18 @@ environments = ["web"]
             name: "fake".into(),
             route: Route::Catalog(Arc::new(ArcSwap::from_pointee(catalog()))),
             batch_events: 2,
-            dead_letters: DeadLetters::new(&tmp.path().join("dead"), "fake"),
-            start,
-            end_at_start: start,
+            dead_letters: DeadLetterStore::Files(crate::dead_letter::DeadLetters::new(
+                &tmp.path().join("dead"),
+                "fake",
+            )),
             drain: Duration::from_secs(5),
         };
         let sink = Fake {
             fail_rounds: 3,
             got: got.clone(),
         };
-        let task = tokio::spawn(run(sink, wal.clone(), cursors.clone(), cfg, stop));
+        let source = LogSource::new("fake", wal.clone(), cursors.clone(), start, start);
+        let task = tokio::spawn(run(sink, source, cfg, stop));
         for _ in 0..100 {
             if got.lock().unwrap().len() == 2 {
                 break;
@@ -521,16 +447,18 @@ environments = ["web"]
             name: "fake".into(),
             route: Route::Everything,
             batch_events: 10,
-            dead_letters: DeadLetters::new(&tmp.path().join("dead"), "fake"),
-            start,
-            end_at_start: start,
+            dead_letters: DeadLetterStore::Files(crate::dead_letter::DeadLetters::new(
+                &tmp.path().join("dead"),
+                "fake",
+            )),
             drain: Duration::from_millis(300),
         };
         let sink = Fake {
             fail_rounds: usize::MAX,
             got: Arc::default(),
         };
-        let task = tokio::spawn(run(sink, wal.clone(), cursors.clone(), cfg, stop));
+        let source = LogSource::new("fake", wal.clone(), cursors.clone(), start, start);
+        let task = tokio::spawn(run(sink, source, cfg, stop));
         tokio::time::sleep(Duration::from_millis(200)).await;
         stop_tx.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(5), task)
