@@ -273,11 +273,20 @@ impl Config {
                 });
             }
         }
+        let collector = table.get("collector").and_then(|c| c.as_table());
+        if collector.is_some_and(|c| c.contains_key("routers") && c.contains_key("kafka")) {
+            return Err(ConfigError::Invalid {
+                path: label.clone(),
+                message: "collector.routers and collector.kafka are both set: a collector forwards either to routers (HTTP mode) or to Kafka (Kafka mode); remove one".into(),
+            });
+        }
         let cfg: Config = toml::Value::Table(table).try_into().map_err(invalid)?;
-        cfg.router.validate().map_err(|e| ConfigError::Invalid {
+        let invalid_setting = |e: weir_proto::InvalidSetting| ConfigError::Invalid {
             path: label.clone(),
             message: e.to_string(),
-        })?;
+        };
+        cfg.router.validate().map_err(invalid_setting)?;
+        cfg.collector.validate().map_err(invalid_setting)?;
         Ok(cfg)
     }
 

@@ -146,6 +146,10 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: CatalogOrigin) ->
     let router = Router::start(&cfg.router, &router_paths(&cfg), shared.clone(), metrics.clone()).await?;
     let mut collector_cfg = cfg.collector();
     collector_cfg.routers = vec![format!("http://{}", router.addr)];
+    // Kafka mode in one process: the collector produces to the topic the router reads.
+    if collector_cfg.kafka.is_none() {
+        collector_cfg.kafka = cfg.router.kafka.clone();
+    }
     let mut collector = Collector::start(&collector_cfg, &cfg.spool_dir(), shared.clone(), metrics).await?;
     // The public proxy. On the demo catalog without keys configured, one demo key for
     // the `web` environment, so a browser page can be tried at once.
@@ -255,7 +259,12 @@ pub async fn collector(cfg: Config, source: CatalogSource, with_proxy: bool) -> 
     if let Some(opts) = sync {
         collector.sync_catalog(opts);
     }
-    tracing::info!(addr = %collector.addr, routers = ?ccfg.routers, catalog = %from, "collector listening");
+    match &ccfg.kafka {
+        Some(k) => {
+            tracing::info!(addr = %collector.addr, kafka = %k.brokers, topic = %k.topic, catalog = %from, "collector listening (Kafka mode)")
+        }
+        None => tracing::info!(addr = %collector.addr, routers = ?ccfg.routers, catalog = %from, "collector listening"),
+    }
     signals.wait().await;
     collector.shutdown().await;
     Ok(())

@@ -22,6 +22,9 @@ pub struct CollectorConfig {
     pub datagram_env: Option<String>,
     /// Routers to forward to, tried in order (failover).
     pub routers: Vec<String>,
+    /// Kafka mode: produce every event to this topic instead of sending to `routers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<weir_proto::runtime::kafka::KafkaConfig>,
     /// The spool refuses new events (503) beyond this many bytes.
     pub spool_max_bytes: u64,
     /// Spool directory (default `<data>/collector/spool`).
@@ -65,6 +68,7 @@ impl Default for CollectorConfig {
             datagram: None,
             datagram_env: None,
             routers: vec!["http://127.0.0.1:8081".into()],
+            kafka: None,
             spool_max_bytes: 1 << 30,
             spool_dir: None,
             dead_letter_dir: None,
@@ -84,6 +88,14 @@ impl Default for CollectorConfig {
 }
 
 impl CollectorConfig {
+    /// Checks what deserialization cannot; the error names the key (`collector.kafka.topic`).
+    pub fn validate(&self) -> Result<(), weir_proto::InvalidSetting> {
+        if let Some(k) = &self.kafka {
+            k.validate().map_err(|e| e.within("collector.kafka"))?;
+        }
+        Ok(())
+    }
+
     /// The name stamped on events: the configured one, `$NODE_NAME`, or the host name.
     pub fn node_name(&self) -> String {
         if let Some(n) = self.name.as_ref().filter(|n| !n.is_empty()) {

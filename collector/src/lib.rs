@@ -39,8 +39,11 @@ pub enum StartError {
     #[error("{0}")]
     Listen(weir_proto::runtime::http::BindError),
     /// No router is configured.
-    #[error("collector.routers is empty: name at least one router URL")]
+    #[error("collector.routers is empty: name at least one router URL (or set collector.kafka)")]
     NoRouters,
+    /// A setting is wrong; the message names the key.
+    #[error("{0}")]
+    Config(weir_proto::InvalidSetting),
     /// A unix socket could not be bound.
     #[error("cannot bind the unix socket {path}: {error}")]
     Socket {
@@ -93,9 +96,10 @@ impl Collector {
         catalog: Arc<ArcSwap<Catalog>>,
         metrics: Option<PrometheusHandle>,
     ) -> Result<Collector, StartError> {
-        if cfg.routers.is_empty() {
+        if cfg.routers.is_empty() && cfg.kafka.is_none() {
             return Err(StartError::NoRouters);
         }
+        cfg.validate().map_err(StartError::Config)?;
         let spool = spool::Spool::open(spool_dir, cfg.spool_segment_bytes, cfg.spool_max_bytes)?;
         let (listener, addr) = weir_proto::runtime::http::bind(&cfg.listen, "collector.listen")
             .await
@@ -174,6 +178,7 @@ impl Collector {
                     .clone()
                     .unwrap_or_else(|| spool_dir.with_file_name("dead-letters")),
                 router_token: cfg.router_token.clone().filter(|t| !t.is_empty()),
+                kafka: cfg.kafka.clone(),
             },
             fwd_rx,
         ));

@@ -14,6 +14,7 @@ mod deploy;
 mod e2e;
 mod faults;
 mod flight;
+mod kafka_mode;
 mod loader_crash;
 mod mongo_buffer;
 mod proxy;

@@ -256,7 +256,10 @@ pub async fn ensure_topic(cfg: &KafkaConfig, topic: &str, key: &str) -> Result<i
         let (client_cfg, topic) = (client_cfg.clone(), topic.to_string());
         tokio::task::spawn_blocking(move || {
             let admin: AdminClient<DefaultClientContext> = client_cfg.create()?;
-            let md = admin.inner().fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+            // Metadata of every topic, not of this one: a request naming a missing topic
+            // makes brokers with auto.create.topics.enable create it with their default
+            // partition count.
+            let md = admin.inner().fetch_metadata(None, Duration::from_secs(10))?;
             let found = md
                 .topics()
                 .iter()

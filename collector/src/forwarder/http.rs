@@ -1,11 +1,7 @@
-//! Sends the spool to the routers as protobuf `EventBatch`es (zstd on the wire) and
-//! frees spool segments only after a router's `BatchAck`. Retries with exponential
-//! backoff and jitter while no router answers, failing over between routers.
-//!
-//! A batch a router refuses for good (413, or a 400: too large, or unreadable) is split
-//! in halves down to single events; an event refused alone goes to the collector's
-//! dead-letter store with the router's reason, and the spool moves on, so one bad event
-//! never wedges what is behind it.
+//! HTTP mode's transport: batches to the routers (`POST /v1/batches`, protobuf, zstd),
+//! released on the router's `BatchAck`, failing over between routers; what a router
+//! refuses for good is split in halves down to single events, and an event refused alone
+//! goes to the dead letters.
 
 use std::time::{Duration, Instant};
 
@@ -17,104 +13,11 @@ use hyper_util::rt::TokioExecutor;
 use prost::Message;
 use tokio::sync::watch;
 use weir_proto::pb::BatchAck;
-
 use weir_proto::runtime::backoff::Backoff;
 use weir_proto::runtime::dead_letter::DeadLetters;
 
+use super::ForwarderOptions;
 use crate::metrics as m;
-use crate::spool::Spool;
-
-/// Forwarder settings.
-#[derive(Clone, Debug)]
-pub struct ForwarderOptions {
-    /// Router base URLs, tried in order.
-    pub routers: Vec<String>,
-    /// Collector name sent with each batch.
-    pub collector: String,
-    /// Most events per batch.
-    pub batch_max_events: usize,
-    /// Longest a partial batch waits for more.
-    pub batch_max_wait: Duration,
-    /// How long to keep trying to drain after shutdown was asked for.
-    pub drain_timeout: Duration,
-    /// Where events every router refuses alone go
-    /// (`<data>/collector/dead-letters/<day>.ndjson`).
-    pub dead_letter_dir: std::path::PathBuf,
-    /// Sent as `Authorization: Bearer <token>` to routers that require it.
-    pub router_token: Option<String>,
-}
-
-/// Runs until shutdown is asked for and the spool is drained (or the drain timeout
-/// passes; what is left stays in the spool for the next start).
-pub async fn run(spool: Spool, opts: ForwarderOptions, shutdown: watch::Receiver<bool>) {
-    forward(&spool, &opts, shutdown).await;
-    if let Err(e) = spool.save_progress() {
-        tracing::error!(error = %e, "cannot save the forwarder's cursor; the last batches are sent again after a restart");
-    }
-}
-
-async fn forward(spool: &Spool, opts: &ForwarderOptions, mut shutdown: watch::Receiver<bool>) {
-    let mut sender = Sender {
-        client: Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build_http(),
-        opts,
-        router_idx: 0,
-        deadline: None,
-        dead: DeadLetters::in_dir(&opts.dead_letter_dir, "router"),
-    };
-    let mut reader = Some(spool.wal().reader(spool.forwarded()));
-    let mut durable = spool.wal().subscribe();
-    loop {
-        let stopping = *shutdown.borrow();
-        if stopping && sender.deadline.is_none() {
-            sender.deadline = Some(Instant::now() + opts.drain_timeout);
-        }
-        let from = reader.as_ref().map(|r| r.position()).unwrap_or_default();
-        let (mut events, r) = read(reader.take(), opts.batch_max_events).await;
-        reader = r;
-        if reader.is_none() {
-            return;
-        }
-        if events.is_empty() {
-            if stopping {
-                return;
-            }
-            tokio::select! {
-                _ = durable.changed() => {}
-                _ = shutdown.changed() => {}
-            }
-            continue;
-        }
-        if events.len() < opts.batch_max_events && !stopping {
-            tokio::select! {
-                _ = tokio::time::sleep(opts.batch_max_wait) => {}
-                _ = shutdown.changed() => {}
-            }
-            let (more, r) = read(reader.take(), opts.batch_max_events - events.len()).await;
-            reader = r;
-            events.extend(more);
-        }
-        let Some(to) = reader.as_ref().map(|r| r.position()) else {
-            return;
-        };
-        let batch_id = format!(
-            "{}/{}.{}-{}.{}",
-            spool.id(),
-            from.segment,
-            from.offset,
-            to.segment,
-            to.offset
-        );
-        if !sender.deliver(batch_id, &events, &mut shutdown).await {
-            return;
-        }
-        if let Err(e) = spool.acknowledge(to).await {
-            tracing::error!(error = %e, "cannot record the forwarder's progress; events may be sent again");
-        }
-        m::refresh_spool(spool);
-    }
-}
 
 /// Why a send did not get an ack.
 enum SendError {
@@ -124,20 +27,38 @@ enum SendError {
     Refused(String),
 }
 
-struct Sender<'a> {
+/// Sends batches to the routers.
+pub(super) struct Sender<'a> {
     client: Client<HttpConnector, Full<Bytes>>,
     opts: &'a ForwarderOptions,
     router_idx: usize,
     /// Set once shutdown was asked for: retries stop here.
-    deadline: Option<Instant>,
+    pub(super) deadline: Option<Instant>,
     dead: DeadLetters,
 }
 
-impl Sender<'_> {
+impl<'a> Sender<'a> {
+    pub(super) fn new(opts: &'a ForwarderOptions) -> Sender<'a> {
+        Sender {
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build_http(),
+            opts,
+            router_idx: 0,
+            deadline: None,
+            dead: DeadLetters::in_dir(&opts.dead_letter_dir, "router"),
+        }
+    }
+
     /// Delivers `events` as batch `batch_id`: acknowledged by a router, or (for what a
     /// router refuses for good) split down to single events and dead-lettered. Returns
     /// false when shutdown's drain time ran out first (the events stay in the spool).
-    async fn deliver(&mut self, batch_id: String, events: &[Bytes], shutdown: &mut watch::Receiver<bool>) -> bool {
+    pub(super) async fn deliver(
+        &mut self,
+        batch_id: String,
+        events: &[Bytes],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
         // Work list of (id, range of events); a refused part is replaced by its halves.
         let mut parts = vec![(batch_id, 0..events.len())];
         let mut dead = 0u64;
@@ -161,14 +82,8 @@ impl Sender<'_> {
             }
         }
         if dead > 0 {
-            // Durable before the spool lets go of them.
-            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-            while let Err(e) = self.dead.flush() {
-                tracing::error!(dir = %self.opts.dead_letter_dir.display(), error = %e, "cannot write the collector's dead letters; retrying");
-                if self.deadline.is_some_and(|d| Instant::now() >= d) {
-                    return false;
-                }
-                backoff.wait().await;
+            if !super::flush_dead_letters(&mut self.dead, &self.opts.dead_letter_dir, self.deadline).await {
+                return false;
             }
             metrics::counter!(m::DEAD_LETTERED).increment(dead);
         }
@@ -223,32 +138,6 @@ impl Sender<'_> {
                     }
                 }
             }
-        }
-    }
-}
-
-async fn read(
-    reader: Option<weir_proto::runtime::wal::WalReader>,
-    max: usize,
-) -> (Vec<Bytes>, Option<weir_proto::runtime::wal::WalReader>) {
-    let Some(mut reader) = reader else {
-        return (Vec::new(), None);
-    };
-    let joined = tokio::task::spawn_blocking(move || {
-        let r = reader.read(max, 16 << 20);
-        (r, reader)
-    })
-    .await;
-    match joined {
-        Ok((Ok(events), reader)) => (events, Some(reader)),
-        Ok((Err(e), reader)) => {
-            tracing::error!(error = %e, "cannot read the spool; retrying");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            (Vec::new(), Some(reader))
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "spool reader stopped");
-            (Vec::new(), None)
         }
     }
 }
