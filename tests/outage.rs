@@ -36,6 +36,9 @@ struct Private {
     port: u16,
     dir: PathBuf,
     kind: &'static str,
+    /// `kafka`: the address advertised to clients (a proxy in front); `proxy`: the
+    /// broker it forwards to.
+    other_port: Option<u16>,
 }
 
 impl Private {
@@ -45,9 +48,35 @@ impl Private {
             port: free_port(),
             dir: dir.to_path_buf(),
             kind,
+            other_port: None,
         };
         p.up();
         p
+    }
+
+    /// A tansu broker behind a `tansu proxy`: stopping the proxy makes the broker
+    /// unreachable while it keeps its topics, offsets and groups, as a real Kafka
+    /// outage does (tansu's memory storage would lose them if the broker itself
+    /// stopped). Returns (broker, proxy); clients use the proxy's port.
+    fn kafka_behind_proxy(dir: &Path) -> (Private, Private) {
+        let (bport, pport) = (free_port(), free_port());
+        let mut broker = Private {
+            child: None,
+            port: bport,
+            dir: dir.join("broker"),
+            kind: "kafka",
+            other_port: Some(pport),
+        };
+        broker.up();
+        let mut proxy = Private {
+            child: None,
+            port: pport,
+            dir: dir.join("proxy"),
+            kind: "proxy",
+            other_port: Some(bport),
+        };
+        proxy.up();
+        (broker, proxy)
     }
 
     fn up(&mut self) {
@@ -67,11 +96,26 @@ impl Private {
                     .arg(self.dir.join("nx-27017.pid"));
                 c
             }
+            "proxy" => {
+                let url = format!("tcp://127.0.0.1:{port}");
+                let origin = format!("tcp://127.0.0.1:{}", self.other_port.unwrap_or(9092));
+                let mut c = Command::new(service("TEST_WEIR_TANSU_BIN"));
+                c.args(["proxy", "--listener-url", &url, "--advertised-listener-url", &url])
+                    .args(["--origin-url", &origin]);
+                c
+            }
             _ => {
                 let url = format!("tcp://127.0.0.1:{port}");
+                let advertised = format!("tcp://127.0.0.1:{}", self.other_port.unwrap_or(self.port));
                 let mut c = Command::new(service("TEST_WEIR_TANSU_BIN"));
-                c.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-                    .args(["--storage-engine", "memory://tansu/"]);
+                c.args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &advertised,
+                ])
+                .args(["--storage-engine", "memory://tansu/"]);
                 c
             }
         };
@@ -326,6 +370,7 @@ async fn a_full_backlog_pushes_back_to_the_collector_and_nothing_is_lost() {
         port: free_port(),
         dir: tmp.path().join("mongo"),
         kind: "mongo",
+        other_port: None,
     };
     let mongo_url = format!("mongodb://127.0.0.1:{}", mongo.port);
     let config = recipients_config(None, Some((&mongo_url, &u)), None) + "max_backlog_bytes = 1\n";
@@ -356,5 +401,155 @@ async fn a_full_backlog_pushes_back_to_the_collector_and_nothing_is_lost() {
     mongo.up();
     let all: BTreeSet<String> = set(&first).union(&set(&later)).cloned().collect();
     mongo_wait(&mongo_url, &u, &all).await;
+    assert!(up.stop().success());
+}
+
+/// `weir up` in Kafka mode on `brokers`: the MongoDB buffer in `db` (the shared
+/// nx-27017), the `models` RabbitMQ recipient on `exchange`.
+fn kafka_mode_up(dir: &Path, brokers: &str, u: &str, exchange: &str) -> Up {
+    let config = format!(
+        "[router]\nbuffer = {{ kind = \"mongo\", url = \"{mongo}\", db = \"{u}\" }}\nkafka = {{ brokers = \"{brokers}\", topic = \"{u}.events\", group = \"{u}\", partitions = 6 }}\n{recipients}",
+        mongo = service("TEST_WEIR_MONGO"),
+        recipients = recipients_config(Some((&service("TEST_WEIR_AMQP"), exchange)), None, None),
+    );
+    up_with(dir, &config)
+}
+
+/// The ids in the MongoDB buffer collections of `db`.
+async fn buffered(db: &str) -> BTreeSet<String> {
+    let url = service("TEST_WEIR_MONGO");
+    let mut out = BTreeSet::new();
+    let Ok(client) = mongodb::Client::with_uri_str(&url).await else {
+        return out;
+    };
+    let names = client.database(db).list_collection_names().await.unwrap_or_default();
+    for name in names
+        .iter()
+        .filter(|n| n.starts_with("buffer_") && *n != "buffer_hours")
+    {
+        out.extend(mongo_ids(&url, db, name).await);
+    }
+    out
+}
+
+async fn buffered_wait(db: &str, want: &BTreeSet<String>) {
+    for _ in 0..1200 {
+        if want.is_subset(&buffered(db).await) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the MongoDB buffer has {} of {} ids",
+        want.intersection(&buffered(db).await).count(),
+        want.len()
+    );
+}
+
+/// The value of `name{recipient="r"}` in `up`'s /metrics.
+fn gauge(up: &Up, name: &str, recipient: &str) -> Option<f64> {
+    let m = get_text(&format!("{}/metrics", up.collector));
+    let want = format!("{name}{{recipient=\"{recipient}\"}} ");
+    m.lines().find_map(|l| l.strip_prefix(&want)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_mode_a_recipient_down_lags_alone_and_its_group_catches_up() {
+    let _serial = SERIAL.lock().await;
+    let _restart_rabbit = StartAppOnDrop;
+    let u = unique("kmr");
+    let tmp = tempfile::tempdir().unwrap();
+    let rabbit = Rabbit {
+        amqp: service("TEST_WEIR_AMQP"),
+        exchange: format!("weir.outage.{u}"),
+        queue: format!("{u}.q"),
+    };
+    drop(rabbit.channel().await);
+    let up = kafka_mode_up(tmp.path(), &service("TEST_WEIR_KAFKA"), &u, &rabbit.exchange);
+    let before = ids("before", 20);
+    send(&up, &before);
+    assert_eq!(rabbit.read(20).await, set(&before));
+
+    let ok = Command::new("rabbitmqctl").args(["-q", "stop_app"]).status().unwrap();
+    assert!(ok.success());
+    let during = ids("during", 30);
+    for chunk in during.chunks(10) {
+        send(&up, chunk);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The buffer's group keeps going; the recipient's group lags.
+    let all: BTreeSet<String> = set(&before).union(&set(&during)).cloned().collect();
+    buffered_wait(&u, &all).await;
+    let lag = eventually(Duration::from_secs(60), "the models group to lag", || {
+        gauge(&up, "weir_router_recipient_lag_events", "models").filter(|n| *n >= 30.0)
+    });
+    assert!(lag <= 50.0, "at most what was sent: {lag}");
+    // The buffer's group is caught up (its commit and the statistics trail by a few seconds).
+    eventually(
+        Duration::from_secs(30),
+        "the warehouse lag at 0 while models lags",
+        || {
+            (gauge(&up, "weir_router_recipient_lag_events", "warehouse") == Some(0.0)
+                && gauge(&up, "weir_router_recipient_lag_events", "models") >= Some(30.0))
+            .then_some(())
+        },
+    );
+
+    let ok = Command::new("rabbitmqctl").args(["-q", "start_app"]).status().unwrap();
+    assert!(ok.success());
+    assert_eq!(rabbit.read(30).await, set(&during));
+    eventually(Duration::from_secs(60), "the models lag back at 0", || {
+        (gauge(&up, "weir_router_recipient_lag_events", "models") == Some(0.0)).then_some(())
+    });
+    assert!(up.stop().success());
+    let (_conn, ch) = rabbit.channel().await;
+    let _ = ch.queue_delete(rabbit.queue.as_str().into(), Default::default()).await;
+    let _ = ch
+        .exchange_delete(rabbit.exchange.as_str().into(), Default::default())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_mode_the_broker_down_while_the_collector_takes_events_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let u = unique("kmb");
+    let tmp = tempfile::tempdir().unwrap();
+    let (_broker, mut proxy) = Private::kafka_behind_proxy(&tmp.path().join("kafka"));
+    let brokers = format!("127.0.0.1:{}", proxy.port);
+    let exchange = format!("weir.outage.{u}");
+    let up = kafka_mode_up(tmp.path(), &brokers, &u, &exchange);
+    let before = ids("before", 20);
+    send(&up, &before);
+    buffered_wait(&u, &set(&before)).await;
+
+    // Kafka unreachable: 202 from the spool.
+    proxy.down();
+    let during = ids("during", 30);
+    for chunk in during.chunks(10) {
+        send(&up, chunk);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let m = get_text(&format!("{}/metrics", up.collector));
+    let forwarded = m.lines().find_map(|l| {
+        l.strip_prefix("weir_collector_forwarded_events_total ")?
+            .trim()
+            .parse::<f64>()
+            .ok()
+    });
+    assert_eq!(
+        forwarded,
+        Some(20.0),
+        "nothing confirmed while Kafka is away: the 202s came from the spool"
+    );
+    // Back: the collector produces what it held, the routers' groups deliver it.
+    proxy.up();
+    buffered_wait(&u, &set(&during)).await;
+    kafka_wait(
+        &brokers,
+        &format!("{u}.events"),
+        &set(&before).union(&set(&during)).cloned().collect(),
+    )
+    .await;
     assert!(up.stop().success());
 }

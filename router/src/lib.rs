@@ -51,14 +51,14 @@ pub enum StartError {
     Config(config::InvalidSetting),
     /// The Kafka topic cannot be used.
     #[error("{0}")]
-    Topic(weir_proto::runtime::kafka::TopicError),
+    Topic(Box<weir_proto::runtime::kafka::TopicError>),
     /// A Kafka client could not be created (a bad option).
     #[error("cannot create the Kafka client for {what}: {error} (check router.kafka.options)")]
     Kafka {
         /// Which consumer or producer.
         what: String,
         /// What librdkafka said.
-        error: rdkafka::error::KafkaError,
+        error: Box<rdkafka::error::KafkaError>,
     },
 }
 
@@ -110,14 +110,14 @@ impl Router {
             Some(k) => {
                 weir_proto::runtime::kafka::ensure_topic(k, &k.topic, "router.kafka")
                     .await
-                    .map_err(StartError::Topic)?;
+                    .map_err(|e| StartError::Topic(Box::new(e)))?;
                 let dead = weir_proto::runtime::kafka::KafkaConfig {
                     partitions: 1,
                     ..k.clone()
                 };
                 weir_proto::runtime::kafka::ensure_topic(&dead, &k.dead_letter_topic(), "router.kafka")
                     .await
-                    .map_err(StartError::Topic)?;
+                    .map_err(|e| StartError::Topic(Box::new(e)))?;
                 Mode::Kafka(k.clone())
             }
             None => {
@@ -315,7 +315,7 @@ impl Mode {
                 .map(source::Follow::Kafka)
                 .map_err(|error| StartError::Kafka {
                     what: format!("the group {}.{name}", k.group),
-                    error,
+                    error: Box::new(error),
                 }),
         }
     }
@@ -330,7 +330,7 @@ impl Mode {
                 .map(dead_letter::DeadLetterStore::Kafka)
                 .map_err(|error| StartError::Kafka {
                     what: format!("the dead letters of {name}"),
-                    error,
+                    error: Box::new(error),
                 }),
         }
     }

@@ -33,6 +33,9 @@ pub(super) struct KafkaSender<'a> {
     quiet: LogLimit,
 }
 
+/// The longest a run waits for its delivery reports.
+const REPORT_WAIT: Duration = Duration::from_secs(30);
+
 /// What became of one message.
 enum Sent {
     Ok,
@@ -209,11 +212,19 @@ impl<'a> KafkaSender<'a> {
                 }
             }
         }
+        // librdkafka reports every message within message.timeout.ms (15 s unless set);
+        // a producer wedged by a broker that lost its state may not: then all is retried
+        // from a new producer.
+        let limit = tokio::time::Instant::now() + REPORT_WAIT;
         for (slot, f) in reports {
-            out[slot] = Some(match f.await {
-                Ok(Ok(_)) => Sent::Ok,
-                Ok(Err((e, _))) => classify(&e),
-                Err(_) => Sent::Retry("the Kafka producer dropped the message".into()),
+            out[slot] = Some(match tokio::time::timeout_at(limit, f).await {
+                Ok(Ok(Ok(_))) => Sent::Ok,
+                Ok(Ok(Err((e, _)))) => classify(&e),
+                Ok(Err(_)) => Sent::Retry("the Kafka producer dropped the message".into()),
+                Err(_) => {
+                    self.producer = None;
+                    Sent::Retry(format!("no delivery report within {} s", REPORT_WAIT.as_secs()))
+                }
             });
         }
         if let Some((code, reason)) = producer.client().fatal_error() {

@@ -39,7 +39,7 @@ pub struct ForwarderOptions {
 
 /// Where the spool goes.
 enum Transport<'a> {
-    Http(http::Sender<'a>),
+    Http(Box<http::Sender<'a>>),
     Kafka(kafka::KafkaSender<'a>),
 }
 
@@ -73,7 +73,7 @@ pub async fn run(spool: Spool, opts: ForwarderOptions, shutdown: watch::Receiver
 async fn forward(spool: &Spool, opts: &ForwarderOptions, mut shutdown: watch::Receiver<bool>) {
     let mut sender = match &opts.kafka {
         Some(k) => Transport::Kafka(kafka::KafkaSender::new(opts, k)),
-        None => Transport::Http(http::Sender::new(opts)),
+        None => Transport::Http(Box::new(http::Sender::new(opts))),
     };
     let mut reader = Some(spool.wal().reader(spool.forwarded()));
     let mut durable = spool.wal().subscribe();

@@ -12,7 +12,7 @@
 //! and what is delivered twice is only what was not committed yet.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +31,13 @@ use super::{Gauges, Pull, Source, SourceError, Stats};
 pub struct GroupContext {
     quiet: QuietContext,
     group: String,
+    topic: String,
     generation: AtomicU64,
+    /// The group's lag over this consumer's partitions, from librdkafka's statistics
+    /// (high watermark of the last fetch minus the committed offset); -1 until known.
+    lag: AtomicI64,
+    /// True while the poller holds the assignment paused (the queue is full).
+    paused: AtomicBool,
 }
 
 impl rdkafka::ClientContext for GroupContext {
@@ -40,6 +46,24 @@ impl rdkafka::ClientContext for GroupContext {
     }
     fn error(&self, error: KafkaError, reason: &str) {
         quiet_error(&self.quiet, error, reason);
+    }
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let Some(t) = stats.topics.get(&self.topic) else {
+            self.lag.store(0, Ordering::Relaxed);
+            return;
+        };
+        let mut lag = 0i64;
+        for p in t.partitions.values().filter(|p| p.partition >= 0 && p.desired) {
+            lag += if p.consumer_lag >= 0 {
+                p.consumer_lag
+            } else if p.hi_offset >= 0 {
+                // Nothing committed yet: everything the partition holds.
+                p.hi_offset - p.lo_offset.max(0)
+            } else {
+                0
+            };
+        }
+        self.lag.store(lag, Ordering::Relaxed);
     }
 }
 
@@ -108,7 +132,8 @@ impl KafkaSource {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
-            .set("queued.max.messages.kbytes", "16384");
+            .set("queued.max.messages.kbytes", "16384")
+            .set("statistics.interval.ms", "1000");
         // A new group reads the topic from its start: nothing produced before the
         // routers joined is skipped (options may say "latest").
         if !cfg.options.contains_key("auto.offset.reset") {
@@ -120,7 +145,10 @@ impl KafkaSource {
         let context = GroupContext {
             quiet: QuietContext::default(),
             group: group.clone(),
+            topic: cfg.topic.clone(),
             generation: AtomicU64::new(0),
+            lag: AtomicI64::new(-1),
+            paused: AtomicBool::new(false),
         };
         let consumer: Arc<Consumer_> = Arc::new(c.create_with_context(context)?);
         consumer.subscribe(&[&cfg.topic])?;
@@ -162,11 +190,13 @@ async fn poll(consumer: Arc<Consumer_>, topic: String, tx: mpsc::Sender<Fetched>
                 let _ = consumer.resume(&a);
             }
             paused = false;
+            consumer.context().paused.store(false, Ordering::Relaxed);
         } else if !held.is_empty() && !paused {
             if let Ok(a) = consumer.assignment() {
                 let _ = consumer.pause(&a);
             }
             paused = true;
+            consumer.context().paused.store(true, Ordering::Relaxed);
         }
         tokio::select! {
             m = consumer.recv() => match m {
@@ -287,10 +317,17 @@ impl Source for KafkaSource {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tick.tick().await;
-                let (c, t) = (consumer.clone(), topic.clone());
-                if let Ok(Some(lag)) = tokio::task::spawn_blocking(move || lag(&c, &t)).await {
-                    gauges.set(lag, &stats);
+                let ctx = consumer.context();
+                let mut lag = ctx.lag.load(Ordering::Relaxed).max(0) as u64;
+                // Paused partitions fetch nothing, so the statistics' high watermark is
+                // the last one fetched: ask the brokers too.
+                if ctx.paused.load(Ordering::Relaxed) {
+                    let (c, t) = (consumer.clone(), topic.clone());
+                    if let Ok(Some(asked)) = tokio::task::spawn_blocking(move || lag_from_brokers(&c, &t)).await {
+                        lag = lag.max(asked);
+                    }
                 }
+                gauges.set(lag, &stats);
             }
         })
     }
@@ -302,9 +339,9 @@ impl Drop for KafkaSource {
     }
 }
 
-/// The group's lag over this consumer's partitions: high watermark minus committed
-/// offset (the low watermark when nothing is committed yet).
-fn lag(consumer: &Consumer_, topic: &str) -> Option<u64> {
+/// The group's lag over this consumer's partitions as the brokers tell it: high
+/// watermark minus committed offset (the low watermark when nothing is committed yet).
+fn lag_from_brokers(consumer: &Consumer_, topic: &str) -> Option<u64> {
     let timeout = Duration::from_secs(5);
     let committed = consumer.committed(timeout).ok()?;
     let mut total = 0u64;
