@@ -300,3 +300,55 @@ async fn dead_letters_land_on_the_dead_letter_topic_with_the_reason() {
     router.stop();
     collector.stop();
 }
+
+#[test]
+fn config_check_refuses_kafka_mode_with_a_file_buffer_and_a_collector_with_routers_and_kafka() {
+    let tmp = tempfile::tempdir().unwrap();
+    let check = |name: &str, text: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = weir().args(["config", "check", path.to_str().unwrap()]).output().unwrap();
+        assert!(!out.status.success(), "{name} must be refused");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = check(
+        "file-buffer.toml",
+        "[router]\nkafka = { brokers = \"127.0.0.1:9092\", topic = \"weir.events\" }\n",
+    );
+    assert!(e.contains("file-buffer.toml") && e.contains("router.buffer") && e.contains("Kafka mode"), "{e}");
+    let e = check(
+        "both.toml",
+        "[collector]\nrouters = [\"http://127.0.0.1:8081\"]\nkafka = { brokers = \"127.0.0.1:9092\" }\n",
+    );
+    assert!(e.contains("collector.routers and collector.kafka are both set"), "{e}");
+    let e = check(
+        "fixed.toml",
+        "[collector]\nkafka = { brokers = \"b:9092\", options = { \"enable.idempotence\" = \"false\" } }\n",
+    );
+    assert!(e.contains("collector.kafka.options.enable.idempotence"), "{e}");
+}
+
+#[test]
+fn a_topic_with_fewer_partitions_than_configured_is_refused_at_start_with_what_to_do() {
+    let brokers = service("TEST_WEIR_KAFKA");
+    let u = unique("kp");
+    let tmp = tempfile::tempdir().unwrap();
+    let topic = format!("{u}.events");
+    // The first router creates the topic with 6 partitions.
+    let cfg = kafka_config(tmp.path(), &brokers, &topic, &u, None);
+    let router = node("router", &cfg, tmp.path(), "router");
+    router.stop();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("partitions = 6", "partitions = 12");
+    std::fs::write(&cfg, text).unwrap();
+    let out = weir()
+        .args(["router", "--config", cfg.to_str().unwrap()])
+        .env("WEIR_ROUTER_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains(&format!("topic \"{topic}\" has 6 partitions but router.kafka.partitions is 12: at most 6 routers can share it")),
+        "{e}"
+    );
+}
