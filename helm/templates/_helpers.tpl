@@ -109,3 +109,32 @@ readinessProbe:
   valueFrom:
     secretKeyRef: {name: {{ include "weir.tokensSecret" . }}, key: flight-token}
 {{- end }}
+
+{{/* Environment variable name for a Kafka option read from a Secret: KAFKA_<SETTING>. */}}
+{{- define "weir.kafkaVar" -}}
+{{- printf "KAFKA_%s" (regexReplaceAll "[^A-Za-z0-9]" . "_" | upper) -}}
+{{- end -}}
+
+{{/* The `kafka = { ... }` table: (dict "ctx" $ "router" true) adds the group. */}}
+{{- define "weir.kafkaTable" -}}
+{{- $k := .ctx.Values.kafka -}}
+{ brokers = {{ include "weir.toml" $k.brokers }}, topic = {{ include "weir.toml" $k.topic }}
+{{- if .router }}, group = {{ include "weir.toml" $k.group }}{{ end -}}
+, partitions = {{ int $k.partitions }}
+{{- if gt (int $k.replicationFactor) 0 }}, replication_factor = {{ int $k.replicationFactor }}{{ end -}}
+{{- if or $k.options $k.optionSecrets }}, options = { {{- $first := true }}
+{{- range $key, $v := $k.options }}{{ if not $first }},{{ end }}{{ $first = false }} {{ include "weir.toml" $key }} = {{ include "weir.toml" (toString $v) }}{{ end }}
+{{- range $key, $_ := $k.optionSecrets }}{{ if not $first }},{{ end }}{{ $first = false }} {{ include "weir.toml" $key }} = "${ {{- include "weir.kafkaVar" $key -}} }"{{ end }} }
+{{- end }} }
+{{- end -}}
+
+{{/* The env entries of the Kafka option Secrets, for every component that talks to Kafka. */}}
+{{- define "weir.kafkaEnv" -}}
+{{- if .Values.kafka.enabled }}
+{{- range $key, $ref := .Values.kafka.optionSecrets }}
+- name: {{ include "weir.kafkaVar" $key }}
+  valueFrom:
+    secretKeyRef: {name: {{ $ref.name }}, key: {{ $ref.key }}}
+{{- end }}
+{{- end }}
+{{- end -}}

@@ -117,7 +117,8 @@ fn config_check(file: &Path) -> Output {
 fn the_chart_renders_lints_validates_and_passes_checkov() {
     let tmp = tempfile::tempdir().unwrap();
     let production = root().join("helm/ci/production-values.yaml");
-    for (label, values) in [("default", vec![]), ("production", vec![production])] {
+    let kafka = vec![production.clone(), root().join("helm/ci/kafka-values.yaml")];
+    for (label, values) in [("default", vec![]), ("production", vec![production]), ("kafka", kafka)] {
         let out = tmp.path().join(label);
         let (files, report) = render(&out, &values).unwrap_or_else(|e| panic!("{label}: {e}"));
         let lint = &report["lint"];
@@ -131,9 +132,15 @@ fn the_chart_renders_lints_validates_and_passes_checkov() {
         assert!(serious.is_empty(), "{label}: lint warnings {serious:?}");
 
         let manifests = all(&files);
+        // Routers: a StatefulSet with volumes in HTTP mode, a Deployment in Kafka mode.
+        let routers = if label == "kafka" {
+            "kind: Deployment"
+        } else {
+            "kind: StatefulSet"
+        };
         for kind in [
             "kind: DaemonSet",
-            "kind: StatefulSet",
+            routers,
             "kind: PodDisruptionBudget",
             "kind: NetworkPolicy",
             "internalTrafficPolicy: Local",
@@ -148,7 +155,35 @@ fn the_chart_renders_lints_validates_and_passes_checkov() {
             assert!(manifests.contains(kind), "{label}: no {kind:?}");
         }
         let deployments = manifests.lines().filter(|l| *l == "kind: Deployment").count();
-        assert_eq!(deployments, 2, "{label}: loader and proxy");
+        if label == "kafka" {
+            assert_eq!(deployments, 3, "{label}: loader, proxy and router");
+            assert!(!manifests.contains("kind: StatefulSet") && !manifests.contains("volumeClaimTemplates"));
+            assert!(
+                !manifests.contains("routers = ["),
+                "{label}: collectors produce to Kafka"
+            );
+            assert_eq!(
+                manifests.matches(r#"kafka = { brokers = "kafka-0.kafka:9093,kafka-1.kafka:9093,kafka-2.kafka:9093", topic = "weir.events""#).count(),
+                3,
+                "{label}: collector, proxy and router"
+            );
+            assert!(manifests.contains(r#"group = "weir", partitions = 24"#), "{label}");
+            assert_eq!(
+                manifests
+                    .matches(r#""sasl.password" = "${KAFKA_SASL_PASSWORD}""#)
+                    .count(),
+                3,
+                "{label}"
+            );
+            assert_eq!(manifests.matches("- name: KAFKA_SASL_PASSWORD").count(), 3, "{label}");
+            assert_eq!(
+                manifests.matches("kind: HorizontalPodAutoscaler").count(),
+                2,
+                "{label}: the proxy's and the routers'"
+            );
+        } else {
+            assert_eq!(deployments, 2, "{label}: loader and proxy");
+        }
         // The internal endpoints' tokens: generated into a Secret, required by the router
         // and Flight, sent by collectors and the proxy.
         assert!(
@@ -171,7 +206,7 @@ fn the_chart_renders_lints_validates_and_passes_checkov() {
             !manifests.contains("amqp://") && !manifests.contains("mongodb://"),
             "{label}: no connection string in a manifest"
         );
-        if label == "production" {
+        if label != "default" {
             for kind in ["kind: Ingress", "kind: HorizontalPodAutoscaler", "kind: ServiceMonitor"] {
                 assert!(manifests.contains(kind), "{label}: no {kind:?}");
             }
@@ -185,10 +220,12 @@ fn the_chart_renders_lints_validates_and_passes_checkov() {
                 manifests.matches("# weir's own pods always reach each other").count(),
                 4
             );
-            assert!(
-                manifests.contains("weir-router-2.weir-router-headless.weir.svc:8081"),
-                "collectors list every router"
-            );
+            if label == "production" {
+                assert!(
+                    manifests.contains("weir-router-2.weir-router-headless.weir.svc:8081"),
+                    "collectors list every router"
+                );
+            }
         }
         assert!(report["notes"].as_str().unwrap_or_default().contains("/v1/events"));
 
@@ -245,6 +282,11 @@ fn bad_values_fail_at_render_with_the_schema_message() {
             "router:\n  replicas: 3\n",
             "/router/replicas",
         ),
+        (
+            "kafka-mode-with-the-file-buffer",
+            "kafka:\n  enabled: true\n  brokers: k:9092\n",
+            "/router/buffer/kind",
+        ),
     ] {
         let values = tmp.path().join(format!("{name}.yaml"));
         fs::write(&values, yaml).unwrap();
@@ -257,8 +299,9 @@ fn bad_values_fail_at_render_with_the_schema_message() {
 fn rendered_and_example_configs_pass_config_check() {
     let tmp = tempfile::tempdir().unwrap();
     let production = root().join("helm/ci/production-values.yaml");
+    let kafka = vec![production.clone(), root().join("helm/ci/kafka-values.yaml")];
     let mut checked = 0;
-    for (label, values) in [("default", vec![]), ("production", vec![production])] {
+    for (label, values) in [("default", vec![]), ("production", vec![production]), ("kafka", kafka)] {
         let (files, _) = render(&tmp.path().join(label), &values).unwrap();
         let configs = rendered_configs(&files);
         let names: Vec<&str> = configs.iter().map(|(n, _)| n.as_str()).collect();
@@ -279,7 +322,7 @@ fn rendered_and_example_configs_pass_config_check() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 12);
+    assert_eq!(checked, 18);
     // A config naming a secret that is not in the environment says which.
     let file = tmp.path().join("missing.toml");
     fs::write(
@@ -364,5 +407,21 @@ fn the_compose_file_is_valid() {
         "proxy:",
     ] {
         assert!(config.contains(service), "no {service}");
+    }
+    // Kafka mode is a profile of its own.
+    let o = Command::new("docker-compose")
+        .arg("-f")
+        .arg(root().join("deploy/docker-compose.yml"))
+        .args(["--profile", "kafka-mode", "config"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "docker-compose --profile kafka-mode config:\n{}",
+        text(&o)
+    );
+    let config = String::from_utf8_lossy(&o.stdout);
+    for service in ["router-kafka:", "collector-kafka:", "loader-kafka:"] {
+        assert!(config.contains(service), "no {service} in the kafka-mode profile");
     }
 }

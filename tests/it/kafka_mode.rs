@@ -307,7 +307,10 @@ fn config_check_refuses_kafka_mode_with_a_file_buffer_and_a_collector_with_route
     let check = |name: &str, text: &str| {
         let path = tmp.path().join(name);
         std::fs::write(&path, text).unwrap();
-        let out = weir().args(["config", "check", path.to_str().unwrap()]).output().unwrap();
+        let out = weir()
+            .args(["config", "check", path.to_str().unwrap()])
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{name} must be refused");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
@@ -315,7 +318,10 @@ fn config_check_refuses_kafka_mode_with_a_file_buffer_and_a_collector_with_route
         "file-buffer.toml",
         "[router]\nkafka = { brokers = \"127.0.0.1:9092\", topic = \"weir.events\" }\n",
     );
-    assert!(e.contains("file-buffer.toml") && e.contains("router.buffer") && e.contains("Kafka mode"), "{e}");
+    assert!(
+        e.contains("file-buffer.toml") && e.contains("router.buffer") && e.contains("Kafka mode"),
+        "{e}"
+    );
     let e = check(
         "both.toml",
         "[collector]\nrouters = [\"http://127.0.0.1:8081\"]\nkafka = { brokers = \"127.0.0.1:9092\" }\n",
@@ -338,7 +344,9 @@ fn a_topic_with_fewer_partitions_than_configured_is_refused_at_start_with_what_t
     let cfg = kafka_config(tmp.path(), &brokers, &topic, &u, None);
     let router = node("router", &cfg, tmp.path(), "router");
     router.stop();
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("partitions = 6", "partitions = 12");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("partitions = 6", "partitions = 12");
     std::fs::write(&cfg, text).unwrap();
     let out = weir()
         .args(["router", "--config", cfg.to_str().unwrap()])
@@ -348,7 +356,9 @@ fn a_topic_with_fewer_partitions_than_configured_is_refused_at_start_with_what_t
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(
-        e.contains(&format!("topic \"{topic}\" has 6 partitions but router.kafka.partitions is 12: at most 6 routers can share it")),
+        e.contains(&format!(
+            "topic \"{topic}\" has 6 partitions but router.kafka.partitions is 12: at most 6 routers can share it"
+        )),
         "{e}"
     );
 }
