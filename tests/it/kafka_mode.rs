@@ -10,7 +10,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use mongodb::bson::{doc, Document};
 use rdkafka::consumer::Consumer;
-use rdkafka::message::Headers;
 use rdkafka::Message;
 
 use crate::common::fanout::*;
@@ -271,19 +270,7 @@ async fn dead_letters_land_on_the_dead_letter_topic_with_the_reason() {
             .await
             .expect("dead letters on the topic")
             .unwrap();
-        let headers: BTreeMap<String, String> = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|x| {
-                        (
-                            x.key.to_string(),
-                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers: BTreeMap<String, String> = header_pairs(&m).into_iter().collect();
         let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
         let view =
             weir_proto::event::EventView::decode(m.payload().unwrap()).expect("the event as it was on the topic");

@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::watch;
 use weir_proto::event::EventView;
 use weir_proto::runtime::backoff::Backoff;
 use weir_proto::runtime::dead_letter::DeadLetters;
-use weir_proto::runtime::kafka::{ensure_topic, permanent, producer_config, KafkaConfig, QuietContext, TopicError};
+use weir_proto::runtime::kafka::{
+    ensure_topic, event_headers, permanent, producer_config, KafkaConfig, QuietContext, TopicError,
+};
 use weir_proto::runtime::log_limit::LogLimit;
 
 use super::ForwarderOptions;
@@ -174,20 +175,7 @@ impl<'a> KafkaSender<'a> {
                     continue;
                 }
             };
-            let version = view.version.to_string();
-            let headers = OwnedHeaders::new_with_capacity(3)
-                .insert(Header {
-                    key: "event",
-                    value: Some(view.event),
-                })
-                .insert(Header {
-                    key: "version",
-                    value: Some(&version),
-                })
-                .insert(Header {
-                    key: "env",
-                    value: Some(view.env),
-                });
+            let headers = event_headers(&view);
             let mut record = FutureRecord::to(&topic)
                 .key(view.id)
                 .payload(ev.as_ref())

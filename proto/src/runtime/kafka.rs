@@ -188,6 +188,25 @@ pub fn quiet_error(quiet: &QuietContext, error: KafkaError, reason: &str) {
     }
 }
 
+/// The headers every weir message carries: `event`, `version`, `env` (room for one more).
+pub fn event_headers(view: &crate::event::EventView<'_>) -> rdkafka::message::OwnedHeaders {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let version = view.version.to_string();
+    OwnedHeaders::new_with_capacity(4)
+        .insert(Header {
+            key: "event",
+            value: Some(view.event),
+        })
+        .insert(Header {
+            key: "version",
+            value: Some(&version),
+        })
+        .insert(Header {
+            key: "env",
+            value: Some(view.env),
+        })
+}
+
 /// Errors no retry can fix: the message itself is refused.
 pub fn permanent(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode as C;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::Header;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{decode, render_template, retry_all, Outcome, Sink};
@@ -63,7 +63,7 @@ pub struct KafkaSink {
 }
 
 pub use weir_proto::runtime::kafka::QuietContext;
-use weir_proto::runtime::kafka::{permanent, producer_config};
+use weir_proto::runtime::kafka::{event_headers, permanent, producer_config};
 
 impl KafkaSink {
     /// A sink producing to `topic` (a template) through `config`.
@@ -104,24 +104,10 @@ impl Sink for KafkaSink {
             let Some(view) = decode(ev, &mut out[i]) else { continue };
             body.clear();
             view.write_json(&mut body);
-            let version = view.version.to_string();
-            let headers = OwnedHeaders::new_with_capacity(4)
-                .insert(Header {
-                    key: "event",
-                    value: Some(view.event),
-                })
-                .insert(Header {
-                    key: "version",
-                    value: Some(&version),
-                })
-                .insert(Header {
-                    key: "env",
-                    value: Some(view.env),
-                })
-                .insert(Header {
-                    key: "id",
-                    value: Some(view.id),
-                });
+            let headers = event_headers(&view).insert(Header {
+                key: "id",
+                value: Some(view.id),
+            });
             let topic = render_template(&self.topic, view.event);
             let record = FutureRecord::to(&topic)
                 .key(view.id)

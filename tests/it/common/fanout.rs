@@ -182,6 +182,22 @@ pub fn kafka_consumer(brokers: &str, topic: &str) -> StreamConsumer {
     c
 }
 
+/// A Kafka message's headers as (key, value) pairs.
+pub fn header_pairs(m: &impl Message) -> Vec<(String, String)> {
+    m.headers()
+        .map(|h| {
+            h.iter()
+                .map(|x| {
+                    (
+                        x.key.to_string(),
+                        String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Reads `n` records: (key, headers as pairs, JSON value).
 pub async fn kafka_read(c: &StreamConsumer, n: usize) -> Vec<(String, Vec<(String, String)>, serde_json::Value)> {
     let mut out = Vec::new();
@@ -201,19 +217,7 @@ pub async fn kafka_read(c: &StreamConsumer, n: usize) -> Vec<(String, Vec<(Strin
             Err(e) => panic!("Kafka consumer: {e}"),
         };
         let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|x| {
-                        (
-                            x.key.to_string(),
-                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = header_pairs(&m).into_iter().collect();
         out.push((key, headers, serde_json::from_slice(m.payload().unwrap()).unwrap()));
     }
     out
