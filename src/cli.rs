@@ -111,6 +111,9 @@ pub(crate) enum BenchCommand {
     Fanout(bench::FanoutBench),
     /// Drive the proxy (write key, CORS, enrichment) with 100-event batches.
     Proxy(bench::ProxyBench),
+    /// Kafka mode beside HTTP mode in one run: collector -> Kafka and Kafka -> router ->
+    /// Kafka recipient, each against its HTTP-mode counterpart, events/s on one core.
+    Kafka(bench::KafkaBench),
 }
 
 #[derive(Subcommand)]

@@ -3,12 +3,14 @@
 mod collector;
 mod fanout;
 mod harness;
+mod kafka;
 mod loader;
 mod proxy;
 mod router;
 
 pub use collector::{run, CollectorBench};
 pub use fanout::{run_fanout, FanoutBench};
+pub use kafka::{run_kafka, KafkaBench};
 pub use loader::{run_loader, LoaderBench};
 pub use proxy::{run_proxy, ProxyBench};
 pub use router::{run_router, RouterBench};
@@ -22,6 +24,7 @@ pub fn run_command(command: crate::cli::BenchCommand) -> anyhow::Result<std::pro
         B::Router(o) => run_router(o)?,
         B::Fanout(o) => run_fanout(o)?,
         B::Proxy(o) => run_proxy(o)?,
+        B::Kafka(o) => run_kafka(o)?,
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

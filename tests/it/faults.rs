@@ -26,7 +26,7 @@ fn assert_ledger(warehouse: &Path, acked: &BTreeSet<String>) {
 
 /// As [`assert_ledger`], where ids of `in_doubt` (requests whose answer a kill cut off:
 /// maybe stored, never acknowledged) may be there too, once.
-fn assert_ledger_in_doubt(warehouse: &Path, acked: &BTreeSet<String>, in_doubt: &BTreeSet<String>) {
+pub fn assert_ledger_in_doubt(warehouse: &Path, acked: &BTreeSet<String>, in_doubt: &BTreeSet<String>) {
     let ids = all_ids(warehouse);
     let unique: BTreeSet<String> = ids.iter().cloned().collect();
     assert_eq!(ids.len(), unique.len(), "an event was stored twice");
@@ -449,18 +449,23 @@ fn nearly_full_router_disk(log_on_disk: bool, buffer_on_disk: bool) {
     assert_ledger(&tmp.path().join("data/warehouse"), &acked);
 }
 
-/// Sends 20-event requests in a loop until `stop`, returning the ids acknowledged (202).
-/// Also returns the ids of requests whose answer never came (in doubt).
-type Ledger = (BTreeSet<String>, BTreeSet<String>);
+/// The ids acknowledged (202), and those of requests whose answer never came (in doubt).
+pub type Ledger = (BTreeSet<String>, BTreeSet<String>);
 
-fn steady_load(url: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<Ledger> {
+/// Sends 20-event requests (`event` makes one event's JSON from its id) in a loop until
+/// `stop`; returns the [`Ledger`].
+pub fn steady_load(
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    event: fn(&str) -> String,
+) -> std::thread::JoinHandle<Ledger> {
     std::thread::spawn(move || {
         let (mut acked, mut in_doubt) = (BTreeSet::new(), BTreeSet::new());
         let mut n = 0u64;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             n += 1;
             let ids: Vec<String> = (0..20).map(|j| format!("load-{n}-{j}")).collect();
-            let body: Vec<String> = ids.iter().map(|id| cart(id, "s")).collect();
+            let body: Vec<String> = ids.iter().map(|id| event(id)).collect();
             let sent = ureq::post(&format!("{url}/v1/events"))
                 .timeout(Duration::from_secs(10))
                 .set("content-type", "application/json")
@@ -522,7 +527,7 @@ fn kill_9_of_collector_and_router_at_random_moments_loses_no_acknowledged_event(
     up(&url, "collector-0.log".into());
     up(&format!("http://127.0.0.1:{rport}"), "router-0.log".into());
     let stop_load = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = steady_load(url.clone(), stop_load.clone());
+    let load = steady_load(url.clone(), stop_load.clone(), |id| cart(id, "s"));
     for i in 1..=cycles {
         std::thread::sleep(Duration::from_millis(200 + rand(1000)));
         let victim = if rand(2) == 0 { &mut collector } else { &mut router };

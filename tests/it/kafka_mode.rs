@@ -24,8 +24,12 @@ pub struct Node {
 
 /// Starts `weir <role> --config cfg` with its own data dir and listen port.
 pub fn node(role: &str, cfg: &Path, dir: &Path, name: &str) -> Node {
-    let port = free_port();
-    let log = dir.join(format!("{name}.log"));
+    node_at(role, cfg, dir, name, free_port(), &format!("{name}.log"))
+}
+
+/// As [`node`], on `port`, logging to `log` in `dir` (a restart keeps the data dir).
+pub fn node_at(role: &str, cfg: &Path, dir: &Path, name: &str, port: u16, log: &str) -> Node {
+    let log = dir.join(log);
     let key = if role == "router" {
         "WEIR_ROUTER_LISTEN"
     } else {
@@ -348,4 +352,87 @@ fn a_topic_with_fewer_partitions_than_configured_is_refused_at_start_with_what_t
         )),
         "{e}"
     );
+}
+
+/// kill -9 of a Kafka-mode collector (and, less often, the router) at seeded random
+/// moments under steady load: every acknowledged id reaches the MongoDB buffer, and the
+/// Parquet holds each exactly once. A collector killed between producing a segment and
+/// releasing it produces it again on restart; the buffer's `_id` and the loader make that
+/// duplicate disappear. `TEST_WEIR_FAULT_CYCLES` (default 6) and `TEST_WEIR_FAULT_SEED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_kafka_mode_collector_at_random_moments_loses_no_acknowledged_event() {
+    let cycles: u64 = std::env::var("TEST_WEIR_FAULT_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let mut seed: u64 = std::env::var("TEST_WEIR_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x0ddba11);
+    eprintln!("fault seed {seed} (TEST_WEIR_FAULT_SEED), {cycles} cycles (TEST_WEIR_FAULT_CYCLES)");
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let brokers = service("TEST_WEIR_KAFKA");
+    let u = unique("kk");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = kafka_config(dir, &brokers, &format!("{u}.events"), &u, None);
+    let (cport, rport) = (free_port(), free_port());
+    let mut router = node_at("router", &cfg, dir, "router", rport, "router-0.log");
+    let mut collector = node_at("collector", &cfg, dir, "collector", cport, "collector-0.log");
+    let stop_load = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = crate::faults::steady_load(collector.url.clone(), stop_load.clone(), |id| {
+        format!(r#"{{"event":"signup","env":"web","id":"{id}","fields":{{}}}}"#)
+    });
+    for i in 1..=cycles {
+        tokio::time::sleep(Duration::from_millis(200 + rand(1000))).await;
+        // The collector is the one under test: three kills in four.
+        if rand(4) > 0 {
+            collector.kill9();
+            tokio::time::sleep(Duration::from_millis(rand(300))).await;
+            collector = node_at(
+                "collector",
+                &cfg,
+                dir,
+                "collector",
+                cport,
+                &format!("collector-{i}.log"),
+            );
+        } else {
+            router.kill9();
+            tokio::time::sleep(Duration::from_millis(rand(300))).await;
+            router = node_at("router", &cfg, dir, "router", rport, &format!("router-{i}.log"));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_load.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, in_doubt) = load.join().unwrap();
+    assert!(acked.len() > 1000, "the load ran: {} acknowledged", acked.len());
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let buffered = loop {
+        let ids = buffered_ids(&u).await;
+        if acked.iter().all(|id| ids.contains_key(id)) || std::time::Instant::now() > deadline {
+            break ids;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let missing: Vec<&String> = acked.iter().filter(|id| !buffered.contains_key(*id)).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events never reached the buffer, e.g. {missing:?}",
+        acked.iter().filter(|id| !buffered.contains_key(*id)).count()
+    );
+    router.stop();
+    collector.stop();
+    let out = weir()
+        .args(["loader", "run", "--now", "--config", cfg.to_str().unwrap()])
+        .env("WEIR_DATA_DIR", dir.join("loader"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    crate::faults::assert_ledger_in_doubt(&dir.join("warehouse"), &acked, &in_doubt);
 }

@@ -61,6 +61,9 @@ impl Transport<'_> {
     }
 }
 
+/// Events one Kafka run holds at most (about 5 MB of demo events).
+const KAFKA_RUN_EVENTS: usize = 16_384;
+
 /// Runs until shutdown is asked for and the spool is drained (or the drain timeout
 /// passes; what is left stays in the spool for the next start).
 pub async fn run(spool: Spool, opts: ForwarderOptions, shutdown: watch::Receiver<bool>) {
@@ -75,6 +78,13 @@ async fn forward(spool: &Spool, opts: &ForwarderOptions, mut shutdown: watch::Re
         Some(k) => Transport::Kafka(kafka::KafkaSender::new(opts, k)),
         None => Transport::Http(Box::new(http::Sender::new(opts))),
     };
+    // One run is delivered (and confirmed) before the next: Kafka's runs are larger, so
+    // a broker's acknowledgement round trip is paid per many thousand messages (the
+    // producer batches them itself), not per HTTP-sized batch.
+    let run_max = match sender {
+        Transport::Kafka(_) => opts.batch_max_events.max(KAFKA_RUN_EVENTS),
+        Transport::Http(_) => opts.batch_max_events,
+    };
     let mut reader = Some(spool.wal().reader(spool.forwarded()));
     let mut durable = spool.wal().subscribe();
     loop {
@@ -83,7 +93,7 @@ async fn forward(spool: &Spool, opts: &ForwarderOptions, mut shutdown: watch::Re
             *sender.deadline() = Some(Instant::now() + opts.drain_timeout);
         }
         let from = reader.as_ref().map(|r| r.position()).unwrap_or_default();
-        let (mut events, r) = read(reader.take(), opts.batch_max_events).await;
+        let (mut events, r) = read(reader.take(), run_max).await;
         reader = r;
         if reader.is_none() {
             return;
@@ -98,12 +108,12 @@ async fn forward(spool: &Spool, opts: &ForwarderOptions, mut shutdown: watch::Re
             }
             continue;
         }
-        if events.len() < opts.batch_max_events && !stopping {
+        if events.len() < run_max && !stopping {
             tokio::select! {
                 _ = tokio::time::sleep(opts.batch_max_wait) => {}
                 _ = shutdown.changed() => {}
             }
-            let (more, r) = read(reader.take(), opts.batch_max_events - events.len()).await;
+            let (more, r) = read(reader.take(), run_max - events.len()).await;
             reader = r;
             events.extend(more);
         }

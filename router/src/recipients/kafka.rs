@@ -31,13 +31,18 @@ pub struct Config {
     /// (collectors keep spooling) until it catches up.
     #[serde(default = "super::defaults::max_backlog")]
     pub max_backlog_bytes: u64,
-    /// Most events sent to the server in one go.
-    #[serde(default = "super::defaults::batch_events")]
+    /// Most events sent to the server in one go (default 10,000: the producer batches
+    /// per partition itself, and each run waits for one acknowledgement round trip).
+    #[serde(default = "default_batch_events")]
     pub batch_events: usize,
 }
 
 fn default_topic() -> String {
     "weir.{event}".into()
+}
+
+fn default_batch_events() -> usize {
+    10_000
 }
 
 impl super::Kind for Config {
@@ -101,6 +106,10 @@ impl Sink for KafkaSink {
         let mut pending = Vec::with_capacity(events.len());
         let mut body = Vec::new();
         for (i, ev) in events.iter().enumerate() {
+            // A long run is rendered in slices, so intake on the same worker is not held up.
+            if i % 512 == 511 {
+                tokio::task::yield_now().await;
+            }
             let Some(view) = decode(ev, &mut out[i]) else { continue };
             body.clear();
             view.write_json(&mut body);

@@ -119,8 +119,9 @@ pub struct KafkaSource {
     poller: JoinHandle<()>,
 }
 
-/// Queued messages per consumer before partitions are paused.
-const QUEUE: usize = 4096;
+/// Messages queued per consumer (about 5 MB of demo events): a Kafka recipient's run
+/// (`batch_events`, 10,000 by default) can be taken from it whole.
+const QUEUE: usize = 16_384;
 
 impl KafkaSource {
     /// Joins the group `<cfg.group>.<name>` on `cfg.topic`.
@@ -169,61 +170,84 @@ impl KafkaSource {
     }
 }
 
-/// Polls the consumer for ever: hands messages on, and while the queue is full pauses
-/// the assignment (still polling, so rebalances and the group membership are served).
+/// Polls the consumer for ever and hands messages on. When the queue is full it first
+/// waits for room (a recipient taking a run empties it in milliseconds); only when it
+/// stays full for [`STALL`] (the recipient is retrying) is the assignment paused, and then
+/// the consumer is still polled, so rebalances and the group membership are served.
+/// Pausing is kept for that case because it drops what librdkafka prefetched, which must
+/// then be fetched again.
 async fn poll(consumer: Arc<Consumer_>, topic: String, tx: mpsc::Sender<Fetched>) {
+    // Messages received but not yet queued, in order: one while the queue is full, a few
+    // more that arrive as a pause takes effect.
     let mut held: VecDeque<Fetched> = VecDeque::new();
     let mut paused = false;
+    let set_paused = |pause: bool| {
+        if let Ok(a) = consumer.assignment() {
+            let _ = if pause { consumer.pause(&a) } else { consumer.resume(&a) };
+        }
+        consumer.context().paused.store(pause, Ordering::Relaxed);
+    };
+    let fetched = |m: &rdkafka::message::BorrowedMessage<'_>| Fetched {
+        generation: consumer.context().generation.load(Ordering::SeqCst),
+        partition: m.partition(),
+        offset: m.offset(),
+        value: m.payload().map(Bytes::copy_from_slice),
+    };
     loop {
-        while let Some(f) = held.pop_front() {
-            match tx.try_send(f) {
+        if let Some(f) = held.pop_front() {
+            if paused {
+                // Paused: serve the consumer while waiting for room.
+                tokio::select! {
+                    p = tx.reserve() => match p {
+                        Ok(p) => p.send(f),
+                        Err(_) => return,
+                    },
+                    m = consumer.recv() => {
+                        held.push_front(f);
+                        match m {
+                            Ok(m) => held.push_back(fetched(&m)),
+                            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                        }
+                    }
+                }
+            } else {
+                match tokio::time::timeout(STALL, tx.reserve()).await {
+                    Ok(Ok(p)) => p.send(f),
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        held.push_front(f);
+                        set_paused(true);
+                        paused = true;
+                    }
+                }
+            }
+            if paused && held.is_empty() {
+                set_paused(false);
+                paused = false;
+            }
+            continue;
+        }
+        match consumer.recv().await {
+            Ok(m) => match tx.try_send(fetched(&m)) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(f)) => {
-                    held.push_front(f);
-                    break;
-                }
+                Err(mpsc::error::TrySendError::Full(f)) => held.push_back(f),
                 Err(mpsc::error::TrySendError::Closed(_)) => return,
-            }
-        }
-        if held.is_empty() && paused {
-            if let Ok(a) = consumer.assignment() {
-                let _ = consumer.resume(&a);
-            }
-            paused = false;
-            consumer.context().paused.store(false, Ordering::Relaxed);
-        } else if !held.is_empty() && !paused {
-            if let Ok(a) = consumer.assignment() {
-                let _ = consumer.pause(&a);
-            }
-            paused = true;
-            consumer.context().paused.store(true, Ordering::Relaxed);
-        }
-        tokio::select! {
-            m = consumer.recv() => match m {
-                Ok(m) => held.push_back(Fetched {
-                    generation: consumer.context().generation.load(Ordering::SeqCst),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    value: m.payload().map(Bytes::copy_from_slice),
-                }),
-                Err(e) => {
-                    if consumer.context().quiet.allow() {
-                        tracing::warn!(topic = %topic, error = %e, "Kafka consumer error (repeats are suppressed for 30 s)");
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
             },
-            permit = tx.reserve(), if !held.is_empty() => match permit {
-                Ok(p) => {
-                    if let Some(f) = held.pop_front() {
-                        p.send(f);
-                    }
+            Err(e) => {
+                if consumer.context().quiet.allow() {
+                    tracing::warn!(topic = %topic, error = %e, "Kafka consumer error (repeats are suppressed for 30 s)");
                 }
-                Err(_) => return,
-            },
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
 }
+
+/// How often a paused consumer asks the brokers for its lag.
+const ASK_BROKERS_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a full queue may wait for the recipient before the assignment is paused.
+const STALL: Duration = Duration::from_secs(1);
 
 impl Source for KafkaSource {
     type Mark = KafkaMark;
@@ -315,17 +339,24 @@ impl Source for KafkaSource {
         tokio::spawn(async move {
             let gauges = Gauges::new(&name);
             let mut tick = tokio::time::interval(Duration::from_secs(2));
+            let mut asked: Option<(std::time::Instant, u64)> = None;
             loop {
                 tick.tick().await;
                 let ctx = consumer.context();
                 let mut lag = ctx.lag.load(Ordering::Relaxed).max(0) as u64;
                 // Paused partitions fetch nothing, so the statistics' high watermark is
-                // the last one fetched: ask the brokers too.
+                // the last one fetched: ask the brokers too, every 10 s at most (a
+                // request per partition, which must not crowd out the other consumers).
                 if ctx.paused.load(Ordering::Relaxed) {
-                    let (c, t) = (consumer.clone(), topic.clone());
-                    if let Ok(Some(asked)) = tokio::task::spawn_blocking(move || lag_from_brokers(&c, &t)).await {
-                        lag = lag.max(asked);
+                    if asked.is_none_or(|(at, _)| at.elapsed() >= ASK_BROKERS_EVERY) {
+                        let (c, t) = (consumer.clone(), topic.clone());
+                        if let Ok(Some(n)) = tokio::task::spawn_blocking(move || lag_from_brokers(&c, &t)).await {
+                            asked = Some((std::time::Instant::now(), n));
+                        }
                     }
+                    lag = lag.max(asked.map_or(0, |(_, n)| n));
+                } else {
+                    asked = None;
                 }
                 gauges.set(lag, &stats);
             }
