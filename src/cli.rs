@@ -149,6 +149,12 @@ pub(crate) enum LoaderCommand {
 
 #[derive(Subcommand)]
 pub(crate) enum CatalogCommand {
+    /// Write the demo catalog as commented files into DIR (a catalog to start from:
+    /// `weir up --catalog DIR`).
+    Init {
+        /// The directory to create (it must not hold *.toml files yet).
+        dir: PathBuf,
+    },
     /// Validate a catalog directory; with --previous, also refuse breaking edits.
     Check {
         /// The earlier revision of the catalog (a directory) to compare against.
@@ -189,8 +195,12 @@ pub(crate) enum CatalogCommand {
 pub(crate) enum ConfigCommand {
     /// Print a complete, commented config with every default.
     Example,
-    /// Validate a config file (and its catalog) without starting anything.
+    /// Validate a config file and its catalog together without starting anything: every
+    /// recipient the catalog names must be defined.
     Check {
+        /// The catalog directory (default: the config's `catalog`).
+        #[arg(long, value_name = "DIR")]
+        catalog: Option<PathBuf>,
         /// The config file.
         file: PathBuf,
     },

@@ -167,7 +167,6 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: CatalogOrigin) ->
         }
     }
     let proxy_addr = collector.start_proxy(&proxy_cfg).await?;
-    let interval = Duration::from_secs(cfg.loader.interval_secs.max(1));
     // The router watches the catalog directory; the loader reads the same live catalog.
     let settings = loader_settings(&cfg, false, false, Some(Periodic { first_round_now: false }));
     let loader = LoaderService::start(settings, shared.clone(), None).await?;
@@ -189,10 +188,14 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: CatalogOrigin) ->
         if demo_key {
             format!(", demo key {DEMO_WRITE_KEY} for env web")
         } else if proxy_cfg.keys.is_empty() {
-            ", none configured: add [[proxy.keys]]".to_string()
+            ", none configured: the demo key comes only with the demo catalog; add [[proxy.keys]] with key and env to --config".to_string()
         } else {
             String::new()
         }
+    );
+    println!(
+        "  console    http://{}/   (live events, validation errors, recipients, the catalog)",
+        router.addr
     );
     println!("  router     http://{}/v1/batches", router.addr);
     println!("  metrics    http://{}/metrics", collector.addr);
@@ -200,14 +203,29 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: CatalogOrigin) ->
     println!("  catalog    {catalog_source}: {}", describe(&catalog));
     println!("  data       {}", data.display());
     println!(
-        "  parquet    {}   (closed hours every {}s; all hours on Ctrl-C)",
+        "  parquet    {}   (each hour loads at hour end + {} s grace; `weir loader run --now` loads the open one; all hours on Ctrl-C)",
         warehouse.display(),
-        interval.as_secs()
+        cfg.router.grace_secs
+    );
+    let recipients: Vec<String> = cfg
+        .router
+        .recipients
+        .iter()
+        .map(|(name, r)| format!("{name} ({})", r.kind()))
+        .collect();
+    println!(
+        "  recipients {}",
+        if recipients.is_empty() {
+            "none (events go to the warehouse only; see [router.recipients] in `weir config example`)".to_string()
+        } else {
+            recipients.join(", ")
+        }
     );
     println!(
         "  try        curl -s http://{}/v1/events -H 'content-type: application/json' -d '{{\"event\":\"page.viewed\",\"env\":\"web\",\"fields\":{{\"url\":\"https://example.com/\",\"session_id\":\"s1\"}}}}'",
         collector.addr
     );
+    println!("  Ctrl-C to stop (it drains the spool and log and loads every buffered hour)");
     use std::io::Write;
     let _ = std::io::stdout().flush();
     signals.wait().await;
@@ -277,7 +295,7 @@ pub async fn router(cfg: Config, catalog: Catalog) -> anyhow::Result<()> {
     let metrics = install_metrics();
     let shared = Arc::new(arc_swap::ArcSwap::from_pointee(catalog));
     let router = Router::start(&cfg.router, &router_paths(&cfg), shared, metrics).await?;
-    tracing::info!(addr = %router.addr, "router listening");
+    tracing::info!(addr = %router.addr, console = %format!("http://{}/", router.addr), "router listening");
     signals.wait().await;
     router.shutdown().await;
     Ok(())

@@ -36,6 +36,18 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
+impl Summary {
+    /// The status of the answer: 202 when anything was stored, 400 when nothing was and
+    /// something was rejected (a client checking only the status must notice).
+    pub fn status(&self) -> hyper::StatusCode {
+        if self.accepted == 0 && self.rejected > 0 {
+            hyper::StatusCode::BAD_REQUEST
+        } else {
+            hyper::StatusCode::ACCEPTED
+        }
+    }
+}
+
 /// Outcome of one event, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

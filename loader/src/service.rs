@@ -138,6 +138,7 @@ impl LoaderService {
                 catalog.clone(),
                 settings.catalog_watch,
                 ::metrics::counter!(m::CATALOG_RELOADS),
+                None,
                 stop_rx.clone(),
             ));
         }

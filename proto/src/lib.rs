@@ -13,6 +13,7 @@ pub mod record;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod secret;
+pub mod text;
 
 /// Generated protobuf messages of `weir.v1` (see `proto/weir/v1/weir.proto`).
 #[allow(missing_docs)]

@@ -24,6 +24,16 @@ pub enum BufferConfig {
     },
 }
 
+impl BufferConfig {
+    /// `"file buffer"` or `"mongo buffer"`, as the console lists it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BufferConfig::File { .. } => "file buffer",
+            BufferConfig::Mongo { .. } => "mongo buffer",
+        }
+    }
+}
+
 /// Declares the recipient kinds: one line each, `Variant => module::Config`, where the
 /// module in `router/src/recipients/` implements [`crate::recipients::Kind`] for its
 /// `Config`. The `kind` key is the module's name.
@@ -119,6 +129,11 @@ pub struct RouterConfig {
     /// batches into a local log. Needs the MongoDB buffer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kafka: Option<weir_proto::runtime::kafka::KafkaConfig>,
+    /// Paths of the stored event (`context.ip`, `fields.email`) the console's tail shows
+    /// as `"***"`.
+    pub tail_redact: Vec<String>,
+    /// Console tail streams (`GET /v1/tail`) served at once; more get 503.
+    pub tail_max_subscribers: usize,
     /// Recipients by name.
     pub recipients: BTreeMap<String, RecipientConfig>,
 }
@@ -186,6 +201,8 @@ impl Default for RouterConfig {
             max_connections: weir_proto::runtime::http::DEFAULT_MAX_CONNECTIONS,
             min_free_bytes: 256 << 20,
             kafka: None,
+            tail_redact: vec!["context.ip".into()],
+            tail_max_subscribers: 32,
             recipients: BTreeMap::new(),
         }
     }

@@ -1,5 +1,5 @@
 //! The router's HTTP API: `POST /v1/batches` from collectors, `/healthz`, `/readyz`,
-//! `/metrics`.
+//! `/metrics`, and the console's paths ([`crate::console`]).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -81,6 +81,8 @@ pub struct State {
     pub metrics: Option<PrometheusHandle>,
     /// The catalog served to collectors.
     pub catalog: Arc<arc_swap::ArcSwap<weir_proto::Catalog>>,
+    /// The console (`/`, `/v1/tail`, `/v1/stats`).
+    pub console: Arc<crate::console::Console>,
 }
 
 /// Routes one request.
@@ -92,9 +94,12 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response {
             "this router requires `Authorization: Bearer <token>` (set collector.router_token to router.token)",
         );
     }
+    if let Some(r) = state.console.handle(&req) {
+        return r;
+    }
     match (req.method(), path) {
         (&Method::POST, "/v1/batches") => match &state.intake {
-            Some(intake) => batches(intake, req).await,
+            Some(intake) => batches(intake, &state.console, req).await,
             // Retryable on purpose: a collector pointed here keeps its events spooled.
             None => h::retry_later(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -117,9 +122,13 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response {
                 state.metrics.as_ref().map(|m| m.render()).unwrap_or_default(),
             )
         }
+        (&Method::POST, "/v1/console/login") => match h::read_body(req, 4096).await {
+            Ok((_, form)) => state.console.login(&form),
+            Err(e) => h::error(StatusCode::BAD_REQUEST, e.to_string()),
+        },
         _ => h::error(
             StatusCode::NOT_FOUND,
-            "no such endpoint: the router serves POST /v1/batches, GET /v1/catalog, /healthz, /readyz and /metrics",
+            "no such endpoint: the router serves the console at GET /, GET /v1/tail, /v1/stats, POST /v1/batches, GET /v1/catalog, /healthz, /readyz and /metrics",
         ),
     }
 }
@@ -165,7 +174,7 @@ fn ack(ack: &BatchAck) -> Response {
     )
 }
 
-async fn batches(state: &Intake, req: Request<Incoming>) -> Response {
+async fn batches(state: &Intake, console: &crate::console::Console, req: Request<Incoming>) -> Response {
     let limit = state.max_batch_bytes;
     let (parts, body) = match h::read_body(req, limit).await {
         Ok(b) => b,
@@ -258,6 +267,7 @@ async fn batches(state: &Intake, req: Request<Incoming>) -> Response {
     metrics::counter!(m::BATCHES).increment(1);
     metrics::counter!(m::EVENTS).increment(count);
     state.cursors.add_appended(count);
+    console.observe_batch(&body, &batch);
     ack(&BatchAck {
         batch_id: batch.batch_id.to_string(),
         accepted: count,

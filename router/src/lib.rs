@@ -7,6 +7,7 @@
 pub mod buffer;
 
 pub mod config;
+pub mod console;
 pub mod cursors;
 pub mod dead_letter;
 pub mod http;
@@ -49,6 +50,9 @@ pub enum StartError {
     /// A setting is wrong; the message names the key.
     #[error("{0}")]
     Config(config::InvalidSetting),
+    /// The catalog routes events to recipients the config does not define.
+    #[error("the catalog does not fit this router's config:\n{0}")]
+    Catalog(String),
     /// The Kafka topic cannot be used.
     #[error("{0}")]
     Topic(Box<weir_proto::runtime::kafka::TopicError>),
@@ -106,6 +110,7 @@ impl Router {
         metrics: Option<PrometheusHandle>,
     ) -> Result<Router, StartError> {
         cfg.validate().map_err(StartError::Config)?;
+        recipients_check(cfg)(&catalog.load()).map_err(StartError::Catalog)?;
         let mode = match &cfg.kafka {
             Some(k) => {
                 weir_proto::runtime::kafka::ensure_topic(k, &k.topic, "router.kafka")
@@ -140,6 +145,16 @@ impl Router {
             .await
             .map_err(StartError::Listen)?;
         let (stop_buffer, buf_rx) = watch::channel(false);
+        let (stop_http, http_rx) = watch::channel(false);
+        let token = cfg.token.clone().filter(|t| !t.is_empty());
+        let console = Arc::new(console::Console::new(
+            console::tail::Tail::new(cfg.tail_max_subscribers, &cfg.tail_redact, http_rx.clone()),
+            catalog.clone(),
+            std::iter::once((buffer::NAME.to_string(), cfg.buffer.kind().to_string()))
+                .chain(cfg.recipients.iter().map(|(n, r)| (n.clone(), r.kind().to_string())))
+                .collect(),
+            token.clone(),
+        ));
         let drain = Duration::from_secs(cfg.drain_secs);
         let run_cfg = |name: &str, route, batch_events| -> Result<_, StartError> {
             Ok(recipients::runner::RunnerConfig {
@@ -148,6 +163,7 @@ impl Router {
                 batch_events,
                 dead_letters: mode.dead_letters(&paths.dead_letter_dir, name)?,
                 drain,
+                tally: console.stats.tally(name),
             })
         };
         // Every consumer of the log is registered before intake opens, the warehouse
@@ -191,7 +207,6 @@ impl Router {
                 },
             ));
         }
-        warn_unknown_recipients(&catalog.load(), cfg);
         let intake = match &mode {
             Mode::Log { wal, cursors, .. } => Some(http::Intake {
                 cursors: cursors.clone(),
@@ -208,19 +223,23 @@ impl Router {
             }),
             Mode::Kafka(_) => None,
         };
+        if let Mode::Kafka(k) = &mode {
+            tokio::spawn(console::kafka::tap(k.clone(), console.clone(), http_rx.clone()));
+        }
         let state = Arc::new(http::State {
             intake,
-            token: cfg.token.clone().filter(|t| !t.is_empty()),
+            token,
             metrics,
             catalog: catalog.clone(),
+            console,
         });
-        let (stop_http, http_rx) = watch::channel(false);
         let watcher = paths.catalog_dir.clone().map(|dir| {
             tokio::spawn(weir_proto::runtime::catalog_watch::watch_dir(
                 dir,
                 catalog.clone(),
                 Duration::from_secs(cfg.catalog_watch_secs.max(1)),
                 ::metrics::counter!(crate::metrics::CATALOG_RELOADS),
+                Some(recipients_check(cfg)),
                 http_rx.clone(),
             ))
         });
@@ -336,18 +355,16 @@ impl Mode {
     }
 }
 
-/// Logs the recipients the catalog names that the config does not define: their events
-/// reach the warehouse only.
-pub fn warn_unknown_recipients(catalog: &weir_proto::Catalog, cfg: &RouterConfig) {
-    let mut unknown = std::collections::BTreeSet::new();
-    for (event, def) in &catalog.events {
-        for r in &def.recipients {
-            if !cfg.recipients.contains_key(r) {
-                unknown.insert((r.as_str(), event.as_str()));
-            }
+/// The check a catalog must pass to be used by a router with `cfg`: every recipient an
+/// event names is defined in `[router.recipients]` (else its events would go nowhere).
+pub fn recipients_check(cfg: &RouterConfig) -> weir_proto::runtime::catalog_watch::Accept {
+    let names: Vec<String> = cfg.recipients.keys().cloned().collect();
+    Arc::new(move |catalog: &weir_proto::Catalog| {
+        let unknown = catalog.unknown_recipients(names.iter().map(String::as_str));
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(unknown.join("\n"))
         }
-    }
-    for (r, event) in unknown {
-        tracing::warn!(recipient = r, event, "the catalog routes this event to a recipient that router.recipients does not define; it reaches the warehouse only");
-    }
+    })
 }

@@ -18,6 +18,39 @@ pub struct RouterBench {
     /// Seconds to run.
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Then run again with this many slow console subscribers on `/v1/tail` (each reads
+    /// 4 KiB every 100 ms) and print both runs side by side.
+    #[arg(long, default_value_t = 0)]
+    tail_subscribers: usize,
+}
+
+fn buffered(rt: &tokio::runtime::Runtime, port: u16) -> anyhow::Result<f64> {
+    let metrics = ureq_get(rt, &format!("http://127.0.0.1:{port}/metrics"))?;
+    Ok(metrics
+        .lines()
+        .find(|l| l.starts_with("weir_router_buffer_events_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0))
+}
+
+/// Opens `n` connections to `/v1/tail` that each read 4 KiB every 100 ms, for the rest
+/// of the bench.
+fn start_slow_subscribers(rt: &tokio::runtime::Runtime, port: u16, n: usize) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..n {
+        let mut s = rt.block_on(tokio::net::TcpStream::connect(("127.0.0.1", port)))?;
+        rt.block_on(s.write_all(b"GET /v1/tail HTTP/1.1\r\nhost: weir\r\n\r\n"))?;
+        rt.spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                }
+            }
+        });
+    }
+    Ok(())
 }
 
 /// Starts `weir router` pinned to CPU 0 and sends it zstd protobuf batches the way
@@ -59,41 +92,55 @@ pub fn run_router(opts: RouterBench) -> anyhow::Result<()> {
     .encode_to_vec();
     let body = Bytes::from(zstd::bulk::compress(&raw, 1)?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let before = proc_usage(pid);
-    let started = Instant::now();
     let post = Post {
         path: "/v1/batches",
         headers: &[("content-type", "application/x-protobuf"), ("content-encoding", "zstd")],
         expect: 200,
     };
-    let (mut lat, requests) = rt.block_on(drive(port, post, body, opts.connections, opts.duration))?;
-    let wall = started.elapsed().as_secs_f64();
-    let after = proc_usage(pid);
-    lat.sort_unstable();
-    let metrics = ureq_get(&rt, &format!("http://127.0.0.1:{port}/metrics"))?;
-    let metric = |name: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let events = requests * opts.batch as u64;
     println!(
         "weir bench router: {} connections, {} events/batch (zstd protobuf), {} s",
         opts.connections, opts.batch, opts.duration
     );
-    println!("  batches/s   {:>10.0}", requests as f64 / wall);
-    println!(
-        "  events/s    {:>10.0}   (acknowledged: in the fsynced log)",
-        events as f64 / wall
-    );
-    println!(
-        "  buffered    {:>10.0}   events in the hourly buffer when the load stopped ({:.0}%)",
-        metric("weir_router_buffer_events_total"),
-        100.0 * metric("weir_router_buffer_events_total") / events.max(1) as f64
-    );
-    print_latency(&lat);
-    print_usage("router", before, after, wall);
+    let mut runs = Vec::new();
+    for subscribers in [0, opts.tail_subscribers] {
+        if subscribers > 0 {
+            start_slow_subscribers(&rt, port, subscribers)?;
+            // Let them connect and fall behind.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            println!("  with {subscribers} slow console subscribers on /v1/tail:");
+        }
+        let before = proc_usage(pid);
+        let buffered_before = buffered(&rt, port)?;
+        let started = Instant::now();
+        let (mut lat, requests) = rt.block_on(drive(port, post, body.clone(), opts.connections, opts.duration))?;
+        let wall = started.elapsed().as_secs_f64();
+        let after = proc_usage(pid);
+        lat.sort_unstable();
+        let events = requests * opts.batch as u64;
+        let buffered_now = buffered(&rt, port)? - buffered_before;
+        println!("  batches/s   {:>10.0}", requests as f64 / wall);
+        println!(
+            "  events/s    {:>10.0}   (acknowledged: in the fsynced log)",
+            events as f64 / wall
+        );
+        println!(
+            "  buffered    {:>10.0}   events in the hourly buffer when the load stopped ({:.0}%)",
+            buffered_now,
+            100.0 * buffered_now / events.max(1) as f64
+        );
+        print_latency(&lat);
+        print_usage("router", before, after, wall);
+        runs.push(events as f64 / wall);
+        if opts.tail_subscribers == 0 {
+            break;
+        }
+    }
+    if let [base, with] = runs[..] {
+        println!(
+            "  intake with {} slow subscribers / without: {:.3}",
+            opts.tail_subscribers,
+            with / base.max(1.0)
+        );
+    }
     Ok(())
 }

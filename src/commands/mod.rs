@@ -109,6 +109,9 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Catalog {
+            command: CatalogCommand::Init { dir },
+        } => catalog_init(&dir),
+        Command::Catalog {
             command: CatalogCommand::Diff { old, new },
         } => catalog_diff(&old, &new),
         Command::Catalog {
@@ -127,15 +130,21 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {
-            command: ConfigCommand::Check { file },
+            command: ConfigCommand::Check { file, catalog },
         } => {
-            let cfg = Config::load(Some(&file), std::env::vars())?;
+            let mut cfg = Config::load(Some(&file), std::env::vars())?;
+            if let Some(c) = catalog {
+                cfg.catalog = Some(c.to_string_lossy().into_owned());
+            }
             // What starting would check beyond the file: proxy keys, CIDRs, GeoIP file.
             weir_collector::proxy::Proxy::new(&cfg.proxy).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let catalog = match cfg.catalog.as_deref() {
                 Some(url) if config::is_url(url) => format!("pulled from {url} at run time"),
                 _ => {
                     let (catalog, source) = load_catalog(&cfg, true)?;
+                    weir_router::recipients_check(&cfg.router)(&catalog).map_err(|e| {
+                        anyhow::anyhow!("{}: the catalog does not fit the config:\n{e}", file.display())
+                    })?;
                     format!(
                         "{source}: {} events, revision {}",
                         catalog.events.len(),
@@ -147,4 +156,39 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `weir catalog init DIR`: the demo catalog as files, refusing to overwrite a catalog.
+fn catalog_init(dir: &Path) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let existing: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".toml"))
+            .collect();
+        if !existing.is_empty() {
+            anyhow::bail!(
+                "{} already holds a catalog ({}); choose an empty directory",
+                dir.display(),
+                existing.join(", ")
+            );
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, text) in weir_proto::catalog::DEMO_FILES {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let catalog = load_catalog_dir(dir)?;
+    println!(
+        "{}: the demo catalog ({} events, {} environments) in {} files; edit them, check with `weir catalog check {}`, run with `weir up --catalog {}`",
+        dir.display(),
+        catalog.events.len(),
+        catalog.environments.len(),
+        weir_proto::catalog::DEMO_FILES.len(),
+        dir.display(),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -94,3 +94,120 @@ const {{ chromium }} = require("{modules}/playwright-core");
     assert!(strings(&batches, "context_ua_os").iter().all(|o| o == "Linux"));
     assert!(strings(&batches, "context_ip").iter().all(|ip| ip == "127.0.0.1"));
 }
+
+/// The console of a running `weir up` in headless Chromium: a valid and a flagged event
+/// appear in the tail within 2 s (the flagged one with its error), a filter narrows the
+/// tail, the rate chart counts the minute, the catalog view lists the catalog's events.
+/// Screenshots (desktop, phone, catalog) are kept in `<target>/tmp/console-screenshots`.
+#[test]
+fn the_console_shows_events_arriving_with_their_errors_rates_and_the_catalog() {
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Up::with(tmp.path(), Some(&fixture_catalog()), "", &[]);
+    let console = up.banner_url("console").trim_end_matches('/').to_string();
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let script = format!(
+        r##"
+const {{ chromium }} = require("{modules}/playwright-core");
+const post = (events) => fetch("{collector}/v1/events", {{ method: "POST", headers: {{ "content-type": "application/json" }}, body: JSON.stringify(events) }}).then((r) => r.status);
+const cart = (id, items) => ({{ event: "cart.viewed", env: "web", id, fields: {{ items, session_id: "s-" + id }} }});
+(async () => {{
+  const browser = await chromium.launch({{
+    executablePath: "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  }});
+  const page = await browser.newPage({{ viewport: {{ width: 1366, height: 900 }} }});
+  const out = {{}};
+  page.on("pageerror", (e) => {{ out.pageerror = String(e); }});
+  await page.goto("{console}/");
+  await page.waitForFunction(() => document.getElementById("status").textContent.includes("tail live"), null, {{ timeout: 10000 }});
+  out.posted = await post([cart("b-valid", 2), cart("b-flagged", "lots")]);
+  const t0 = Date.now();
+  await page.waitForSelector('#tail .row[data-id="b-valid"]', {{ timeout: 2000 }});
+  await page.waitForSelector('#tail .row[data-id="b-flagged"]', {{ timeout: 2000 }});
+  out.arrived_ms = Date.now() - t0;
+  out.flagged_row = await page.textContent('#tail .row[data-id="b-flagged"]');
+  await page.waitForFunction(() => {{ const r = document.querySelector('.rate[data-event="cart.viewed"]'); return r && r.dataset.total === "2"; }}, null, {{ timeout: 10000 }});
+  out.rate_minute = await page.$eval('.rate[data-event="cart.viewed"]', (r) => Number(r.dataset.minute));
+  out.rate_bars = await page.$$eval('.rate[data-event="cart.viewed"] rect', (r) => r.length);
+  out.errors_table = await page.textContent("#errors");
+  await page.click('#tail .row[data-id="b-flagged"]');
+  out.detail = await page.textContent("#detail");
+  out.marked = await page.$$eval("#detail mark", (m) => m.map((x) => x.textContent.trim()));
+  await page.mouse.move(0, 0);
+  await page.screenshot({{ path: "{shots}/console-desktop.png" }});
+  // Keyboard: focus the list, arrow to the other row.
+  await page.focus("#tail");
+  await page.keyboard.press("ArrowDown");
+  out.keyboard_selected = await page.$eval('#tail .row[aria-selected="true"]', (r) => r.dataset.id);
+  // A filter narrows what arrives.
+  await page.fill('input[name="event"]', "order.*");
+  await page.click('#filters button[type="submit"]');
+  await page.waitForFunction(() => document.getElementById("status").textContent.includes("tail live"), null, {{ timeout: 10000 }});
+  await page.waitForTimeout(300);
+  await post([cart("after-filter", 1), {{ event: "order.completed", env: "web", id: "o-after", fields: {{ order_id: "o-after", amount: 3.5, session_id: "s" }} }}]);
+  await page.waitForSelector('#tail .row[data-id="o-after"]', {{ timeout: 5000 }});
+  await page.waitForTimeout(300);
+  out.filtered_ids = await page.$$eval("#tail .row", (r) => r.map((x) => x.dataset.id));
+  await page.setViewportSize({{ width: 390, height: 844 }});
+  await page.waitForTimeout(300);
+  out.phone_overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+  await page.screenshot({{ path: "{shots}/console-phone.png", fullPage: true }});
+  await page.setViewportSize({{ width: 1366, height: 900 }});
+  await page.click("#tab-catalog");
+  await page.waitForSelector('#event-list button[data-event="order.completed"]', {{ timeout: 5000 }});
+  out.catalog_events = await page.$$eval("#event-list button", (b) => b.map((x) => x.dataset.event));
+  await page.click('#event-list button[data-event="order.completed"]');
+  out.catalog_view = await page.textContent("#event-view");
+  await page.screenshot({{ path: "{shots}/console-catalog.png" }});
+  console.log(JSON.stringify(out));
+  await browser.close();
+}})().catch((e) => {{ console.error(e); process.exit(1); }});
+"##,
+        modules = service("TEST_WEIR_NODE_MODULES"),
+        collector = up.collector,
+        shots = shots.display(),
+    );
+    let out = Command::new("node").arg("-e").arg(&script).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    let got: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or("")).expect(&text);
+    eprintln!("console screenshots in {}: {got}", shots.display());
+    assert!(got.get("pageerror").is_none(), "{got}");
+    assert_eq!(got["posted"], 202);
+    assert!(got["arrived_ms"].as_u64().unwrap() <= 2000, "{got}");
+    assert!(got["flagged_row"].as_str().unwrap().contains("flagged"), "{got}");
+    let detail = got["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("validation error") && detail.contains("items"),
+        "{detail}"
+    );
+    assert!(
+        got["marked"][0].as_str().unwrap_or("").contains("\"items\""),
+        "the field in error is marked: {got}"
+    );
+    assert_eq!(got["keyboard_selected"], "b-valid", "{got}");
+    assert!((1..=2).contains(&got["rate_minute"].as_u64().unwrap()), "{got}");
+    assert!(got["rate_bars"].as_u64().unwrap() >= 1, "{got}");
+    assert!(got["errors_table"].as_str().unwrap().contains("cart.viewed"), "{got}");
+    assert_eq!(got["filtered_ids"], serde_json::json!(["o-after"]), "{got}");
+    assert_eq!(got["phone_overflow"], false, "no sideways scrolling on a phone");
+    assert_eq!(
+        got["catalog_events"],
+        serde_json::json!(["cart.viewed", "order.completed"]),
+        "{got}"
+    );
+    let view = got["catalog_view"].as_str().unwrap();
+    assert!(
+        view.contains("checkout-team") && view.contains("order_id") && view.contains("required"),
+        "{view}"
+    );
+    for f in ["console-desktop.png", "console-phone.png", "console-catalog.png"] {
+        assert!(std::fs::metadata(shots.join(f)).unwrap().len() > 10_000, "{f}");
+    }
+    assert!(up.stop().success());
+}

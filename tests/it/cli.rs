@@ -307,7 +307,7 @@ fn top_level_errors_say_each_cause_once() {
     let last = stderr(&o).lines().last().unwrap_or_default().to_string();
     assert_eq!(
         last,
-        format!("error: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98) (is another weir already running? set router.listen)")
+        format!("error: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98) (is another weir already running? set router.listen to another port)")
     );
 
     let missing = tmp.path().join("nope.toml");

@@ -81,7 +81,8 @@ impl Node {
 /// buffer in `db`, the `models` RabbitMQ recipient on `exchange` when given.
 pub fn kafka_config(dir: &Path, brokers: &str, topic: &str, db: &str, exchange: Option<&str>) -> PathBuf {
     let catalog = dir.join("catalog");
-    write_catalog(&catalog);
+    let defined: Vec<String> = exchange.iter().map(|_| "models".to_string()).collect();
+    write_catalog(&catalog, &defined);
     let mongo = service("TEST_WEIR_MONGO");
     // Short sessions: a router killed with -9 leaves its group in seconds, not 45 s.
     let kafka = format!(
@@ -266,7 +267,15 @@ async fn dead_letters_land_on_the_dead_letter_topic_with_the_reason() {
     let cfg = kafka_config(tmp.path(), &brokers, &topic, &u, Some(&format!("{u}.x")));
     let router = node("router", &cfg, tmp.path(), "router");
     let collector = node("collector", &cfg, tmp.path(), "collector");
+    // The console reads every partition with its own consumer, from the end: give it
+    // time to resolve the end offsets (tansu answers them slowly).
+    let tail = crate::console::subscribe(&format!("{}/v1/tail?event=item.*", router.url));
+    std::thread::sleep(Duration::from_secs(5));
     send(&collector.url, &[0, 2, 4], &u);
+    let tailed = crate::console::take(&tail, 3, Duration::from_secs(30));
+    let tailed: BTreeSet<String> = tailed.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    let want: BTreeSet<String> = [0, 2, 4].iter().map(|i| format!("{u}-{i}")).collect();
+    assert_eq!(tailed, want, "the Kafka-mode console tails every partition");
     let c = kafka_consumer(&brokers, &format!("{topic}.dead-letters"));
     let mut got = BTreeMap::new();
     while got.len() < 3 {
@@ -281,7 +290,6 @@ async fn dead_letters_land_on_the_dead_letter_topic_with_the_reason() {
         assert_eq!(view.id, key);
         got.insert(key, headers);
     }
-    let want: BTreeSet<String> = [0, 2, 4].iter().map(|i| format!("{u}-{i}")).collect();
     assert_eq!(got.keys().cloned().collect::<BTreeSet<_>>(), want);
     for h in got.values() {
         assert_eq!(h["recipient"], "models");

@@ -10,6 +10,7 @@ mod browser;
 mod cli;
 mod codegen;
 mod components;
+mod console;
 mod deploy;
 mod e2e;
 mod faults;

@@ -250,7 +250,7 @@ async fn authorized(
         crate::http::spool(state, ingested).await
     };
     match result.await {
-        Ok(summary) => h::json(StatusCode::ACCEPTED, &summary),
+        Ok(summary) => h::json(summary.status(), &summary),
         Err(r) => r,
     }
 }

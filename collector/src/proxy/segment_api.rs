@@ -112,10 +112,22 @@ pub(super) async fn segment_call(
     let errors: Vec<String> = if summary.rejected == 0 {
         Vec::new()
     } else {
-        summary.errors.into_iter().map(|e| e.error).collect()
+        summary.errors.iter().map(|e| e.error.clone()).collect()
     };
     if errors.is_empty() {
-        h::json(StatusCode::OK, &serde_json::json!({"success": true}))
+        // Segment's SDKs read only `success`; a person reading the answer sees what was
+        // kept flagged (a call the catalog does not know, a field of the wrong type).
+        let mut body = serde_json::json!({"success": true});
+        if summary.flagged > 0 {
+            body["flagged"] = summary.flagged.into();
+            body["errors"] = summary
+                .errors
+                .iter()
+                .map(|e| e.error.clone())
+                .collect::<Vec<_>>()
+                .into();
+        }
+        h::json(StatusCode::OK, &body)
     } else {
         h::json(
             StatusCode::BAD_REQUEST,

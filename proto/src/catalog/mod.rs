@@ -64,6 +64,36 @@ pub fn valid_event_name(name: &str) -> bool {
 }
 
 impl Catalog {
+    /// Every recipient an event names that `defined` does not have, as one message each
+    /// naming the file, the event and the name (with the closest defined name). Such an
+    /// event's deliveries would silently go nowhere, so a router refuses the catalog.
+    pub fn unknown_recipients<'a>(&self, defined: impl IntoIterator<Item = &'a str> + Clone) -> Vec<String> {
+        let mut out = Vec::new();
+        for (event, def) in &self.events {
+            for r in &def.recipients {
+                if defined.clone().into_iter().any(|d| d == r) {
+                    continue;
+                }
+                let file = self
+                    .sources
+                    .events
+                    .get(event)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "the catalog".into());
+                let names: Vec<&str> = defined.clone().into_iter().collect();
+                let hint = match crate::text::closest(r, names.iter().copied()) {
+                    Some(c) => format!("; did you mean {c:?}?"),
+                    None if names.is_empty() => "; the config defines no recipients".to_string(),
+                    None => format!("; defined: {}", names.join(", ")),
+                };
+                out.push(format!(
+                    "{file}: event {event:?} names recipient {r:?}, which [router.recipients] does not define{hint}"
+                ));
+            }
+        }
+        out
+    }
+
     /// The latest version of `event` that `env` may send, or else its latest version.
     pub fn default_version(&self, event: &EventDef, env: &str) -> Option<u32> {
         event

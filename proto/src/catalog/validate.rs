@@ -71,7 +71,10 @@ impl Catalog {
             return checked;
         };
         let Some(def) = self.events.get(name) else {
-            checked.errors.push(format!("event: unknown event {name:?}"));
+            let hint = crate::text::closest(name, self.events.keys().map(String::as_str))
+                .map(|c| format!("; did you mean {c:?}?"))
+                .unwrap_or_default();
+            checked.errors.push(format!("event: unknown event {name:?}{hint}"));
             return checked;
         };
         checked.def = Some(def);
@@ -287,6 +290,11 @@ mod tests {
             (
                 r#"{"event":"nope.seen","env":"web","fields":{}}"#,
                 "event: unknown event \"nope.seen\"",
+                false,
+            ),
+            (
+                r#"{"event":"item.veiwed","env":"web","fields":{}}"#,
+                "event: unknown event \"item.veiwed\"; did you mean \"item.viewed\"?",
                 false,
             ),
             (

@@ -10,14 +10,20 @@ use crate::Catalog;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+/// What a component checks of a catalog beyond the catalog itself (the router: that
+/// every recipient it names is defined); `Err` lists what is wrong.
+pub type Accept = Arc<dyn Fn(&Catalog) -> Result<(), String> + Send + Sync>;
+
 /// Re-reads `dir` every `every` and swaps the catalog in when its revision changes,
-/// counting each reload on `reloads` (the component's own counter). An invalid edit is
-/// logged (once per distinct error) and the last good catalog stays.
+/// counting each reload on `reloads` (the component's own counter). An invalid edit, or
+/// one `accept` refuses, is logged (once per distinct error) and the last good catalog
+/// stays.
 pub async fn watch_dir(
     dir: PathBuf,
     shared: Arc<ArcSwap<Catalog>>,
     every: Duration,
     reloads: metrics::Counter,
+    accept: Option<Accept>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last_error = String::new();
@@ -33,9 +39,13 @@ pub async fn watch_dir(
         }
         let d = dir.clone();
         let loaded = match tokio::task::spawn_blocking(move || Catalog::load_dir(&d)).await {
-            Ok(r) => r,
+            Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => continue,
         };
+        let loaded = loaded.and_then(|c| match &accept {
+            Some(check) if c.revision != shared.load().revision => check(&c).map(|()| c),
+            _ => Ok(c),
+        });
         match loaded {
             Ok(c) => {
                 last_error.clear();
@@ -45,8 +55,7 @@ pub async fn watch_dir(
                     shared.store(Arc::new(c));
                 }
             }
-            Err(e) => {
-                let text = e.to_string();
+            Err(text) => {
                 if text != last_error {
                     tracing::error!(dir = %dir.display(), error = %text, "catalog edit is invalid; keeping the last good catalog");
                     last_error = text;

@@ -16,15 +16,46 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Body type of every response.
-pub type Body = Full<Bytes>;
+/// Body type of every response: whole (almost all), or streamed ([`stream`]).
+pub type Body = http_body_util::Either<Full<Bytes>, Streamed>;
 /// A response.
 pub type Response = hyper::Response<Body>;
+
+/// A whole body.
+pub fn full(body: impl Into<Bytes>) -> Body {
+    http_body_util::Either::Left(Full::new(body.into()))
+}
+
+/// A body sent as its chunks arrive on a channel; it ends when the sender is dropped.
+pub struct Streamed(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for Streamed {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|c| c.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// A 200 whose body streams from `chunks` (Server-Sent Events, with
+/// `content_type = "text/event-stream"`), never cached.
+pub fn stream(content_type: &'static str, chunks: tokio::sync::mpsc::Receiver<Bytes>) -> Response {
+    let mut r = hyper::Response::new(http_body_util::Either::Right(Streamed(chunks)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
 
 /// A response with a JSON body.
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+    let mut r = hyper::Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -42,7 +73,7 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// A response with a body of the given content type.
 pub fn bytes(status: StatusCode, content_type: &'static str, body: Bytes) -> Response {
-    let mut r = hyper::Response::new(Full::new(body));
+    let mut r = hyper::Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -77,7 +108,7 @@ pub fn readyz(dirs: &[(&str, &std::path::Path)], detail: &str) -> Response {
 
 /// A plain-text response.
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response {
-    let mut r = hyper::Response::new(Full::new(body.into()));
+    let mut r = hyper::Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
@@ -153,7 +184,7 @@ pub async fn read_body(
 
 /// A listen address that could not be bound, naming the config key that sets it.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {error} (is another weir already running? set {key})")]
+#[error("cannot listen on {addr}: {error} ({})", bind_hint(&self.error, self.key))]
 pub struct BindError {
     /// The address.
     pub addr: String,
@@ -161,6 +192,30 @@ pub struct BindError {
     pub key: &'static str,
     /// Why.
     pub error: std::io::Error,
+}
+
+fn bind_hint(error: &std::io::Error, key: &str) -> String {
+    use std::io::ErrorKind as K;
+    match error.kind() {
+        K::AddrInUse => format!("is another weir already running? set {key} to another port"),
+        K::PermissionDenied => format!("ports below 1024 need privileges; set {key} to a higher port"),
+        K::AddrNotAvailable => format!("no interface of this machine has that address; set {key}"),
+        _ => format!("{key} must be host:port, like 127.0.0.1:8080"),
+    }
+}
+
+/// Whether `addr` is a listen address (`host:port` that resolves), for config checks.
+pub fn check_listen(addr: &str) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    match addr.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(format!(
+            "{addr:?} resolves to no address; use host:port, like 127.0.0.1:8080"
+        )),
+        Err(e) => Err(format!(
+            "{addr:?} is not a listen address ({e}); use host:port, like 127.0.0.1:8080"
+        )),
+    }
 }
 
 /// Binds a TCP listener on `addr` (set by the config key `key`) and tells the address

@@ -155,6 +155,8 @@ impl QuietContext {
     }
 }
 
+impl rdkafka::consumer::ConsumerContext for QuietContext {}
+
 impl rdkafka::ClientContext for QuietContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         quiet_log(self, level, fac, log_message);

@@ -79,6 +79,13 @@ pub trait Sink: Send + 'static {
     /// event, in order. Must not panic on any event.
     fn deliver(&mut self, events: &[Bytes]) -> impl Future<Output = Vec<Outcome>> + Send;
 
+    /// Called once before the first delivery: connect and declare what consumers bind
+    /// to (RabbitMQ's exchange), so it exists before any event is sent. A server that is
+    /// away is not an error here: delivery retries.
+    fn start(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Called about once a second while the recipient runs (hour closing for the buffer).
     fn tick(&mut self) -> impl Future<Output = ()> + Send {
         async {}

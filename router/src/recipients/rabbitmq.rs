@@ -124,6 +124,12 @@ fn header(s: &str) -> AMQPValue {
 }
 
 impl Sink for RabbitSink {
+    async fn start(&mut self) {
+        if let Err(e) = self.channel().await {
+            tracing::warn!(exchange = %self.exchange, error = %e, "cannot reach RabbitMQ at start; the exchange is declared once it answers");
+        }
+    }
+
     async fn deliver(&mut self, events: &[Bytes]) -> Vec<Outcome> {
         let ch = match self.channel().await {
             Ok(ch) => ch,

@@ -19,7 +19,7 @@ use weir_proto::Catalog;
 use super::{Outcome, Sink};
 use crate::dead_letter::DeadLetterStore;
 use crate::metrics as m;
-use crate::source::{Source, Stats};
+use crate::source::Source;
 use weir_proto::event::batch;
 
 /// Which events a recipient takes.
@@ -44,6 +44,8 @@ pub struct RunnerConfig {
     pub dead_letters: DeadLetterStore,
     /// How long shutdown waits for it to catch up.
     pub drain: Duration,
+    /// What the console shows of it.
+    pub tally: Arc<crate::console::stats::Tally>,
 }
 
 /// The recipient's metric handles, registered once: per-event recording is then an
@@ -54,12 +56,29 @@ struct Meters {
     dead: metrics::Counter,
     latency: metrics::Histogram,
     up: metrics::Gauge,
+    tally: Arc<crate::console::stats::Tally>,
 }
 
 impl Meters {
-    fn new(name: &str) -> Meters {
+    fn delivered(&self, n: u64) {
+        self.delivered.increment(n);
+        self.tally.delivered.add(crate::console::stats::minute_now(), n);
+    }
+
+    fn dead(&self, n: u64) {
+        self.dead.increment(n);
+        self.tally.dead_lettered.add(crate::console::stats::minute_now(), n);
+    }
+
+    fn up(&self, up: bool) {
+        self.up.set(if up { 1.0 } else { 0.0 });
+        self.tally.up.store(up, Ordering::Relaxed);
+    }
+
+    fn new(name: &str, tally: Arc<crate::console::stats::Tally>) -> Meters {
         let label = || ("recipient", name.to_string());
         Meters {
+            tally,
             delivered: metrics::counter!(m::RECIPIENT_DELIVERED, &[label()]),
             retried: metrics::counter!(m::RECIPIENT_RETRIED, &[label()]),
             dead: metrics::counter!(m::RECIPIENT_DEAD, &[label()]),
@@ -77,14 +96,15 @@ pub async fn run<S: Sink, F: Source>(
     mut stop: watch::Receiver<bool>,
 ) {
     let name = cfg.name.clone();
-    let stats = Arc::new(Stats::default());
-    let meters = Meters::new(&name);
+    let stats = cfg.tally.source.clone();
+    let meters = Meters::new(&name, cfg.tally.clone());
     let reporter = source.report(&name, stats.clone());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut deadline: Option<Instant> = None;
     let mut last_tick = Instant::now();
     let quiet = LogLimit::new(Duration::from_secs(10));
+    sink.start().await;
     loop {
         if deadline.is_none() && *stop.borrow() {
             deadline = Some(Instant::now() + cfg.drain);
@@ -115,7 +135,7 @@ pub async fn run<S: Sink, F: Source>(
             continue;
         };
         for (rec, why) in &pull.unreadable {
-            meters.dead.increment(1);
+            meters.dead(1);
             cfg.dead_letters.add(rec, why);
         }
         let passed = pull.events.len() as u64;
@@ -169,7 +189,7 @@ fn select(events: Vec<Bytes>, route: &Route, name: &str, dead: &mut DeadLetterSt
     let mut todo = Vec::new();
     for ev in events {
         let Ok(view) = EventView::decode(&ev) else {
-            meters.dead.increment(1);
+            meters.dead(1);
             dead.add(&ev, "unreadable event in the log");
             continue;
         };
@@ -238,7 +258,7 @@ async fn deliver<S: Sink>(
                         }
                     }
                     Some(Outcome::Refuse(why)) => {
-                        meters.dead.increment(1);
+                        meters.dead(1);
                         tracing::warn!(recipient = %name, reason = %why, "event dead-lettered");
                         cfg.dead_letters.add(ev, why);
                     }
@@ -252,12 +272,12 @@ async fn deliver<S: Sink>(
                     }
                 }
             }
-            meters.delivered.increment(delivered);
+            meters.delivered(delivered);
             if retry.is_empty() {
-                meters.up.set(1.0);
+                meters.up(true);
                 break;
             }
-            meters.up.set(0.0);
+            meters.up(false);
             meters.retried.increment(retry.len() as u64);
             if let Some(n) = quiet.allow() {
                 tracing::warn!(recipient = %name, events = retry.len(), reason = %reason, retry_in_ms = backoff.peek().as_millis() as u64, suppressed = n, "delivery failed; retrying");
@@ -407,6 +427,7 @@ environments = ["web"]
                 "fake",
             )),
             drain: Duration::from_secs(5),
+            tally: Default::default(),
         };
         let sink = Fake {
             fail_rounds: 3,
@@ -452,6 +473,7 @@ environments = ["web"]
                 "fake",
             )),
             drain: Duration::from_millis(300),
+            tally: Default::default(),
         };
         let sink = Fake {
             fail_rounds: usize::MAX,

@@ -41,6 +41,8 @@ pub struct Stats {
     pub passed: AtomicU64,
     /// `received_at` of the oldest event not yet delivered; 0 when caught up.
     pub oldest: AtomicI64,
+    /// The backlog last published, in events.
+    pub backlog: std::sync::atomic::AtomicU64,
 }
 
 /// The backlog gauges every source publishes for its recipient.
@@ -63,6 +65,7 @@ impl Gauges {
 
     /// Publishes a backlog of `events` and the age of the oldest undelivered event.
     pub fn set(&self, events: u64, stats: &Stats) {
+        stats.backlog.store(events, std::sync::atomic::Ordering::Relaxed);
         self.events.set(events as f64);
         self.lag.set(events as f64);
         let oldest = stats.oldest.load(std::sync::atomic::Ordering::Relaxed);

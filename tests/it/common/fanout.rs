@@ -18,13 +18,32 @@ use rdkafka::Message;
 
 use super::{unique, Up};
 
+/// The recipients a config text defines (`[router.recipients.<name>]`).
+pub fn defined_recipients(config: &str) -> Vec<String> {
+    config
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("[router.recipients.")?.strip_suffix(']'))
+        .map(str::to_string)
+        .collect()
+}
+
 /// A catalog routing `item.viewed` to all three recipients, `item.liked` to RabbitMQ
-/// only, and `signup` to none (warehouse only).
-pub fn write_catalog(dir: &Path) {
+/// only, and `signup` to none (warehouse only) — of `models`, `store` and `stream`, only
+/// those in `defined` (a router refuses a catalog naming recipients it does not have).
+pub fn write_catalog(dir: &Path, defined: &[String]) {
     std::fs::create_dir_all(dir).unwrap();
+    let keep = |names: &[&str]| {
+        let kept: Vec<String> = names
+            .iter()
+            .filter(|n| defined.iter().any(|d| d == *n))
+            .map(|n| format!("{n:?}"))
+            .collect();
+        format!("[{}]", kept.join(", "))
+    };
     std::fs::write(
         dir.join("items.toml"),
-        r#"
+        format!(
+            r#"
 [environments.web]
 kind = "frontend"
 
@@ -39,7 +58,7 @@ type = "string"
 
 [events."item.viewed"]
 owner = "search"
-recipients = ["models", "store", "stream"]
+recipients = {viewed}
 
 [[events."item.viewed".versions]]
 version = 1
@@ -49,7 +68,7 @@ optional = ["note"]
 
 [events."item.liked"]
 owner = "search"
-recipients = ["models"]
+recipients = {liked}
 
 [[events."item.liked".versions]]
 version = 1
@@ -63,6 +82,9 @@ owner = "growth"
 version = 1
 environments = ["web"]
 "#,
+            viewed = keep(&["models", "store", "stream"]),
+            liked = keep(&["models"]),
+        ),
     )
     .unwrap();
 }
@@ -268,7 +290,7 @@ pub fn recipients_config(
 /// Writes the test catalog and `config` under `dir`, and starts `weir up` on them.
 pub fn up_with(dir: &Path, config: &str) -> Up {
     let catalog = dir.join("catalog");
-    write_catalog(&catalog);
+    write_catalog(&catalog, &defined_recipients(config));
     let path = dir.join("weir.toml");
     std::fs::write(&path, config).unwrap();
     Up::start(
