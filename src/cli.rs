@@ -25,7 +25,8 @@ pub(crate) struct ConfigArg {
 
 #[derive(Subcommand)]
 pub(crate) enum Command {
-    /// Collector, router and loader in one process, on embedded defaults.
+    /// Everything in one process on embedded defaults: collector, public proxy, router
+    /// with its console, loader and Arrow Flight.
     Up {
         /// Data directory (spool, log, buffers, warehouse). Default: ./weir-data.
         #[arg(long, value_name = "DIR")]
@@ -61,7 +62,7 @@ pub(crate) enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Check the event catalog.
+    /// The event catalog: init, check, diff, changelog, export.
     Catalog {
         #[command(subcommand)]
         command: CatalogCommand,
@@ -164,7 +165,7 @@ pub(crate) enum CatalogCommand {
         dir: PathBuf,
     },
     /// List every difference between two revisions of a catalog (added `+`, removed `-`,
-    /// changed `~`), and which of them break the append-only rule.
+    /// changed `~`), and which of them break the append-only rule (then it exits 2).
     Diff {
         /// The earlier revision (a directory).
         old: PathBuf,
@@ -177,10 +178,10 @@ pub(crate) enum CatalogCommand {
         /// The catalog directory.
         dir: PathBuf,
     },
-    /// Export the catalog for other tools.
+    /// Export the catalog for other tools (JSON Schema, the only format).
     Export {
         /// Output format.
-        #[arg(long, value_parser = ["jsonschema"])]
+        #[arg(long, value_parser = ["jsonschema"], default_value = "jsonschema")]
         format: String,
         /// Write one `<event>.v<version>.schema.json` per event version here instead of
         /// one JSON document (keyed `<event>/v<version>`) on stdout.

@@ -229,9 +229,14 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: CatalogOrigin) ->
     use std::io::Write;
     let _ = std::io::stdout().flush();
     signals.wait().await;
-    eprintln!("shutting down: draining the spool and the router log, then loading every buffered hour...");
+    eprintln!(
+        "shutting down: the collector forwards what its spool holds (up to {} s, collector.drain_timeout_secs), the router's recipients catch up (up to {} s, router.drain_secs), then every buffered hour is loaded; press Ctrl-C again to stop now (what was acknowledged stays in the spool and log for the next start)",
+        cfg.collector.drain_timeout_secs, cfg.router.drain_secs
+    );
     collector.shutdown().await;
+    eprintln!("shutting down: the collector is done; waiting for the router's recipients...");
     router.shutdown().await;
+    eprintln!("shutting down: loading every buffered hour...");
     let reports = loader.load_everything().await;
     loader.shutdown().await;
     let reports = reports?;
@@ -284,6 +289,10 @@ pub async fn collector(cfg: Config, source: CatalogSource, with_proxy: bool) -> 
         None => tracing::info!(addr = %collector.addr, routers = ?ccfg.routers, catalog = %from, "collector listening"),
     }
     signals.wait().await;
+    tracing::info!(
+        drain_timeout_secs = ccfg.drain_timeout_secs,
+        "shutting down: forwarding what the spool holds (at most drain_timeout_secs); a second signal stops now, the spool keeps the rest"
+    );
     collector.shutdown().await;
     Ok(())
 }
@@ -297,6 +306,10 @@ pub async fn router(cfg: Config, catalog: Catalog) -> anyhow::Result<()> {
     let router = Router::start(&cfg.router, &router_paths(&cfg), shared, metrics).await?;
     tracing::info!(addr = %router.addr, console = %format!("http://{}/", router.addr), "router listening");
     signals.wait().await;
+    tracing::info!(
+        drain_secs = cfg.router.drain_secs,
+        "shutting down: recipients catch up with the log (at most drain_secs); a second signal stops now, the log keeps the rest"
+    );
     router.shutdown().await;
     Ok(())
 }

@@ -33,6 +33,8 @@ pub(super) fn catalog_diff(old_dir: &Path, new_dir: &Path) -> anyhow::Result<Exi
         for p in &breaking {
             println!("  {p}");
         }
+        // A script or CI step sees a breaking diff without parsing it.
+        return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
 }

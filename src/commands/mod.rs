@@ -136,6 +136,17 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(c) = catalog {
                 cfg.catalog = Some(c.to_string_lossy().into_owned());
             }
+            // Listen addresses: a typo is caught here, not at start.
+            for (key, addr) in [
+                ("collector.listen", &cfg.collector.listen),
+                ("router.listen", &cfg.router.listen),
+                ("proxy.listen", &cfg.proxy.listen),
+                ("loader.flight", &cfg.loader.flight),
+                ("loader.listen", &cfg.loader.listen),
+            ] {
+                weir_proto::runtime::http::check_listen(addr)
+                    .map_err(|e| anyhow::anyhow!("{}: {key} = {e}", file.display()))?;
+            }
             // What starting would check beyond the file: proxy keys, CIDRs, GeoIP file.
             weir_collector::proxy::Proxy::new(&cfg.proxy).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let catalog = match cfg.catalog.as_deref() {

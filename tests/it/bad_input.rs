@@ -144,10 +144,11 @@ fn bad_inputs_get_exact_answers_and_nothing_is_stored() {
             r#"{"error":"body is larger than 5242880 bytes (after decompression); send smaller batches"}"#,
         ),
         (
+            // Nothing kept, something rejected: 400 with the summary.
             "one huge string",
             huge_string.into_bytes(),
             json.to_vec(),
-            202,
+            400,
             &huge_answer,
         ),
     ];

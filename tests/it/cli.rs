@@ -3,6 +3,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -201,7 +202,7 @@ fn config_example_is_a_valid_config() {
     fs::write(&cfg, &out.stdout).unwrap();
     let out = run(&["config", "check", cfg.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok (catalog built-in demo catalog: 4 events"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok (catalog built-in demo catalog: 5 events"));
 }
 
 #[test]
@@ -342,4 +343,147 @@ fn top_level_errors_say_each_cause_once() {
             blocked.display()
         )
     );
+}
+
+/// A misspelled recipient in the catalog (`recipients = ["modles"]`) is an error at check
+/// time, at start, and on a hot reload (which keeps the last good catalog), naming the
+/// file, the event and the name, with the closest defined one.
+#[test]
+fn a_catalog_naming_an_undefined_recipient_is_refused_by_check_start_and_reload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cat = tmp.path().join("catalog");
+    let init = run(&["catalog", "init", cat.to_str().unwrap()]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    assert!(cat.join("events.toml").exists() && cat.join("fields.toml").exists());
+    let again = run(&["catalog", "init", cat.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("already holds a catalog"), "{}", stderr(&again));
+
+    let cfg = tmp.path().join("weir.toml");
+    fs::write(
+        &cfg,
+        "[router.recipients.models]\nkind = \"rabbitmq\"\nurl = \"amqp://guest:guest@127.0.0.1:1/%2f\"\nexchange = \"weir.typo\"\n",
+    )
+    .unwrap();
+    let check = |dir: &Path| {
+        run(&[
+            "config",
+            "check",
+            "--catalog",
+            dir.to_str().unwrap(),
+            cfg.to_str().unwrap(),
+        ])
+    };
+    let good = check(&cat);
+    assert!(good.status.success(), "{}", stderr(&good));
+
+    let events = cat.join("events.toml");
+    let text = fs::read_to_string(&events).unwrap();
+    let typo = text.replacen(
+        "owner = \"search-team\"\ndescription = \"a listing page was shown\"",
+        "owner = \"search-team\"\ndescription = \"a listing page was shown\"\nrecipients = [\"modles\"]",
+        1,
+    );
+    assert_ne!(typo, text);
+    let bad = tmp.path().join("bad-catalog");
+    fs::create_dir_all(&bad).unwrap();
+    for f in ["environments.toml", "fields.toml"] {
+        fs::copy(cat.join(f), bad.join(f)).unwrap();
+    }
+    fs::write(bad.join("events.toml"), &typo).unwrap();
+    let refused = check(&bad);
+    assert!(!refused.status.success());
+    let e = stderr(&refused);
+    assert!(
+        e.contains("events.toml")
+            && e.contains("event \"item.viewed\" names recipient \"modles\"")
+            && e.contains("did you mean \"models\"?"),
+        "{e}"
+    );
+
+    // At start: `weir up` refuses with the same words.
+    let out = weir()
+        .args(["up", "--data-dir", tmp.path().join("d1").to_str().unwrap()])
+        .args(["--catalog", bad.to_str().unwrap(), "--config", cfg.to_str().unwrap()])
+        .env("WEIR_COLLECTOR_LISTEN", "127.0.0.1:0")
+        .env("WEIR_ROUTER_LISTEN", "127.0.0.1:0")
+        .env("WEIR_LOADER_FLIGHT", "127.0.0.1:0")
+        .env("WEIR_PROXY_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("names recipient \"modles\""), "{}", stderr(&out));
+
+    // On reload: the edit is refused and the last good catalog stays.
+    let up = Up::with(tmp.path(), Some(&cat), &fs::read_to_string(&cfg).unwrap(), &[]);
+    let console = up.banner_url("console").trim_end_matches('/').to_string();
+    let revision = || {
+        let text = ureq::get(&format!("{console}/v1/catalog"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["revision"].clone()
+    };
+    let before = revision();
+    fs::write(&events, &typo).unwrap();
+    eventually(Duration::from_secs(20), "the reload is refused in the log", || {
+        let log = fs::read_to_string(&up.stderr_path).unwrap_or_default();
+        (log.contains("keeping the last good catalog") && log.contains("modles")).then_some(())
+    });
+    assert_eq!(revision(), before, "the router still serves the last good catalog");
+    assert!(up.stop().success());
+}
+
+/// The smaller first-hour answers: a breaking diff exits 2, export needs no --format, a
+/// bad listen address is caught by config check and named as such, and a request whose
+/// every event is rejected answers 400 (with the summary) instead of 202.
+#[test]
+fn first_hour_answers_say_what_happened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = fixture_catalog();
+    let breaking = edited(
+        tmp.path(),
+        "breaking",
+        "required = [\"items\"]",
+        "required = [\"items\", \"coupon\"]",
+    );
+    let diff = run(&["catalog", "diff", old.to_str().unwrap(), breaking.to_str().unwrap()]);
+    assert_eq!(diff.status.code(), Some(2), "{}", String::from_utf8_lossy(&diff.stdout));
+    assert!(String::from_utf8_lossy(&diff.stdout).contains("break the append-only rule"));
+    let export = run(&["catalog", "export", old.to_str().unwrap()]);
+    assert!(export.status.success(), "{}", stderr(&export));
+    assert!(String::from_utf8_lossy(&export.stdout).contains("order.completed/v1"));
+
+    let cfg = tmp.path().join("listen.toml");
+    fs::write(&cfg, "[collector]\nlisten = \"localhost:80x\"\n").unwrap();
+    let out = run(&["config", "check", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("collector.listen") && e.contains("use host:port"), "{e}");
+    assert!(!e.contains("another weir"), "{e}");
+
+    let up = Up::with_fixture(&tmp.path().join("data"), &[]);
+    let (status, body) = post_events(
+        &up.collector,
+        r#"{"event":"order.completed","env":"backend","id":"r1","fields":{"order_id":"x"}}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["accepted"], 0);
+    assert_eq!(body["rejected"], 1);
+    let (status, body) = post_events(
+        &up.collector,
+        r#"[{"event":"order.completed","env":"backend","id":"r2","fields":{"order_id":"x"}},{"event":"order.completed","env":"backend","id":"r3","fields":{"order_id":"y","amount":1.5}}]"#,
+    );
+    assert_eq!(status, 202, "one of two kept: {body}");
+    let (status, body) = post_events(
+        &up.collector,
+        r#"{"event":"order.complete","env":"backend","fields":{}}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(
+        body.to_string().contains("did you mean \\\"order.completed\\\"?"),
+        "{body}"
+    );
+    assert!(up.stop().success());
 }

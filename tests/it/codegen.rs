@@ -102,7 +102,7 @@ print(e.to_dict())
     );
     assert!(ok, "{out}");
     assert!(
-        out.contains("['ItemViewedV1', 'ItemViewedV2', 'PageViewedV1', 'SearchPerformedV1']"),
+        out.contains("['ItemViewedV1', 'ItemViewedV2', 'PageViewedV1', 'SearchPerformedV1', 'UserIdentifiedV1']"),
         "{out}"
     );
     assert!(

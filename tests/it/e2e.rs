@@ -59,12 +59,13 @@ fn events_reach_typed_parquet_and_bad_input_is_refused() {
         json!({"accepted": 1, "flagged": 1, "rejected": 0, "errors": [{"index": 0, "error": "amount: missing required field"}]})
     );
 
-    // Invalid from a backend env: refused with the error, not stored.
+    // Invalid from a backend env: refused with the error, not stored; nothing of the
+    // request was kept, so the status says so too (400, same body).
     let (status, body) = post_events(
         &c,
         r#"{"event":"order.completed","env":"backend","id":"bad-backend","fields":{"order_id":"D4","amount":"12"}}"#,
     );
-    assert_eq!(status, 202);
+    assert_eq!(status, 400);
     assert_eq!(
         body,
         json!({"accepted": 0, "flagged": 0, "rejected": 1, "errors": [{"index": 0, "error": "amount: expected float, got string"}]})

@@ -613,3 +613,51 @@ fn only_the_built_in_demo_catalog_gets_the_public_demo_key() {
     assert_eq!(code, 202, "{body}");
     assert!(up.stop().success());
 }
+
+/// On the demo catalog, Segment's page() and identify() map to `page.viewed` and
+/// `user.identified` (their `aliases`), not to unknown events; the 200 says how many
+/// calls were kept flagged and why.
+#[test]
+fn segment_page_and_identify_map_to_demo_events_and_the_answer_counts_flagged_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let up = Up::start(&data, &[], &[]);
+    let proxy = up.banner_url("proxy");
+    let auth = ("authorization", "Basic d2Vpci1kZW1vLXdlYjo="); // "weir-demo-web:"
+    let json = ("content-type", "application/json");
+    let (code, body, _) = send(
+        &format!("{proxy}/v1/page"),
+        &[json, auth],
+        r#"{"messageId":"sp-1","userId":"u1","name":"Home","properties":{"url":"https://shop.test/","session_id":"s1"}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, r#"{"success":true}"#, "valid: nothing flagged");
+    let (code, body, _) = send(
+        &format!("{proxy}/v1/identify"),
+        &[json, auth],
+        r#"{"messageId":"si-1","userId":"u1","traits":{"plan":"pro","session_id":"s1"}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, r#"{"success":true}"#);
+    // A page() without the web env's session_id is kept, flagged, and the answer says so.
+    let (code, body, _) = send(
+        &format!("{proxy}/v1/page"),
+        &[json, auth],
+        r#"{"messageId":"sp-2","userId":"u1","properties":{"url":"https://shop.test/2"}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["success"], true);
+    assert_eq!(v["flagged"], 1, "{body}");
+    assert!(v["errors"][0].as_str().unwrap().contains("session_id"), "{body}");
+    assert!(up.stop().success());
+    let wh = data.join("warehouse");
+    let ids = |dir: &str| -> Vec<String> {
+        parquet_files(&wh.join(dir))
+            .iter()
+            .flat_map(|p| strings(&read_parquet(p), "id"))
+            .collect()
+    };
+    assert_eq!(ids("event=page.viewed/version=1"), vec!["sp-1"]);
+    assert_eq!(ids("event=user.identified/version=1"), vec!["si-1"]);
+}

@@ -331,3 +331,54 @@ async fn a_catalog_edit_reroutes_on_sighup_without_restart() {
     let client = mongodb::Client::with_uri_str(&mongo).await.unwrap();
     client.database(&u).drop().await.unwrap();
 }
+
+/// A model binds its queue before anything is sent: the exchange must exist as soon as
+/// weir is up, not after the first delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rabbitmq_exchange_exists_before_the_first_event() {
+    let amqp = service("TEST_WEIR_AMQP");
+    let u = unique("ex");
+    let tmp = tempfile::tempdir().unwrap();
+    let exchange = format!("{u}.events");
+    let up = up_with(tmp.path(), &recipients_config(Some((&amqp, &exchange)), None, None));
+    let conn = lapin::Connection::connect(&amqp, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let declared = eventually_async(Duration::from_secs(20), || async {
+        // A passive declare fails (and closes the channel) unless the exchange exists.
+        let ch = conn.create_channel().await.ok()?;
+        ch.exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                passive: true,
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .ok()
+    })
+    .await;
+    assert!(declared.is_some(), "exchange {exchange} was not declared at start");
+    assert!(up.stop().success());
+}
+
+/// Polls `f` every 200 ms until it gives `Some` or `limit` passes.
+async fn eventually_async<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

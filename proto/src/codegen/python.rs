@@ -203,6 +203,7 @@ def _array(field: str, value: Any, item: Any, allowed: Optional[tuple], max_leng
 const SENDER: &str = r#"from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -211,6 +212,25 @@ import urllib.request
 from typing import List, Optional
 
 from .events import Event
+
+log = logging.getLogger("weir")
+
+# A dead endpoint is said once, then at most once a minute with how many were dropped.
+_WARN_EVERY = 60.0
+
+
+class _Warner:
+    def __init__(self) -> None:
+        self._last = 0.0
+        self._since = 0
+
+    def dropped(self, n: int, url: str, why: str) -> None:
+        self._since += n
+        now = time.monotonic()
+        if self._last and now - self._last < _WARN_EVERY:
+            return
+        log.warning("weir: dropped %d event(s) for %s: %s (counted in Sender.dropped)", self._since, url, why)
+        self._last, self._since = now, 0
 
 
 class Sender:
@@ -242,6 +262,7 @@ class Sender:
         self.sent = 0
         self.rejected = 0
         self.dropped = 0
+        self._warner = _Warner()
         self._queue: List[str] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -256,6 +277,7 @@ class Sender:
         with self._lock:
             if len(self._queue) >= self.max_queue:
                 self.dropped += 1
+                self._warner.dropped(1, self.url, f"the queue is full ({self.max_queue} events)")
                 return
             self._queue.append(line)
             if len(self._queue) >= self.batch_size:
@@ -298,6 +320,7 @@ class Sender:
                 self.url, data=body, method="POST", headers={"Content-Type": "application/x-ndjson"}
             )
             retry_after: Optional[float] = None
+            why = "no answer"
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     reply = json.loads(response.read() or b"{}")
@@ -310,13 +333,15 @@ class Sender:
                     return
                 header = e.headers.get("Retry-After") if e.headers else None
                 retry_after = float(header) if header and header.isdigit() else None
-            except (urllib.error.URLError, OSError, ValueError):
-                pass
+                why = f"HTTP {e.code}"
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                why = str(e)
             if attempt == self.max_retries:
                 break
             time.sleep(retry_after if retry_after is not None else delay)
             delay = min(delay * 2, 10.0)
         self.dropped += len(batch)
+        self._warner.dropped(len(batch), self.url, f"{why} after {self.max_retries + 1} attempts")
 
 
 class DatagramSender:
