@@ -308,3 +308,38 @@ pub(super) fn rss_anon_self() -> u64 {
 pub(super) fn cpu_self() -> f64 {
     proc_usage(std::process::id()).map_or(0.0, |(cpu, _)| cpu)
 }
+
+/// The POST collectors make to a router: `/v1/batches`, zstd protobuf, answered 200.
+pub(super) const BATCH_POST: Post = Post {
+    path: "/v1/batches",
+    headers: &[("content-type", "application/x-protobuf"), ("content-encoding", "zstd")],
+    expect: 200,
+};
+
+/// A zstd `weir.v1.EventBatch` of `n` valid `event` v`version` events (web), fields from
+/// `fields(i)`, stamped now, with no batch id (so none is deduplicated).
+pub(super) fn batch_body(event: &str, version: u32, n: u64, fields: impl Fn(u64) -> String) -> anyhow::Result<Bytes> {
+    use prost::Message;
+    let now = weir_proto::event::now_micros();
+    let mut idbuf = [0u8; 36];
+    let events: Vec<weir_proto::pb::Event> = (0..n)
+        .map(|i| weir_proto::pb::Event {
+            id: weir_proto::event::uuid_v7(now, &mut idbuf).to_string(),
+            event: event.into(),
+            version,
+            env: "web".into(),
+            received_at: now,
+            collector: "bench".into(),
+            fields: fields(i).into_bytes().into(),
+            valid: true,
+            ..Default::default()
+        })
+        .collect();
+    let raw = weir_proto::pb::EventBatch {
+        batch_id: String::new(),
+        collector: "bench".into(),
+        events,
+    }
+    .encode_to_vec();
+    Ok(Bytes::from(zstd::bulk::compress(&raw, 1)?))
+}

@@ -254,7 +254,6 @@ fn recipient(opts: &KafkaBench, topic: &str) -> String {
 
 /// Stage 3: zstd protobuf batches into an HTTP-mode router with a Kafka recipient.
 fn http_router_stage(rt: &tokio::runtime::Runtime, opts: &KafkaBench, prefix: &str) -> anyhow::Result<Figures> {
-    use prost::Message;
     let port = free_port()?;
     let (dir, cfg) = bench_setup(&format!(
         "[router]\nlisten = \"127.0.0.1:{port}\"\n{}",
@@ -270,33 +269,8 @@ fn http_router_stage(rt: &tokio::runtime::Runtime, opts: &KafkaBench, prefix: &s
     };
     wait_for_port(port, &log, "the router")?;
     const BATCH: u64 = 1000;
-    let now = weir_proto::event::now_micros();
-    let mut idbuf = [0u8; 36];
-    let events: Vec<weir_proto::pb::Event> = (0..BATCH)
-        .map(|i| weir_proto::pb::Event {
-            id: weir_proto::event::uuid_v7(now, &mut idbuf).to_string(),
-            event: "bench.viewed".into(),
-            version: 1,
-            env: "web".into(),
-            received_at: now,
-            collector: "bench".into(),
-            fields: event_json(i).into_bytes().into(),
-            valid: true,
-            ..Default::default()
-        })
-        .collect();
-    let raw = weir_proto::pb::EventBatch {
-        batch_id: String::new(),
-        collector: "bench".into(),
-        events,
-    }
-    .encode_to_vec();
-    let body = Bytes::from(zstd::bulk::compress(&raw, 1)?);
-    let post = Post {
-        path: "/v1/batches",
-        headers: &[("content-type", "application/x-protobuf"), ("content-encoding", "zstd")],
-        expect: 200,
-    };
+    let body = batch_body("bench.viewed", 1, BATCH, event_json)?;
+    let post = BATCH_POST;
     let before = proc_usage(pid);
     let started = Instant::now();
     let (_, requests) = rt.block_on(drive(port, post, body, opts.connections, opts.duration))?;

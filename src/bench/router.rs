@@ -2,8 +2,6 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
-
 use super::harness::*;
 
 /// How to bench the router.
@@ -57,7 +55,6 @@ fn start_slow_subscribers(rt: &tokio::runtime::Runtime, port: u16, n: usize) -> 
 /// collectors do (no batch id, so none is deduplicated); prints events/s through intake
 /// (log fsync) and how far the hourly buffer kept up, with CPU and peak RSS.
 pub fn run_router(opts: RouterBench) -> anyhow::Result<()> {
-    use prost::Message;
     pin_self_to_cpu1();
     let port = free_port()?;
     let (dir, cfg) = bench_setup(&format!("[router]\nlisten = \"127.0.0.1:{port}\"\n"))?;
@@ -69,34 +66,9 @@ pub fn run_router(opts: RouterBench) -> anyhow::Result<()> {
         _dir: dir,
     };
     wait_for_port(port, &log, "the router")?;
-    let now = weir_proto::event::now_micros();
-    let mut idbuf = [0u8; 36];
-    let events: Vec<weir_proto::pb::Event> = (0..opts.batch as u64)
-        .map(|i| weir_proto::pb::Event {
-            id: weir_proto::event::uuid_v7(now, &mut idbuf).to_string(),
-            event: "item.viewed".into(),
-            version: 2,
-            env: "web".into(),
-            received_at: now,
-            collector: "bench".into(),
-            fields: event_json(i).into_bytes().into(),
-            valid: true,
-            ..Default::default()
-        })
-        .collect();
-    let raw = weir_proto::pb::EventBatch {
-        batch_id: String::new(),
-        collector: "bench".into(),
-        events,
-    }
-    .encode_to_vec();
-    let body = Bytes::from(zstd::bulk::compress(&raw, 1)?);
+    let body = batch_body("item.viewed", 2, opts.batch as u64, event_json)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let post = Post {
-        path: "/v1/batches",
-        headers: &[("content-type", "application/x-protobuf"), ("content-encoding", "zstd")],
-        expect: 200,
-    };
+    let post = BATCH_POST;
     println!(
         "weir bench router: {} connections, {} events/batch (zstd protobuf), {} s",
         opts.connections, opts.batch, opts.duration
