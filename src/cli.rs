@@ -21,6 +21,10 @@ pub(crate) struct ConfigArg {
     /// The config file (TOML); `weir config example` prints one.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
+    /// The catalog directory (instead of the config's `catalog`; `weir up` without
+    /// either uses the built-in demo catalog).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) catalog: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -31,9 +35,6 @@ pub(crate) enum Command {
         /// Data directory (spool, log, buffers, warehouse). Default: ./weir-data.
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
-        /// Catalog directory. Default: the built-in demo catalog.
-        #[arg(long, value_name = "DIR")]
-        catalog: Option<PathBuf>,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -115,6 +116,9 @@ pub(crate) enum BenchCommand {
     /// Kafka mode beside HTTP mode in one run: collector -> Kafka and Kafka -> router ->
     /// Kafka recipient, each against its HTTP-mode counterpart, events/s on one core.
     Kafka(bench::KafkaBench),
+    /// nginx `return 204` and the weir collector on the same core under the same wrk:
+    /// requests/s, events/s and p99 side by side, with the ratio (needs nginx-light, wrk).
+    Compare(bench::CompareBench),
 }
 
 #[derive(Subcommand)]
@@ -135,7 +139,17 @@ pub(crate) enum LoaderCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Rebuild buffered hours, replacing what was loaded.
+    /// List buffered and loaded hours: events and bytes in the buffer, rows in the
+    /// warehouse, and the state (open, closed, loaded, stale, expired).
+    Hours {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Rebuild buffered hours, replacing what was loaded; hours with no events are
+    /// skipped.
     Replay {
         /// First hour, like 2026-11-22T13 (UTC).
         #[arg(long, value_name = "HOUR")]

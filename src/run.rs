@@ -190,7 +190,13 @@ pub async fn up(cfg: Config, catalog: Catalog, catalog_source: CatalogOrigin) ->
         } else if proxy_cfg.keys.is_empty() {
             ", none configured: the demo key comes only with the demo catalog; add [[proxy.keys]] with key and env to --config".to_string()
         } else {
-            String::new()
+            let envs: std::collections::BTreeSet<&str> = proxy_cfg.keys.iter().map(|k| k.env.as_str()).collect();
+            let n = proxy_cfg.keys.len();
+            format!(
+                ", {n} key{} for env {}",
+                if n == 1 { "" } else { "s" },
+                envs.into_iter().collect::<Vec<_>>().join(", ")
+            )
         }
     );
     println!(

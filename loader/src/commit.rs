@@ -150,6 +150,31 @@ pub fn read_manifest(warehouse: &Path, h: i64) -> Result<Option<Manifest>, LoadE
     }
 }
 
+/// Every hour with a committed manifest in the warehouse, oldest first.
+pub fn loaded_hours(warehouse: &Path) -> Result<Vec<i64>, LoadError> {
+    let dir = warehouse.join("_manifests");
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(&dir)(e)),
+    };
+    let mut hours = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(&dir))?;
+        let name = entry.file_name();
+        if let Some(h) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".json"))
+            .filter(|n| !n.ends_with(".pending"))
+            .and_then(|n| hour::parse(n).ok())
+        {
+            hours.push(h);
+        }
+    }
+    hours.sort_unstable();
+    Ok(hours)
+}
+
 /// Every Parquet file of hour `h` now in the warehouse (relative paths).
 pub fn existing_files(warehouse: &Path, h: i64) -> Result<Vec<String>, LoadError> {
     let (date, hh) = hour::date_and_hour(h);

@@ -74,22 +74,9 @@ impl WarehouseFlight {
 
     /// Every loaded (event, version) with its hours, from the manifests.
     fn inventory(&self) -> Result<BTreeMap<(String, u32), Hours>, Status> {
-        let dir = self.warehouse.join("_manifests");
         let mut out: BTreeMap<(String, u32), Hours> = BTreeMap::new();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(Status::internal(format!("{}: {e}", dir.display()))),
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(h) = name
-                .strip_suffix(".json")
-                .filter(|n| !n.ends_with(".pending"))
-                .and_then(|n| hour::parse(n).ok())
-            else {
-                continue;
-            };
+        let hours = commit::loaded_hours(&self.warehouse).map_err(|e| Status::internal(e.to_string()))?;
+        for h in hours {
             let Ok(Some(m)) = commit::read_manifest(&self.warehouse, h) else {
                 continue;
             };
@@ -186,6 +173,30 @@ impl WarehouseFlight {
     }
 }
 
+/// NOT_FOUND for a ticket that matches no loaded hour, naming the hours there are.
+fn not_found(spec: &TicketSpec, range: Option<(i64, i64)>, hours: &Hours) -> Status {
+    let what = format!("{} version {}", spec.event, spec.version);
+    let asked = match range {
+        Some((f, t)) if f == t => format!(" in {}", hour::display(f)),
+        Some((f, t)) => format!(" from {} to {}", hour::display(f), hour::display(t)),
+        None => String::new(),
+    };
+    let have = match (hours.keys().next(), hours.keys().next_back()) {
+        (Some(_), Some(_)) if hours.len() <= 12 => format!(
+            "loaded hours of it: {}",
+            hours.keys().map(|h| hour::display(*h)).collect::<Vec<_>>().join(", ")
+        ),
+        (Some(first), Some(last)) => format!(
+            "{} hours of it are loaded, from {} to {}",
+            hours.len(),
+            hour::display(*first),
+            hour::display(*last)
+        ),
+        _ => "no hour of it is loaded yet (`weir loader hours` lists what is buffered and loaded)".to_string(),
+    };
+    Status::not_found(format!("no loaded hour of {what}{asked}; {have}"))
+}
+
 fn read_files(files: Vec<PathBuf>, tx: tokio::sync::mpsc::Sender<Result<RecordBatch, FlightError>>) {
     for path in files {
         let reader = std::fs::File::open(&path)
@@ -272,16 +283,16 @@ impl FlightService for WarehouseFlight {
         let (spec, range) = self.parse_spec(&request.into_inner().ticket)?;
         let schema = self.schema_of(&spec.event, spec.version)?;
         let inventory = self.inventory()?;
-        let files: Vec<PathBuf> = inventory
-            .get(&(spec.event.clone(), spec.version))
-            .map(|hours| {
-                hours
-                    .iter()
-                    .filter(|(h, _)| range.is_none_or(|(f, t)| (f..=t).contains(*h)))
-                    .flat_map(|(_, files)| files.iter().map(|f| f.0.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let empty = Hours::new();
+        let hours = inventory.get(&(spec.event.clone(), spec.version)).unwrap_or(&empty);
+        let files: Vec<PathBuf> = hours
+            .iter()
+            .filter(|(h, _)| range.is_none_or(|(f, t)| (f..=t).contains(*h)))
+            .flat_map(|(_, files)| files.iter().map(|f| f.0.clone()))
+            .collect();
+        if files.is_empty() {
+            return Err(not_found(&spec, range, hours));
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || read_files(files, tx));
         let batches = tokio_stream::wrappers::ReceiverStream::new(rx);

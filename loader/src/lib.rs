@@ -59,9 +59,14 @@ pub enum LoadError {
         /// Why.
         message: String,
     },
-    /// The hour is not (or no longer) in the buffer.
-    #[error("hour {0} is not in the buffer (never received, or past retention_days); it cannot be rebuilt")]
-    NotBuffered(String),
+    /// The hour was loaded but is no longer in the buffer (past `retention_days`).
+    #[error("hour {hour}{} was loaded but is no longer in the buffer (past retention_days): it cannot be rebuilt; replay a range without it (`weir loader hours` lists what is buffered)", if *more > 0 { format!(" (and {more} more hours in the range)") } else { String::new() })]
+    NotBuffered {
+        /// The first such hour, `2026-11-22T13`.
+        hour: String,
+        /// How many more hours of the range are like it.
+        more: usize,
+    },
     /// Another loader holds the warehouse.
     #[error("another loader is working on {0}; wait for it to finish")]
     Locked(PathBuf),
@@ -84,6 +89,94 @@ pub struct HourReport {
     /// Whether its index was larger than `index_memory_bytes` and went through spill
     /// files.
     pub spilled: bool,
+}
+
+/// What a replay did with one hour of its range.
+#[derive(Clone, Debug)]
+pub enum ReplayHour {
+    /// Rebuilt from the buffer.
+    Rebuilt(HourReport),
+    /// Nothing was received in this hour: there is nothing to rebuild.
+    Empty(i64),
+}
+
+impl ReplayHour {
+    /// What rebuilding the hour did; `None` for an hour skipped as empty.
+    pub fn report(&self) -> Option<&HourReport> {
+        match self {
+            ReplayHour::Rebuilt(r) => Some(r),
+            ReplayHour::Empty(_) => None,
+        }
+    }
+}
+
+/// Where an hour stands, as `weir loader hours` lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HourStatus {
+    /// The router still takes events for it (before hour end + grace), and it is not
+    /// loaded.
+    Open,
+    /// Closed by the router, not loaded yet: the next load takes it.
+    Closed,
+    /// Loaded, and the buffer holds nothing the Parquet lacks.
+    Loaded,
+    /// Loaded, but events came since (late ones, or more of an hour loaded while open):
+    /// the next load rebuilds it.
+    Stale,
+    /// Loaded, and its buffer deleted after `retention_days`: it can no longer be replayed.
+    Expired,
+}
+
+impl HourStatus {
+    /// The word `weir loader hours` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HourStatus::Open => "open",
+            HourStatus::Closed => "closed",
+            HourStatus::Loaded => "loaded",
+            HourStatus::Stale => "stale",
+            HourStatus::Expired => "expired",
+        }
+    }
+}
+
+/// One hour the buffer or the warehouse knows.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HourListing {
+    /// Hours since the epoch.
+    #[serde(serialize_with = "hour_display")]
+    pub hour: i64,
+    /// Where it stands.
+    pub state: HourStatus,
+    /// Size of its buffer file, while buffered.
+    pub buffer_bytes: Option<u64>,
+    /// Records in its buffer (repeats of an id included: the load drops them).
+    pub buffered_events: Option<u64>,
+    /// Valid rows in the warehouse, once loaded.
+    pub rows: Option<u64>,
+    /// Rows in `_invalid/`, once loaded.
+    pub invalid_rows: Option<u64>,
+}
+
+fn hour_display<S: serde::Serializer>(h: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hour::display(*h))
+}
+
+/// Records in the first `len` bytes of a buffer file.
+fn count_records(path: &Path, len: u64) -> Result<u64, LoadError> {
+    let file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    if len == 0 {
+        return Ok(0);
+    }
+    // SAFETY: as in `load_hour_locked`: buffer files are only appended to.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
+    let data = &map[..(len as usize).min(map.len())];
+    Ok(weir_proto::record::iter(data).count() as u64)
 }
 
 /// Loads hours from a buffer directory into a warehouse.
@@ -151,32 +244,100 @@ impl Loader {
 
     /// Rebuilds every buffered hour from `from` to `to` (inclusive), replacing what was
     /// loaded from the buffer (files of generations already deleted from the buffer are
-    /// kept). Fails for an hour in the range that is no longer buffered. `progress` is
-    /// called after each hour with (done, total).
+    /// kept). Hours in which nothing was received are skipped (each one reported as
+    /// [`ReplayHour::Empty`]); an hour that was loaded but is no longer buffered (past
+    /// `retention_days`) cannot be rebuilt, and the replay refuses the range before it
+    /// touches anything, naming it. `progress` is called after each hour with (done,
+    /// total).
     pub fn replay(
         &self,
         from: i64,
         to: i64,
         mut progress: impl FnMut(usize, usize),
-    ) -> Result<Vec<HourReport>, LoadError> {
+    ) -> Result<Vec<ReplayHour>, LoadError> {
         let _lock = self.lock()?;
         commit::recover(&self.warehouse)?;
-        let buffered: HashSet<i64> = list_hours(&self.buffer_dir)
+        let buffered: std::collections::HashMap<i64, u64> = list_hours(&self.buffer_dir)
             .map_err(io_err(&self.buffer_dir))?
             .into_iter()
-            .map(|s| s.hour)
+            .map(|s| (s.hour, s.bytes))
             .collect();
-        if let Some(missing) = (from..=to).find(|h| !buffered.contains(h)) {
-            return Err(LoadError::NotBuffered(hour::display(missing)));
+        let loaded: HashSet<i64> = commit::loaded_hours(&self.warehouse)?.into_iter().collect();
+        let gone: Vec<i64> = (from..=to)
+            .filter(|h| {
+                !buffered.contains_key(h) && (loaded.contains(h) || buffer::expired_path(&self.buffer_dir, *h).exists())
+            })
+            .collect();
+        if let Some(&first) = gone.first() {
+            return Err(LoadError::NotBuffered {
+                hour: hour::display(first),
+                more: gone.len() - 1,
+            });
         }
         let total = (to - from + 1).max(0) as usize;
-        let mut reports = Vec::new();
+        let mut out = Vec::new();
         for (i, h) in (from..=to).enumerate() {
-            let plan = self.plan(h)?;
-            reports.push(self.load_hour_locked(h, plan)?);
+            if buffered.get(&h).copied().unwrap_or(0) == 0 {
+                out.push(ReplayHour::Empty(h));
+            } else {
+                let plan = self.plan(h)?;
+                out.push(ReplayHour::Rebuilt(self.load_hour_locked(h, plan)?));
+            }
             progress(i + 1, total);
         }
-        Ok(reports)
+        Ok(out)
+    }
+
+    /// Every hour the buffer or the warehouse knows, oldest first, with its state: what
+    /// `weir loader hours` lists.
+    pub fn hours(&self) -> Result<Vec<HourListing>, LoadError> {
+        let mut by_hour: std::collections::BTreeMap<i64, HourListing> = std::collections::BTreeMap::new();
+        for state in list_hours(&self.buffer_dir).map_err(io_err(&self.buffer_dir))? {
+            let path = buffer_path(&self.buffer_dir, state.hour);
+            by_hour.insert(
+                state.hour,
+                HourListing {
+                    hour: state.hour,
+                    state: if state.closed {
+                        HourStatus::Closed
+                    } else {
+                        HourStatus::Open
+                    },
+                    buffer_bytes: Some(state.bytes),
+                    buffered_events: Some(count_records(&path, state.bytes)?),
+                    rows: None,
+                    invalid_rows: None,
+                },
+            );
+        }
+        for h in commit::loaded_hours(&self.warehouse)? {
+            let m = match commit::read_manifest(&self.warehouse, h) {
+                Ok(Some(m)) => m,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(hour = %hour::display(h), error = %e, "unreadable manifest");
+                    continue;
+                }
+            };
+            let entry = by_hour.entry(h).or_insert(HourListing {
+                hour: h,
+                state: HourStatus::Expired,
+                buffer_bytes: None,
+                buffered_events: None,
+                rows: None,
+                invalid_rows: None,
+            });
+            entry.rows = Some(m.rows);
+            entry.invalid_rows = Some(m.invalid_rows);
+            if let Some(bytes) = entry.buffer_bytes {
+                let generation = buffer::current_generation(&self.buffer_dir, h)
+                    .map_err(io_err(&buffer::expired_path(&self.buffer_dir, h)))?;
+                let current = m.generation == generation && m.source_bytes == bytes;
+                // An open hour loaded with `--now` is loaded until more events come.
+                entry.state = if current { HourStatus::Loaded } else { HourStatus::Stale };
+            }
+        }
+        Ok(by_hour.into_values().collect())
     }
 
     /// What a load of hour `h` builds on: the generation of its buffer and the files of
@@ -224,7 +385,12 @@ impl Loader {
         let path = buffer_path(&self.buffer_dir, h);
         let file = match fs::File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(LoadError::NotBuffered(hour::display(h))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(LoadError::NotBuffered {
+                    hour: hour::display(h),
+                    more: 0,
+                })
+            }
             Err(e) => return Err(io_err(&path)(e)),
         };
         let len = file.metadata().map_err(io_err(&path))?.len();

@@ -10,7 +10,7 @@ use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use prost::Message;
-use weir_loader::Loader;
+use weir_loader::{HourStatus, Loader, ReplayHour};
 use weir_proto::pb::Event;
 use weir_proto::runtime::buffer::{buffer_path, closed_path};
 use weir_proto::{hour, record, Catalog};
@@ -225,7 +225,12 @@ fn loads_typed_parquet_dedups_flags_and_reloads() {
 
     // Nothing new: nothing reloaded.
     assert!(loader.run(false).unwrap().is_empty());
-    // A late event grows the buffer: the hour is rebuilt with it.
+    let listed = loader.hours().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, HourStatus::Loaded);
+    assert_eq!(listed[0].buffered_events, Some(5), "every record, the repeat included");
+    assert_eq!((listed[0].rows, listed[0].invalid_rows), (Some(3), Some(1)));
+    // A late event grows the buffer: the hour is stale until it is rebuilt with it.
     append(
         &buffer,
         h,
@@ -238,6 +243,7 @@ fn loads_typed_parquet_dedups_flags_and_reloads() {
             r#"{"item_id":3,"source":"direct","session_id":"s"}"#,
         )],
     );
+    assert_eq!(loader.hours().unwrap()[0].state, HourStatus::Stale);
     let again = loader.run(false).unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].manifest.rows, 4);
@@ -251,8 +257,23 @@ fn loads_typed_parquet_dedups_flags_and_reloads() {
         read(&warehouse.join("event=item.viewed/version=2/date=2026-11-22/hour=13/part-0.parquet")),
         before
     );
-    let err = loader.replay(h - 5, h, |_, _| {}).unwrap_err().to_string();
-    assert!(err.contains("2026-11-22T08 is not in the buffer"), "{err}");
+    // Hours in which nothing arrived are skipped, each one said, not a failed range.
+    let done = loader.replay(h - 5, h, |_, _| {}).unwrap();
+    assert_eq!(done.len(), 6);
+    assert!(done[..5].iter().all(|r| matches!(r, ReplayHour::Empty(_))));
+    assert!(matches!(&done[5], ReplayHour::Rebuilt(r) if r.manifest.rows == 4));
+    // An hour loaded and deleted after retention cannot be rebuilt: the range is refused
+    // before anything is touched, naming it.
+    weir_proto::runtime::buffer::write_expired(&buffer, h - 7, 0).unwrap();
+    let err = loader.replay(h - 8, h, |_, _| {}).unwrap_err().to_string();
+    assert!(
+        err.contains("hour 2026-11-22T06 was loaded but is no longer in the buffer"),
+        "{err}"
+    );
+    assert_eq!(
+        loader.hours().unwrap().iter().map(|l| l.state).collect::<Vec<_>>(),
+        [HourStatus::Loaded]
+    );
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! `weir loader run | serve | replay`.
+//! `weir loader run | serve | hours | replay`.
 
 use std::process::ExitCode;
 
@@ -62,6 +62,26 @@ pub(super) fn loader(command: LoaderCommand) -> anyhow::Result<ExitCode> {
             run::runtime()?.block_on(run::flight(cfg, catalog))?;
             Ok(ExitCode::SUCCESS)
         }
+        LoaderCommand::Hours { json, config } => {
+            let cfg = load_config(&config)?;
+            let (catalog, _) = load_catalog(&cfg, true)?;
+            run::runtime()?.block_on(run::mirror_mongo(&cfg, weir_loader::mongo_mirror::Hours::All))?;
+            let hours = run::make_loader(&cfg, catalog)
+                .hours()
+                .context("cannot list the hours")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&hours)?);
+            } else if hours.is_empty() {
+                println!(
+                    "no hours: nothing buffered in {} and nothing loaded in {}",
+                    cfg.buffer_dir().display(),
+                    cfg.warehouse().display()
+                );
+            } else {
+                print!("{}", hours_table(&hours));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         LoaderCommand::Replay { from, to, config } => {
             let cfg = load_config(&config)?;
             let (catalog, _) = load_catalog(&cfg, true)?;
@@ -80,17 +100,60 @@ pub(super) fn loader(command: LoaderCommand) -> anyhow::Result<ExitCode> {
             );
             let reports = loader.replay(from, to, |done, _| bar.set_position(done as u64));
             bar.finish_and_clear();
-            let reports = reports?;
-            for r in &reports {
+            let mut rebuilt = 0;
+            for r in &reports? {
+                match r {
+                    weir_loader::ReplayHour::Rebuilt(r) => {
+                        rebuilt += 1;
+                        println!(
+                            "{}: {} rows, {} invalid{}",
+                            r.manifest.hour,
+                            r.manifest.rows,
+                            r.manifest.invalid_rows,
+                            damage_note(&r.manifest)
+                        );
+                    }
+                    weir_loader::ReplayHour::Empty(h) => {
+                        println!(
+                            "{}: skipped, nothing was received in this hour",
+                            weir_proto::hour::display(*h)
+                        )
+                    }
+                }
+            }
+            if rebuilt == 0 {
                 println!(
-                    "{}: {} rows, {} invalid{}",
-                    r.manifest.hour,
-                    r.manifest.rows,
-                    r.manifest.invalid_rows,
-                    damage_note(&r.manifest)
+                    "no hour from {} to {} holds events; `weir loader hours` lists the buffered ones",
+                    weir_proto::hour::display(from),
+                    weir_proto::hour::display(to)
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The table `weir loader hours` prints.
+fn hours_table(hours: &[weir_loader::HourListing]) -> String {
+    let num = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |n| n.to_string());
+    let mut out = format!(
+        "{:<14} {:<8} {:>12} {:>14} {:>12} {:>10}\n",
+        "HOUR (UTC)", "STATE", "BUFFERED", "BUFFER BYTES", "ROWS", "INVALID"
+    );
+    for h in hours {
+        out.push_str(&format!(
+            "{:<14} {:<8} {:>12} {:>14} {:>12} {:>10}\n",
+            weir_proto::hour::display(h.hour),
+            h.state.as_str(),
+            num(h.buffered_events),
+            num(h.buffer_bytes),
+            num(h.rows),
+            num(h.invalid_rows)
+        ));
+    }
+    out.push_str(
+        "open: taking events, not loaded; closed: waiting for the loader; stale: events came since the load; \
+         expired: buffer deleted after retention_days (no replay)\n",
+    );
+    out
 }

@@ -16,7 +16,11 @@ use crate::run;
 use catalog::{catalog_check, catalog_diff, catalog_export, load_catalog_dir};
 
 pub(crate) fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
-    Ok(Config::load(arg.config.as_deref(), std::env::vars())?)
+    let mut cfg = Config::load(arg.config.as_deref(), std::env::vars())?;
+    if let Some(c) = &arg.catalog {
+        cfg.catalog = Some(c.to_string_lossy().into_owned());
+    }
+    Ok(cfg)
 }
 
 /// `weir collector`, and `weir proxy` (the same with the public proxy listener).
@@ -50,17 +54,10 @@ pub(crate) fn load_catalog(cfg: &Config, demo_ok: bool) -> anyhow::Result<(Catal
 
 pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Up {
-            data_dir,
-            catalog,
-            config,
-        } => {
+        Command::Up { data_dir, config } => {
             let mut cfg = load_config(&config)?;
             if let Some(d) = data_dir {
                 cfg.data_dir = Some(d);
-            }
-            if let Some(c) = catalog {
-                cfg.catalog = Some(c.to_string_lossy().into_owned());
             }
             let (catalog, source) = load_catalog(&cfg, true)?;
             run::runtime()?.block_on(run::up(cfg, catalog, source))?;
@@ -98,10 +95,13 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let model = weir_proto::codegen::Model::new(&catalog, &env)?;
             let (package, files) = weir_proto::codegen::generate(lang, &model);
             weir_proto::codegen::write_files(&out, &files)?;
+            // The package version must be numeric for pip, npm and composer; its last part
+            // is the revision as a number, and the revision itself is shown as everywhere.
             println!(
-                "{} {} ({} event versions, {} files) written to {}",
+                "{} {} (catalog revision {}; {} event versions, {} files) written to {}",
                 package,
                 model.version,
+                model.revision,
                 model.events.len(),
                 files.len(),
                 out.display()

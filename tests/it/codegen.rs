@@ -20,6 +20,11 @@ fn codegen(lang: &str, env: &str, out: &Path) {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The revision shows in hex, as everywhere else (the package version holds it as a
+    // number, which package managers need).
+    let revision = weir_proto::Catalog::load_dir(&demo_catalog()).unwrap().revision;
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains(&format!("(catalog revision {revision};")), "{said}");
 }
 
 /// Every file under `dir` with its bytes, sorted by path.
@@ -470,4 +475,114 @@ echo "dgram {{$d->sent}} {{$d->dropped}}\n";
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(up.stop().success());
     assert_eq!(parquet_ids(&data), vec!["php-1", "php-2", "php-3"]);
+}
+
+/// A sender whose collector is gone drops what it cannot send, counts it, and says so
+/// once (then at most once a minute), as a library should: not only a counter nobody reads.
+#[test]
+fn every_sender_warns_once_when_its_collector_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let warning = format!("weir: dropped 1 event(s) for {dead}/v1/events: ");
+    let check = |lang: &str, ok: bool, out: &str| {
+        assert!(ok, "{lang}: {out}");
+        assert!(out.contains("dropped 3"), "{lang}: every event is counted: {out}");
+        assert_eq!(out.matches("weir: dropped").count(), 1, "{lang}: said once: {out}");
+        assert!(
+            out.contains(&warning) && out.contains("after 1 attempts"),
+            "{lang}: {out}"
+        );
+    };
+
+    let py = tmp.path().join("py");
+    codegen("python", "web", &py);
+    let (ok, out) = python(
+        &py,
+        &format!(
+            r#"
+import weir_events_web as w
+with w.Sender("{dead}", batch_size=1, max_retries=0) as s:
+    for i in range(3):
+        s.send(w.PageViewedV1(url="https://example.com/", session_id="s"))
+        s.flush()
+print("dropped", s.dropped)
+"#
+        ),
+    );
+    check("python", ok, &out);
+
+    let ts = tmp.path().join("ts");
+    typescript_pack(&ts);
+    let (ok, out) = tsc(&ts, &[]);
+    assert!(ok, "tsc: {out}");
+    let (ok, out) = node(
+        &ts,
+        &format!(
+            r#"
+const w = require("./dist");
+(async () => {{
+  const s = new w.Sender("{dead}", {{ batchSize: 1, maxRetries: 0 }});
+  for (let i = 0; i < 3; i++) {{
+    s.send(new w.PageViewedV1({{ url: "https://example.com/", session_id: "s" }}));
+    await s.flush();
+  }}
+  await s.close();
+  console.log("dropped", s.dropped);
+}})();
+"#
+        ),
+    );
+    check("typescript", ok, &out);
+
+    let go = tmp.path().join("go");
+    codegen("go", "web", &go);
+    std::fs::create_dir_all(go.join("cmd/dead")).unwrap();
+    std::fs::write(
+        go.join("cmd/dead/main.go"),
+        r#"package main
+
+import (
+	"fmt"
+	"os"
+
+	w "weir-events-web"
+)
+
+func main() {
+	s := w.NewSender(os.Args[1])
+	s.MaxRetries = 0
+	for i := 0; i < 3; i++ {
+		p, _ := w.NewPageViewedV1("https://example.com/", "s")
+		s.Send(p)
+		s.Flush()
+	}
+	s.Close()
+	fmt.Println("dropped", s.Dropped.Load())
+}
+"#,
+    )
+    .unwrap();
+    let (ok, out) = run_in(&go, "go", &["run", "./cmd/dead", &dead]);
+    check("go", ok, &out);
+
+    let php = tmp.path().join("php");
+    codegen("php", "web", &php);
+    std::fs::write(
+        php.join("dead.php"),
+        format!(
+            r#"<?php
+require 'autoload.php';
+use Weir\Events\Web as W;
+$s = new W\Sender('{dead}', batchSize: 1, maxRetries: 0, timeout: 2.0);
+for ($i = 0; $i < 3; $i++) {{
+    $s->send(new W\PageViewedV1(url: 'https://example.com/', session_id: 's'));
+}}
+$s->close();
+echo "dropped {{$s->dropped}}\n";
+"#
+        ),
+    )
+    .unwrap();
+    let (ok, out) = run_in(&php, "php", &["dead.php"]);
+    check("php", ok, &out);
 }

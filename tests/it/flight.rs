@@ -123,6 +123,26 @@ fn flight_lists_and_fetches_hours_and_refuses_bad_tickets() {
             .unwrap();
         assert!(batches.iter().map(|b| b.num_rows()).sum::<usize>() > 0);
 
+        // A ticket that matches no loaded hour: NOT_FOUND naming the hours there are,
+        // not an empty table.
+        let ticket = r#"{"event":"cart.viewed","version":1,"from":"2020-01-01T00","to":"2020-01-01T05"}"#;
+        let err = match client.do_get(Ticket::new(ticket.to_string())).await {
+            Ok(stream) => stream.try_collect::<Vec<_>>().await.unwrap_err(),
+            Err(e) => e,
+        };
+        let arrow_flight::error::FlightError::Tonic(status) = err else {
+            panic!("expected a gRPC status, got {err}");
+        };
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert!(
+            status
+                .message()
+                .contains("no loaded hour of cart.viewed version 1 from 2020-01-01T00 to 2020-01-01T05")
+                && status.message().contains(&format!("loaded hours of it: {h}")),
+            "{}",
+            status.message()
+        );
+
         // Bad tickets: INVALID_ARGUMENT with a message that says what is wrong.
         let cases = [
             ("not json", "the ticket must be JSON"),

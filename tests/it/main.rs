@@ -18,6 +18,7 @@ mod flight;
 mod kafka_mode;
 mod loader_crash;
 mod mongo_buffer;
+mod newcomer;
 mod proxy;
 mod recipients;
 mod warehouse_readers;

@@ -288,7 +288,12 @@ fn late_events_for_a_file_buffer_hour_already_loaded_and_deleted_are_added_to_it
         r[0].manifest
     );
     // A replay rebuilds what is buffered and keeps what is not.
-    let r = loader(&dir, &wh).replay(old_h, old_h, |_, _| {}).unwrap();
+    let r: Vec<_> = loader(&dir, &wh)
+        .replay(old_h, old_h, |_, _| {})
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.report().cloned())
+        .collect();
     assert_eq!(r[0].manifest.rows, 7);
     let mut ids: Vec<String> = parquet_files(&wh)
         .iter()
@@ -310,7 +315,12 @@ fn late_events_for_a_file_buffer_hour_already_loaded_and_deleted_are_added_to_it
     // A lost manifest: the earlier generation's files are still counted, from their bytes.
     std::fs::remove_file(weir_loader::commit::manifest_path(&wh, old_h)).unwrap();
     std::fs::write(weir_loader::commit::manifest_path(&wh, old_h), b"{").unwrap();
-    let r = loader(&dir, &wh).replay(old_h, old_h, |_, _| {}).unwrap();
+    let r: Vec<_> = loader(&dir, &wh)
+        .replay(old_h, old_h, |_, _| {})
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.report().cloned())
+        .collect();
     assert_eq!((r[0].manifest.rows, r[0].manifest.invalid_rows), (7, 1));
     assert_eq!(list_hours(&dir).unwrap().len(), 1);
 }

@@ -365,6 +365,25 @@ async fn the_rabbitmq_exchange_exists_before_the_first_event() {
     assert!(up.stop().success());
 }
 
+#[test]
+fn a_missing_kafka_topic_is_named_at_start() {
+    let brokers = service("TEST_WEIR_KAFKA");
+    let u = unique("topic");
+    let tmp = tempfile::tempdir().unwrap();
+    let up = up_with(tmp.path(), &recipients_config(None, None, Some((&brokers, &u))));
+    // The catalog routes item.viewed to `stream`, whose template makes `<u>.item.viewed`:
+    // a topic nobody created. The router says so before any event is sent.
+    let topic = format!("{u}.item.viewed");
+    let said = eventually(Duration::from_secs(20), "the missing topic named", || {
+        let log = up.stderr();
+        log.lines()
+            .find(|l| l.contains("the Kafka topic does not exist yet") && l.contains(&topic))
+            .map(str::to_string)
+    });
+    assert!(said.contains("auto.create.topics.enable"), "{said}");
+    assert!(up.stop().success());
+}
+
 /// Polls `f` every 200 ms until it gives `Some` or `limit` passes.
 async fn eventually_async<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
 where

@@ -215,6 +215,8 @@ const SENDER: &str = r#"package weirevents
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"log"
 	"net"
 	"net/http"
 	"strconv"
@@ -226,8 +228,9 @@ import (
 // Sender sends events to a weir collector over HTTP (`POST /v1/events`, NDJSON). Events
 // are queued and sent in batches, at least every FlushInterval, by a goroutine; a batch
 // that fails (no answer, 5xx, 429) is retried with exponential backoff MaxRetries times.
-// What cannot be queued or sent is counted in Dropped; what the collector refuses, in
-// Rejected. Close sends what is left.
+// What cannot be queued or sent is counted in Dropped and said through Warn (default
+// log.Print): the first time, then at most once a minute with how many since. What the
+// collector refuses is counted in Rejected. Close sends what is left.
 type Sender struct {
 	URL           string
 	BatchSize     int
@@ -235,8 +238,13 @@ type Sender struct {
 	MaxRetries    int
 	FlushInterval time.Duration
 	Client        *http.Client
+	Warn          func(message string)
 
 	Sent, Rejected, Dropped atomic.Int64
+
+	warnMu    sync.Mutex
+	warnedAt  time.Time
+	warnSince int64
 
 	mu    sync.Mutex
 	send  sync.Mutex
@@ -254,6 +262,7 @@ func NewSender(url string) *Sender {
 		MaxRetries:    5,
 		FlushInterval: time.Second,
 		Client:        &http.Client{Timeout: 5 * time.Second},
+		Warn:          func(message string) { log.Print(message) },
 		stop:          make(chan struct{}),
 		done:          make(chan struct{}),
 	}
@@ -265,16 +274,33 @@ func NewSender(url string) *Sender {
 func (s *Sender) Send(e Event) {
 	line, err := json.Marshal(e.Payload())
 	if err != nil {
-		s.Dropped.Add(1)
+		s.drop(1, "cannot encode the event: "+err.Error())
 		return
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if len(s.queue) >= s.MaxQueue {
-		s.Dropped.Add(1)
+		s.mu.Unlock()
+		s.drop(1, fmt.Sprintf("the queue is full (%d events)", s.MaxQueue))
 		return
 	}
 	s.queue = append(s.queue, line)
+	s.mu.Unlock()
+}
+
+// drop counts n events that cannot be sent and says so: the first time, then at most
+// once a minute.
+func (s *Sender) drop(n int64, why string) {
+	s.Dropped.Add(n)
+	s.warnMu.Lock()
+	defer s.warnMu.Unlock()
+	s.warnSince += n
+	if !s.warnedAt.IsZero() && time.Since(s.warnedAt) < time.Minute {
+		return
+	}
+	if s.Warn != nil {
+		s.Warn(fmt.Sprintf("weir: dropped %d event(s) for %s: %s (counted in Sender.Dropped)", s.warnSince, s.URL, why))
+	}
+	s.warnedAt, s.warnSince = time.Now(), 0
 }
 
 // Flush sends everything queued now.
@@ -321,10 +347,13 @@ func (s *Sender) run() {
 func (s *Sender) post(batch [][]byte) {
 	body := append(bytes.Join(batch, []byte("\n")), '\n')
 	delay := 100 * time.Millisecond
+	why := "no answer"
 	for attempt := 0; attempt <= s.MaxRetries; attempt++ {
 		wait := delay
 		resp, err := s.Client.Post(s.URL, "application/x-ndjson", bytes.NewReader(body))
-		if err == nil {
+		if err != nil {
+			why = err.Error()
+		} else {
 			var reply struct {
 				Accepted int64 `json:"accepted"`
 				Rejected int64 `json:"rejected"`
@@ -345,6 +374,7 @@ func (s *Sender) post(batch [][]byte) {
 				s.Rejected.Add(int64(len(batch)))
 				return
 			}
+			why = fmt.Sprintf("HTTP %d", status)
 		}
 		if attempt == s.MaxRetries {
 			break
@@ -354,7 +384,7 @@ func (s *Sender) post(batch [][]byte) {
 			delay = 10 * time.Second
 		}
 	}
-	s.Dropped.Add(int64(len(batch)))
+	s.drop(int64(len(batch)), fmt.Sprintf("%s after %d attempts", why, s.MaxRetries+1))
 }
 
 // DatagramSender sends events to a collector's unix datagram socket: one event per

@@ -218,7 +218,9 @@ const SENDER: &str = r#"
  * stream wrapper. Events are queued and sent in batches of `$batchSize` (and on
  * `flush()`, `close()` or destruction); a batch that fails (no answer, 5xx, 429) is
  * retried with exponential backoff. What cannot be queued or sent is counted in
- * `$dropped`; what the collector refuses, in `$rejected`.
+ * `$dropped` and said through `$warn` (default `error_log`): the first time, then at
+ * most once a minute with how many since. What the collector refuses is counted in
+ * `$rejected`.
  */
 final class Sender
 {
@@ -228,6 +230,10 @@ final class Sender
     /** @var list<string> */
     private array $queue = [];
     private string $url;
+    /** @var \Closure(string): void */
+    private \Closure $warn;
+    private float $warnedAt = 0.0;
+    private int $droppedSinceWarning = 0;
 
     public function __construct(
         string $url = 'http://127.0.0.1:8080',
@@ -235,14 +241,18 @@ final class Sender
         private int $maxQueue = 10000,
         private int $maxRetries = 5,
         private float $timeout = 5.0,
+        ?\Closure $warn = null,
     ) {
         $this->url = rtrim($url, '/') . '/v1/events';
+        $this->warn = $warn ?? static function (string $message): void {
+            error_log($message);
+        };
     }
 
     public function send(Event $event): void
     {
         if (count($this->queue) >= $this->maxQueue) {
-            $this->dropped++;
+            $this->drop(1, "the queue is full ({$this->maxQueue} events)");
             return;
         }
         $this->queue[] = json_encode($event->payload(), JSON_UNESCAPED_SLASHES | JSON_THROW_ON_ERROR);
@@ -269,11 +279,26 @@ final class Sender
         $this->flush();
     }
 
+    /** Counts `$n` events that cannot be sent and says so: the first time, then at most once a minute. */
+    private function drop(int $n, string $why): void
+    {
+        $this->dropped += $n;
+        $this->droppedSinceWarning += $n;
+        $now = microtime(true);
+        if ($this->warnedAt > 0 && $now - $this->warnedAt < 60) {
+            return;
+        }
+        ($this->warn)("weir: dropped {$this->droppedSinceWarning} event(s) for {$this->url}: $why (counted in Sender::\$dropped)");
+        $this->warnedAt = $now;
+        $this->droppedSinceWarning = 0;
+    }
+
     /** @param list<string> $batch */
     private function post(array $batch): void
     {
         $body = implode("\n", $batch) . "\n";
         $delay = 0.1;
+        $why = 'no answer';
         for ($attempt = 0; $attempt <= $this->maxRetries; $attempt++) {
             $context = stream_context_create(['http' => [
                 'method' => 'POST',
@@ -302,13 +327,14 @@ final class Sender
                 $this->rejected += count($batch);
                 return;
             }
+            $why = $status > 0 ? "HTTP $status" : (error_get_last()['message'] ?? 'no answer');
             if ($attempt === $this->maxRetries) {
                 break;
             }
             usleep((int) (($retryAfter ?? $delay) * 1e6));
             $delay = min($delay * 2, 10.0);
         }
-        $this->dropped += count($batch);
+        $this->drop(count($batch), "$why after " . ($this->maxRetries + 1) . ' attempts');
     }
 }
 "#;

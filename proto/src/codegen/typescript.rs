@@ -206,6 +206,8 @@ export interface SenderOptions {
   maxQueue?: number;
   /** Retries of a failed batch, with exponential backoff (default 5). */
   maxRetries?: number;
+  /** Where drops are said (default `console.warn`): the first time, then at most once a minute. */
+  warn?: (message: string) => void;
 }
 
 /**
@@ -225,12 +227,16 @@ export class Sender {
   private readonly maxRetries: number;
   private readonly timer: ReturnType<typeof setInterval>;
   private inflight: Promise<void> = Promise.resolve();
+  private readonly warn: (message: string) => void;
+  private warnedAt = 0;
+  private droppedSinceWarning = 0;
 
   constructor(url = "http://127.0.0.1:8080", options: SenderOptions = {}) {
     this.url = url.replace(/\/+$/, "") + "/v1/events";
     this.batchSize = options.batchSize ?? 100;
     this.maxQueue = options.maxQueue ?? 10000;
     this.maxRetries = options.maxRetries ?? 5;
+    this.warn = options.warn ?? ((message) => console.warn(message));
     this.timer = setInterval(() => void this.flush(), options.flushIntervalMs ?? 1000);
     // In Node, do not keep the process alive for the background flush.
     (this.timer as unknown as { unref?: () => void }).unref?.();
@@ -239,7 +245,7 @@ export class Sender {
   /** Queues one event (never blocks). */
   send(event: WeirEvent): void {
     if (this.queue.length >= this.maxQueue) {
-      this.dropped += 1;
+      this.drop(1, `the queue is full (${this.maxQueue} events)`);
       return;
     }
     const body: Record<string, unknown> = { event: event.event, version: event.version, env: event.env, fields: event.fields };
@@ -266,8 +272,20 @@ export class Sender {
     await this.flush();
   }
 
+  /** Counts `n` events that cannot be sent and says so: the first time, then at most once a minute. */
+  private drop(n: number, why: string): void {
+    this.dropped += n;
+    this.droppedSinceWarning += n;
+    const now = Date.now();
+    if (this.warnedAt !== 0 && now - this.warnedAt < 60000) return;
+    this.warn(`weir: dropped ${this.droppedSinceWarning} event(s) for ${this.url}: ${why} (counted in Sender.dropped)`);
+    this.warnedAt = now;
+    this.droppedSinceWarning = 0;
+  }
+
   private async post(batch: string[]): Promise<void> {
     let delay = 100;
+    let why = "no answer";
     for (let attempt = 0; attempt <= this.maxRetries; attempt++) {
       let retryAfter: number | undefined;
       try {
@@ -288,14 +306,16 @@ export class Sender {
         }
         const header = response.headers.get("retry-after");
         retryAfter = header !== null && /^\d+$/.test(header) ? Number(header) * 1000 : undefined;
-      } catch {
+        why = `HTTP ${response.status}`;
+      } catch (e) {
         // No answer: retried below.
+        why = String((e as { cause?: unknown }).cause ?? e);
       }
       if (attempt === this.maxRetries) break;
       await new Promise((resolve) => setTimeout(resolve, retryAfter ?? delay));
       delay = Math.min(delay * 2, 10000);
     }
-    this.dropped += batch.length;
+    this.drop(batch.length, `${why} after ${this.maxRetries + 1} attempts`);
   }
 }
 "#;

@@ -52,12 +52,38 @@ impl super::Kind for Config {
     fn validate(&self) -> Result<(), weir_proto::InvalidSetting> {
         super::check_template(&self.topic).map_err(|e| weir_proto::InvalidSetting::new("topic", e))
     }
-    fn spawn(&self, _name: &str, run: super::RunArgs) -> tokio::task::JoinHandle<()> {
-        run.spawn(KafkaSink::new(
+    fn spawn(&self, name: &str, run: super::RunArgs) -> tokio::task::JoinHandle<()> {
+        let mut sink = KafkaSink::new(
             producer_config(&self.brokers, "weir-router", &self.options),
             &self.topic,
-        ))
+        );
+        sink.check_topics = routed_topics(&self.topic, name, &run.cfg.route);
+        run.spawn(sink)
     }
+}
+
+/// The topics the events the catalog routes to recipient `name` go to.
+fn routed_topics(template: &str, name: &str, route: &super::runner::Route) -> Vec<String> {
+    let super::runner::Route::Catalog(catalog) = route else {
+        return Vec::new();
+    };
+    let catalog = catalog.load();
+    let topics: std::collections::BTreeSet<String> = catalog
+        .events
+        .iter()
+        .filter(|(_, def)| def.recipients.iter().any(|r| r == name))
+        .map(|(event, _)| render_template(template, event))
+        .collect();
+    topics.into_iter().collect()
+}
+
+/// Which of `topics` the cluster does not have. Asks for every topic's metadata, which
+/// (unlike asking for one) never makes a broker auto-create it.
+fn missing_topics(config: &ClientConfig, topics: &[String]) -> Result<Vec<String>, KafkaError> {
+    let producer: FutureProducer<QuietContext> = config.create_with_context(QuietContext::default())?;
+    let metadata = producer.client().fetch_metadata(None, Duration::from_secs(5))?;
+    let have: std::collections::HashSet<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+    Ok(topics.iter().filter(|t| !have.contains(t.as_str())).cloned().collect())
 }
 
 /// Produces to one Kafka cluster.
@@ -65,6 +91,8 @@ pub struct KafkaSink {
     config: ClientConfig,
     topic: String,
     producer: Option<FutureProducer<QuietContext>>,
+    /// Topics checked at start (those the catalog routes events to).
+    check_topics: Vec<String>,
 }
 
 pub use weir_proto::runtime::kafka::QuietContext;
@@ -77,6 +105,7 @@ impl KafkaSink {
             config,
             topic: topic.to_string(),
             producer: None,
+            check_topics: Vec::new(),
         }
     }
 }
@@ -89,6 +118,27 @@ fn outcome(e: &KafkaError) -> Outcome {
 }
 
 impl Sink for KafkaSink {
+    /// Says at start which topics the routed events need that the cluster lacks: a
+    /// broker without `auto.create.topics.enable` refuses them, and deliveries wait.
+    async fn start(&mut self) {
+        if self.check_topics.is_empty() {
+            return;
+        }
+        let config = self.config.clone();
+        let topics = std::mem::take(&mut self.check_topics);
+        match tokio::task::spawn_blocking(move || missing_topics(&config, &topics)).await {
+            Ok(Ok(missing)) => {
+                for topic in missing {
+                    tracing::warn!(%topic, "the Kafka topic does not exist yet: create it, or events routed to it wait (retried) until the brokers auto-create it (auto.create.topics.enable)");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot reach Kafka at start to check the topics; deliveries retry until it answers")
+            }
+            Err(_) => {}
+        }
+    }
+
     async fn deliver(&mut self, events: &[Bytes]) -> Vec<Outcome> {
         if self.producer.is_none() {
             match self
