@@ -67,7 +67,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, bound_env: Option
             "no such endpoint: the collector serves POST /v1/events, GET /healthz, /readyz and /metrics",
         ),
     };
-    metrics::counter!(m::REQUESTS, "code" => resp.status().as_str().to_string()).increment(1);
+    m::requests(resp.status()).increment(1);
     resp
 }
 

@@ -62,11 +62,13 @@ pub enum Outcome {
 }
 
 /// Counts per (env, event, outcome), for metrics; names outside the catalog are
-/// reported as `_unknown` so senders cannot blow up metric cardinality.
+/// reported as `_unknown` so senders cannot blow up metric cardinality. A row holds the
+/// (env, event) counters themselves ([`crate::metrics::counters`]), so counting costs no
+/// allocation and no metric registry lookup per request.
 #[derive(Debug, Default)]
 pub struct Tally {
-    /// (env, event, outcome) -> count.
-    pub counts: Vec<(String, String, Outcome, u64)>,
+    /// (counters of the env and event, outcome, count).
+    pub counts: Vec<(std::sync::Arc<crate::metrics::EventCounters>, Outcome, u64)>,
 }
 
 impl Tally {
@@ -74,11 +76,11 @@ impl Tally {
         if let Some(row) = self
             .counts
             .iter_mut()
-            .find(|(e, n, o, _)| e == env && n == event && *o == outcome)
+            .find(|(c, o, _)| *o == outcome && c.is(env, event))
         {
-            row.3 += 1;
+            row.2 += 1;
         } else {
-            self.counts.push((env.to_string(), event.to_string(), outcome, 1));
+            self.counts.push((crate::metrics::counters(env, event), outcome, 1));
         }
     }
 }

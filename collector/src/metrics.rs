@@ -1,5 +1,7 @@
 //! Metric names of the collector (`weir_collector_*`).
 
+use std::sync::Arc;
+
 use crate::ingest::{Outcome, Tally};
 
 /// Events received, by env and event.
@@ -38,18 +40,81 @@ pub const DEAD_LETTERED: &str = "weir_collector_dead_lettered_events_total";
 /// Time from sending a batch to its acknowledgement.
 pub const FORWARD_LATENCY: &str = "weir_collector_forward_latency_seconds";
 
+/// The counters of one (env, event): made once, on its first event, and shared after.
+#[derive(Debug)]
+pub struct EventCounters {
+    env: Box<str>,
+    event: Box<str>,
+    received: metrics::Counter,
+    /// By [`Outcome`], in its order.
+    outcomes: [metrics::Counter; 4],
+}
+
+impl EventCounters {
+    fn new(env: &str, event: &str) -> EventCounters {
+        let labels = [("env", env.to_string()), ("event", event.to_string())];
+        EventCounters {
+            env: env.into(),
+            event: event.into(),
+            received: metrics::counter!(RECEIVED, &labels),
+            outcomes: [ACCEPTED, FLAGGED, REJECTED, DROPPED].map(|name| metrics::counter!(name, &labels)),
+        }
+    }
+
+    /// Whether these are the counters of `env` and `event`.
+    pub fn is(&self, env: &str, event: &str) -> bool {
+        &*self.env == env && &*self.event == event
+    }
+}
+
+type CounterMap = std::collections::HashMap<Box<str>, std::collections::HashMap<Box<str>, Arc<EventCounters>>>;
+
+/// Every (env, event) counted so far: catalog names and `_unknown` only, so bounded by
+/// the catalog. Read without a lock; a pair seen for the first time copies the map.
+static COUNTERS: std::sync::LazyLock<arc_swap::ArcSwap<CounterMap>> = std::sync::LazyLock::new(Default::default);
+
+/// The counters of `env` and `event`.
+pub fn counters(env: &str, event: &str) -> Arc<EventCounters> {
+    if let Some(c) = COUNTERS.load().get(env).and_then(|m| m.get(event)) {
+        return c.clone();
+    }
+    let made = Arc::new(EventCounters::new(env, event));
+    let mut kept = made.clone();
+    COUNTERS.rcu(|current| {
+        let mut next = CounterMap::clone(current);
+        let slot = next
+            .entry(env.into())
+            .or_default()
+            .entry(event.into())
+            .or_insert_with(|| made.clone());
+        kept = slot.clone();
+        next
+    });
+    kept
+}
+
 /// Records a request's tally.
 pub fn record(tally: &Tally) {
-    for (env, event, outcome, n) in &tally.counts {
-        let labels = [("env", env.clone()), ("event", event.clone())];
-        metrics::counter!(RECEIVED, &labels).increment(*n);
-        let name = match outcome {
-            Outcome::Accepted => ACCEPTED,
-            Outcome::Flagged => FLAGGED,
-            Outcome::Rejected => REJECTED,
-            Outcome::Dropped => DROPPED,
+    for (counters, outcome, n) in &tally.counts {
+        counters.received.increment(*n);
+        let i = match outcome {
+            Outcome::Accepted => 0,
+            Outcome::Flagged => 1,
+            Outcome::Rejected => 2,
+            Outcome::Dropped => 3,
         };
-        metrics::counter!(name, &labels).increment(*n);
+        counters.outcomes[i].increment(*n);
+    }
+}
+
+/// `weir_collector_http_requests_total` of a status code: one counter per code, made on
+/// its first use (no label string built per request).
+pub fn requests(code: hyper::StatusCode) -> metrics::Counter {
+    static BY_CODE: [std::sync::OnceLock<metrics::Counter>; 500] = [const { std::sync::OnceLock::new() }; 500];
+    let made = || metrics::counter!(REQUESTS, "code" => code.as_str().to_string());
+    match BY_CODE.get(usize::from(code.as_u16()).wrapping_sub(100)) {
+        Some(slot) => slot.get_or_init(made).clone(),
+        None => made(),
     }
 }
 

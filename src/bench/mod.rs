@@ -1,6 +1,7 @@
 //! `weir bench`: the project's load generators, one file per bench, one harness.
 
 mod collector;
+mod compare;
 mod fanout;
 mod harness;
 mod kafka;
@@ -9,6 +10,7 @@ mod proxy;
 mod router;
 
 pub use collector::{run, CollectorBench};
+pub use compare::{run_compare, CompareBench};
 pub use fanout::{run_fanout, FanoutBench};
 pub use kafka::{run_kafka, KafkaBench};
 pub use loader::{run_loader, LoaderBench};
@@ -25,6 +27,7 @@ pub fn run_command(command: crate::cli::BenchCommand) -> anyhow::Result<std::pro
         B::Fanout(o) => run_fanout(o)?,
         B::Proxy(o) => run_proxy(o)?,
         B::Kafka(o) => run_kafka(o)?,
+        B::Compare(o) => run_compare(o)?,
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

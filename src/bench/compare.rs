@@ -1,0 +1,251 @@
+//! `weir bench compare`: nginx answering `return 204` and the weir collector (ack after
+//! fsync), each pinned to CPU 0, driven by the same `wrk` pinned to CPU 1, side by side.
+//! The performance goals are ratios to nginx on the same core, because the machines are
+//! shared and noisy: an absolute figure moves with the neighbours, a ratio taken in one
+//! run much less.
+//!
+//! Needs Debian's `nginx-light` and `wrk` (`apt-get install -y nginx-light wrk`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context};
+
+use super::harness::*;
+
+/// How to run the comparison.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CompareBench {
+    /// Concurrent connections (wrk -c).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Seconds per run (wrk -d).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Runs of each case; the median is printed.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+/// What one wrk run measured.
+#[derive(Clone, Copy, Debug, Default)]
+struct Wrk {
+    requests_per_sec: f64,
+    p99_ms: f64,
+}
+
+fn find(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    dirs.extend(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from));
+    names
+        .iter()
+        .flat_map(|n| dirs.iter().map(move |d| d.join(n)))
+        .find(|p| p.is_file())
+}
+
+/// Runs the comparison and prints the table.
+pub fn run_compare(opts: CompareBench) -> anyhow::Result<()> {
+    if opts.runs == 0 || opts.connections == 0 || opts.duration == 0 {
+        bail!("--runs, --connections and --duration must be at least 1");
+    }
+    let nginx = find(&["nginx"]).context("nginx is not installed: apt-get install -y nginx-light")?;
+    let wrk = find(&["wrk"]).context("wrk is not installed: apt-get install -y wrk")?;
+    let taskset = find(&["taskset"]).context("taskset is not installed (util-linux)")?;
+    let dir = tempfile::tempdir()?;
+    let single = dir.path().join("single.json");
+    let hundred = dir.path().join("hundred.json");
+    std::fs::write(&single, body(1, false))?;
+    std::fs::write(&hundred, body(100, false))?;
+    let single_bytes = std::fs::metadata(&single)?.len();
+    let hundred_bytes = std::fs::metadata(&hundred)?.len();
+
+    let port = free_port()?;
+    let nginx_child = start_nginx(&nginx, &taskset, dir.path(), port)?;
+    let _nginx = Killed(nginx_child);
+    let nginx_url = format!("http://127.0.0.1:{port}/v1/events");
+    let (collector, weir_url, _, weir_pid) = start_collector(false)?;
+    let weir_url = format!("{weir_url}/v1/events");
+
+    let case = |url: &str, body: &Path| -> anyhow::Result<Wrk> {
+        let mut runs = Vec::new();
+        for _ in 0..opts.runs {
+            runs.push(run_wrk(&wrk, &taskset, dir.path(), url, body, &opts)?);
+        }
+        Ok(median(runs))
+    };
+    let n1 = case(&nginx_url, &single)?;
+    let w1 = case(&weir_url, &single)?;
+    let n100 = case(&nginx_url, &hundred)?;
+    let before = proc_usage(weir_pid);
+    let w100 = case(&weir_url, &hundred)?;
+    let rss = proc_usage(weir_pid).or(before).map_or(0, |(_, rss)| rss);
+    drop(collector);
+
+    println!(
+        "weir bench compare: nginx `return 204` vs the weir collector (202 after fsync), each pinned to CPU 0; \
+         wrk -t1 -c{} -d{}s on CPU 1; median of {}",
+        opts.connections, opts.duration, opts.runs
+    );
+    println!(
+        "  bodies: 1 event ({single_bytes} bytes), 100 events ({:.1} KB)",
+        hundred_bytes as f64 / 1000.0
+    );
+    println!("  {:<32} {:>14} {:>14} {:>8}", "", "nginx", "weir", "ratio");
+    let row = |what: &str, n: f64, w: f64| {
+        println!("  {what:<32} {n:>14.0} {w:>14.0} {:>7.3}x", w / n.max(1.0));
+    };
+    row("1 event/request, requests/s", n1.requests_per_sec, w1.requests_per_sec);
+    row(
+        "100-event requests, events/s",
+        n100.requests_per_sec * 100.0,
+        w100.requests_per_sec * 100.0,
+    );
+    println!(
+        "  {:<32} {:>11.2} ms {:>11.2} ms",
+        "p99, 1 event/request", n1.p99_ms, w1.p99_ms
+    );
+    println!(
+        "  {:<32} {:>11.2} ms {:>11.2} ms",
+        "p99, 100-event requests", n100.p99_ms, w100.p99_ms
+    );
+    println!("  weir collector peak RSS {:.1} MiB", rss as f64 / (1 << 20) as f64);
+    Ok(())
+}
+
+/// A child process killed (and reaped) on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// nginx in one process (no master), on CPU 0, answering every request with 204.
+fn start_nginx(nginx: &Path, taskset: &Path, dir: &Path, port: u16) -> anyhow::Result<Child> {
+    let d = dir.display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\ndaemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
+             client_body_buffer_size 64k;\n  keepalive_requests 100000000;\n  \
+             server {{ listen 127.0.0.1:{port}; location / {{ return 204; }} }}\n}}\n"
+        ),
+    )?;
+    let log = dir.join("nginx.out");
+    let child = Command::new(taskset)
+        .arg("-c")
+        .arg("0")
+        .arg(nginx)
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("cannot start nginx")?;
+    wait_for_port(port, &log, "nginx")?;
+    Ok(child)
+}
+
+/// One wrk run of POSTs of `body` to `url`.
+fn run_wrk(wrk: &Path, taskset: &Path, dir: &Path, url: &str, body: &Path, opts: &CompareBench) -> anyhow::Result<Wrk> {
+    let script = dir.join("post.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
+             local f = io.open(\"{}\", \"rb\")\nwrk.body = f:read(\"*a\")\nf:close()\n",
+            body.display()
+        ),
+    )?;
+    let out = Command::new(taskset)
+        .arg("-c")
+        .arg("1")
+        .arg(wrk)
+        .args([
+            "-t1",
+            &format!("-c{}", opts.connections),
+            &format!("-d{}s", opts.duration),
+        ])
+        .arg("--latency")
+        .arg("-s")
+        .arg(&script)
+        .arg(url)
+        .output()
+        .context("cannot run wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_wrk(&text).with_context(|| format!("cannot read wrk's output:\n{text}"))
+}
+
+/// Requests/s and the p99 latency from wrk's `--latency` output; an error when any
+/// answer was not 2xx (a full spool's 503 is no throughput).
+fn parse_wrk(text: &str) -> anyhow::Result<Wrk> {
+    if let Some(line) = text.lines().find(|l| l.contains("Non-2xx or 3xx responses")) {
+        bail!("the server answered errors: {}", line.trim());
+    }
+    let requests_per_sec = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .context("no Requests/sec line")?
+        .trim()
+        .parse()?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .context("no 99% latency line (wrk --latency)")?
+        .trim();
+    Ok(Wrk {
+        requests_per_sec,
+        p99_ms: duration_ms(p99).with_context(|| format!("latency {p99:?}"))?,
+    })
+}
+
+/// wrk's durations: `812.00us`, `1.10ms`, `2.01s`, `1.00m`.
+fn duration_ms(s: &str) -> Option<f64> {
+    let (num, factor) = if let Some(n) = s.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|v| v * factor)
+}
+
+/// The run with the median requests/s (its p99 with it).
+fn median(mut runs: Vec<Wrk>) -> Wrk {
+    runs.sort_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec));
+    runs.get(runs.len() / 2).copied().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_output_is_read() {
+        let text = "Running 10s test @ http://127.0.0.1:1/v1/events\n  1 threads and 32 connections\n  Latency Distribution\n     50%  150.00us\n     75%  200.00us\n     90%  300.00us\n     99%    1.10ms\n  1967630 requests in 10.00s, 150.12MB read\nRequests/sec: 196763.00\nTransfer/sec:     15.01MB\n";
+        let w = parse_wrk(text).unwrap();
+        assert_eq!(w.requests_per_sec, 196763.0);
+        assert!((w.p99_ms - 1.1).abs() < 1e-9);
+        assert_eq!(duration_ms("812.00us"), Some(0.812));
+        assert_eq!(duration_ms("2.00s"), Some(2000.0));
+        let err = parse_wrk(&format!("{text}  Non-2xx or 3xx responses: 12\n")).unwrap_err();
+        assert!(err.to_string().contains("Non-2xx or 3xx responses: 12"), "{err}");
+    }
+}
