@@ -32,6 +32,8 @@ pub struct CompareBench {
 struct Wrk {
     requests_per_sec: f64,
     p99_ms: f64,
+    /// CPU the server used per request, µs (steadier than requests/s on a shared machine).
+    cpu_us_per_request: f64,
 }
 
 fn find(names: &[&str]) -> Option<PathBuf> {
@@ -62,24 +64,29 @@ pub fn run_compare(opts: CompareBench) -> anyhow::Result<()> {
 
     let port = free_port()?;
     let nginx_child = start_nginx(&nginx, &taskset, dir.path(), port)?;
+    let nginx_pid = nginx_child.id();
     let _nginx = Killed(nginx_child);
     let nginx_url = format!("http://127.0.0.1:{port}/v1/events");
     let (collector, weir_url, _, weir_pid) = start_collector(false)?;
     let weir_url = format!("{weir_url}/v1/events");
 
-    let case = |url: &str, body: &Path| -> anyhow::Result<Wrk> {
+    let case = |url: &str, pid: u32, body: &Path| -> anyhow::Result<Wrk> {
         let mut runs = Vec::new();
         for _ in 0..opts.runs {
-            runs.push(run_wrk(&wrk, &taskset, dir.path(), url, body, &opts)?);
+            let before = proc_usage(pid).map_or(0.0, |u| u.0);
+            let mut w = run_wrk(&wrk, &taskset, dir.path(), url, body, &opts)?;
+            let cpu = proc_usage(pid).map_or(0.0, |u| u.0) - before;
+            w.cpu_us_per_request = cpu * 1e6 / (w.requests_per_sec * opts.duration as f64).max(1.0);
+            runs.push(w);
         }
         Ok(median(runs))
     };
-    let n1 = case(&nginx_url, &single)?;
-    let w1 = case(&weir_url, &single)?;
-    let n100 = case(&nginx_url, &hundred)?;
-    let before = proc_usage(weir_pid);
-    let w100 = case(&weir_url, &hundred)?;
-    let rss = proc_usage(weir_pid).or(before).map_or(0, |(_, rss)| rss);
+    // Alternating, so a noisy neighbour hits both sides alike.
+    let n1 = case(&nginx_url, nginx_pid, &single)?;
+    let w1 = case(&weir_url, weir_pid, &single)?;
+    let n100 = case(&nginx_url, nginx_pid, &hundred)?;
+    let w100 = case(&weir_url, weir_pid, &hundred)?;
+    let rss = proc_usage(weir_pid).map_or(0, |(_, rss)| rss);
     drop(collector);
 
     println!(
@@ -108,6 +115,20 @@ pub fn run_compare(opts: CompareBench) -> anyhow::Result<()> {
     println!(
         "  {:<32} {:>11.2} ms {:>11.2} ms",
         "p99, 100-event requests", n100.p99_ms, w100.p99_ms
+    );
+    println!(
+        "  {:<32} {:>11.2} us {:>11.2} us {:>7.3}x",
+        "CPU per request, 1 event",
+        n1.cpu_us_per_request,
+        w1.cpu_us_per_request,
+        n1.cpu_us_per_request / w1.cpu_us_per_request.max(1e-9)
+    );
+    println!(
+        "  {:<32} {:>11.2} us {:>11.2} us {:>7.3}x",
+        "CPU per event, 100-event requests",
+        n100.cpu_us_per_request / 100.0,
+        w100.cpu_us_per_request / 100.0,
+        n100.cpu_us_per_request / w100.cpu_us_per_request.max(1e-9)
     );
     println!("  weir collector peak RSS {:.1} MiB", rss as f64 / (1 << 20) as f64);
     Ok(())
@@ -208,6 +229,7 @@ fn parse_wrk(text: &str) -> anyhow::Result<Wrk> {
     Ok(Wrk {
         requests_per_sec,
         p99_ms: duration_ms(p99).with_context(|| format!("latency {p99:?}"))?,
+        cpu_us_per_request: 0.0,
     })
 }
 
