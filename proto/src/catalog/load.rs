@@ -162,6 +162,11 @@ impl Catalog {
             catalog.cross_check(&mut problems);
         }
         if problems.is_empty() {
+            for def in catalog.events.values_mut() {
+                for v in &mut def.versions {
+                    v.index();
+                }
+            }
             Ok(catalog)
         } else {
             Err(CatalogError { problems })

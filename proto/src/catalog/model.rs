@@ -176,6 +176,31 @@ pub struct VersionDef {
     /// What changed in this version, for people.
     #[serde(default)]
     pub description: String,
+    /// `required` and `optional` as a set when there are many, built once when the
+    /// catalog is loaded, so that checking a sent field costs one lookup however many
+    /// fields the version has.
+    #[serde(skip)]
+    pub(crate) field_set: std::collections::HashSet<String>,
+}
+
+/// Up to this many fields, a scan of the lists is faster than hashing the name.
+const SCAN_FIELDS: usize = 16;
+
+impl VersionDef {
+    /// Whether `field` is one of this version's own fields (required or optional).
+    pub fn has_field(&self, field: &str) -> bool {
+        if self.field_set.is_empty() {
+            self.required.iter().chain(&self.optional).any(|f| f == field)
+        } else {
+            self.field_set.contains(field)
+        }
+    }
+
+    pub(crate) fn index(&mut self) {
+        if self.required.len() + self.optional.len() > SCAN_FIELDS {
+            self.field_set = self.required.iter().chain(&self.optional).cloned().collect();
+        }
+    }
 }
 
 /// An event and its versions.

@@ -107,15 +107,20 @@ impl Catalog {
                 errors.push(format!("{f}: missing required field"));
             }
         }
+        // Repeated keys: a scan for the few fields events have, a set for a sender that
+        // sends thousands (the scan would be quadratic).
+        let mut seen = (ev.fields.len() > 32).then(|| std::collections::HashSet::with_capacity(ev.fields.len()));
         for (i, (key, value)) in ev.fields.iter().enumerate() {
             let key = key.as_ref();
-            if ev.fields[..i].iter().any(|(k, _)| k == key) {
+            let repeated = match seen.as_mut() {
+                Some(seen) => !seen.insert(key),
+                None => ev.fields[..i].iter().any(|(k, _)| k == key),
+            };
+            if repeated {
                 errors.push(format!("{key}: given twice"));
                 continue;
             }
-            let allowed = vdef.required.iter().any(|f| f == key)
-                || vdef.optional.iter().any(|f| f == key)
-                || env_def.fields.iter().any(|f| f == key);
+            let allowed = vdef.has_field(key) || env_def.fields.iter().any(|f| f == key);
             if !allowed {
                 errors.push(format!("{key}: unknown field for {name} version {version}"));
                 continue;
