@@ -261,6 +261,20 @@ mod tests {
     }
 
     #[test]
+    fn repeated_and_unknown_keys_are_named_among_many_fields() {
+        // More keys than the scan handles: the set finds the repeat, and every stranger.
+        let mut fields: Vec<String> = (0..40).map(|i| format!(r#""x{i}":1"#)).collect();
+        fields.push(r#""item_id":1,"source":"feed","session_id":"s","x7":2"#.into());
+        let (ok, _, _, e) = check(&format!(
+            r#"{{"event":"item.viewed","env":"web","fields":{{{}}}}}"#,
+            fields.join(",")
+        ));
+        assert!(!ok);
+        assert!(e.contains(&"x7: given twice".to_string()), "{e:?}");
+        assert_eq!(e.iter().filter(|m| m.contains("unknown field")).count(), 40, "{e:?}");
+    }
+
+    #[test]
     fn valid_events_pass() {
         let (ok, _, v, e) = check(
             r#"{"event":"item.viewed","env":"web","fields":{"item_id":1,"source":"feed","session_id":"s","price":3}}"#,
