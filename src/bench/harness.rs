@@ -74,6 +74,32 @@ pub(super) fn bench_setup(extra: &str) -> anyhow::Result<(tempfile::TempDir, Str
     Ok((dir, cfg))
 }
 
+/// Starts `weir router` pinned to CPU 0 on 127.0.0.1:`port`, with `router_keys` in its
+/// `[router]` table, `rest` after it (recipient tables) and `files` added to the demo
+/// catalog; returns once it listens, with its pid (killed when the guard drops).
+pub(super) fn start_router(
+    port: u16,
+    router_keys: &str,
+    rest: &str,
+    files: &[(&str, String)],
+) -> anyhow::Result<(Spawned, u32)> {
+    let (dir, cfg) = bench_setup(&format!(
+        "[router]\nlisten = \"127.0.0.1:{port}\"\n{router_keys}\n{rest}"
+    ))?;
+    for (name, text) in files {
+        std::fs::write(dir.path().join("catalog").join(name), text)?;
+    }
+    let log = dir.path().join("router.log");
+    let child = spawn_weir(&["router", "--config", &cfg], Some("0"), &log)?;
+    let pid = child.id();
+    let guard = Spawned {
+        children: vec![child],
+        _dir: dir,
+    };
+    wait_for_port(port, &log, "the router")?;
+    Ok((guard, pid))
+}
+
 /// Waits (up to 20 s) until something listens on `port`; else fails with `log`.
 pub(super) fn wait_for_port(port: u16, log: &Path, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);

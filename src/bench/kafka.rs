@@ -255,19 +255,12 @@ fn recipient(opts: &KafkaBench, topic: &str) -> String {
 /// Stage 3: zstd protobuf batches into an HTTP-mode router with a Kafka recipient.
 fn http_router_stage(rt: &tokio::runtime::Runtime, opts: &KafkaBench, prefix: &str) -> anyhow::Result<Figures> {
     let port = free_port()?;
-    let (dir, cfg) = bench_setup(&format!(
-        "[router]\nlisten = \"127.0.0.1:{port}\"\n{}",
-        recipient(opts, &format!("{prefix}.http-out"))
-    ))?;
-    std::fs::write(dir.path().join("catalog/bench.toml"), catalog(true))?;
-    let log = dir.path().join("router.log");
-    let child = spawn_weir(&["router", "--config", &cfg], Some("0"), &log)?;
-    let pid = child.id();
-    let _guard = Spawned {
-        children: vec![child],
-        _dir: dir,
-    };
-    wait_for_port(port, &log, "the router")?;
+    let (_guard, pid) = start_router(
+        port,
+        "",
+        &recipient(opts, &format!("{prefix}.http-out")),
+        &[("bench.toml", catalog(true))],
+    )?;
     const BATCH: u64 = 1000;
     let body = batch_body("bench.viewed", 1, BATCH, event_json)?;
     let post = BATCH_POST;
@@ -304,26 +297,20 @@ fn kafka_router_stage(
     expected: u64,
 ) -> anyhow::Result<Figures> {
     let port = free_port()?;
-    let (dir, cfg) = bench_setup(&format!(
-        "[router]\nlisten = \"127.0.0.1:{port}\"\n\
-         buffer = {{ kind = \"mongo\", url = \"{}\", db = \"{prefix}\" }}\n\
-         kafka = {{ brokers = \"{}\", topic = \"{prefix}.events\", group = \"{prefix}\", partitions = {} }}\n{}",
-        opts.mongo
-            .as_deref()
-            .unwrap_or("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=1000"),
-        opts.brokers,
-        opts.partitions,
-        recipient(opts, &format!("{prefix}.kafka-out"))
-    ))?;
-    std::fs::write(dir.path().join("catalog/bench.toml"), catalog(true))?;
-    let log = dir.path().join("router.log");
-    let child = spawn_weir(&["router", "--config", &cfg], Some("0"), &log)?;
-    let pid = child.id();
-    let _guard = Spawned {
-        children: vec![child],
-        _dir: dir,
-    };
-    wait_for_port(port, &log, "the router")?;
+    let (_guard, pid) = start_router(
+        port,
+        &format!(
+            "buffer = {{ kind = \"mongo\", url = \"{}\", db = \"{prefix}\" }}\n\
+             kafka = {{ brokers = \"{}\", topic = \"{prefix}.events\", group = \"{prefix}\", partitions = {} }}",
+            opts.mongo
+                .as_deref()
+                .unwrap_or("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=1000"),
+            opts.brokers,
+            opts.partitions,
+        ),
+        &recipient(opts, &format!("{prefix}.kafka-out")),
+        &[("bench.toml", catalog(true))],
+    )?;
     let started = Instant::now();
     let url = format!("http://127.0.0.1:{port}/metrics");
     // A consumer group's first join takes a while on some brokers (tansu: ~20 s); the

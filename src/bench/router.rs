@@ -57,15 +57,7 @@ fn start_slow_subscribers(rt: &tokio::runtime::Runtime, port: u16, n: usize) -> 
 pub fn run_router(opts: RouterBench) -> anyhow::Result<()> {
     pin_self_to_cpu1();
     let port = free_port()?;
-    let (dir, cfg) = bench_setup(&format!("[router]\nlisten = \"127.0.0.1:{port}\"\n"))?;
-    let log = dir.path().join("router.log");
-    let child = spawn_weir(&["router", "--config", &cfg], Some("0"), &log)?;
-    let pid = child.id();
-    let _guard = Spawned {
-        children: vec![child],
-        _dir: dir,
-    };
-    wait_for_port(port, &log, "the router")?;
+    let (_guard, pid) = start_router(port, "", "", &[])?;
     let body = batch_body("item.viewed", 2, opts.batch as u64, event_json)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let post = BATCH_POST;

@@ -493,21 +493,7 @@ pub fn steady_load(
 /// load. `TEST_WEIR_FAULT_CYCLES` (default 6) and `TEST_WEIR_FAULT_SEED` make a longer soak.
 #[test]
 fn kill_9_of_collector_and_router_at_random_moments_loses_no_acknowledged_event() {
-    let cycles: u64 = std::env::var("TEST_WEIR_FAULT_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
-    let mut seed: u64 = std::env::var("TEST_WEIR_FAULT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed_cafe);
-    eprintln!("fault seed {seed} (TEST_WEIR_FAULT_SEED), {cycles} cycles (TEST_WEIR_FAULT_CYCLES)");
-    let mut rand = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
+    let (cycles, mut rand) = fault_plan(0x5eed_cafe);
     let tmp = tempfile::tempdir().unwrap();
     let (cfg, cport, rport) = components_config(tmp.path(), "batch_max_events = 50", "log_segment_bytes = 65536");
     let cfg = cfg.to_str().unwrap();

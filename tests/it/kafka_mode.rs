@@ -369,21 +369,7 @@ fn a_topic_with_fewer_partitions_than_configured_is_refused_at_start_with_what_t
 /// duplicate disappear. `TEST_WEIR_FAULT_CYCLES` (default 6) and `TEST_WEIR_FAULT_SEED`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_kafka_mode_collector_at_random_moments_loses_no_acknowledged_event() {
-    let cycles: u64 = std::env::var("TEST_WEIR_FAULT_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
-    let mut seed: u64 = std::env::var("TEST_WEIR_FAULT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x0ddba11);
-    eprintln!("fault seed {seed} (TEST_WEIR_FAULT_SEED), {cycles} cycles (TEST_WEIR_FAULT_CYCLES)");
-    let mut rand = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
+    let (cycles, mut rand) = fault_plan(0x0ddba11);
     let brokers = service("TEST_WEIR_KAFKA");
     let u = unique("kk");
     let tmp = tempfile::tempdir().unwrap();

@@ -356,3 +356,25 @@ pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 pub mod fanout;
+
+/// How many kill cycles a fault loop runs and its seeded random numbers (`rand(n)` is in
+/// `0..n`): `TEST_WEIR_FAULT_CYCLES` (default 6) and `TEST_WEIR_FAULT_SEED` (default
+/// `default_seed`) make a longer soak or replay a failure; the seed is printed.
+pub fn fault_plan(default_seed: u64) -> (u64, impl FnMut(u64) -> u64) {
+    let cycles: u64 = std::env::var("TEST_WEIR_FAULT_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let mut seed: u64 = std::env::var("TEST_WEIR_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_seed);
+    eprintln!("fault seed {seed} (TEST_WEIR_FAULT_SEED), {cycles} cycles (TEST_WEIR_FAULT_CYCLES)");
+    let rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    (cycles, rand)
+}
