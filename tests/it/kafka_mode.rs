@@ -230,12 +230,7 @@ async fn two_collectors_three_routers_share_the_partitions_and_a_router_killed_l
         c.stop();
     }
     // The loader makes Parquet of the shared buffer: each id exactly once.
-    let out = weir()
-        .args(["loader", "run", "--now", "--config", cfg.to_str().unwrap()])
-        .env("WEIR_DATA_DIR", dir.join("loader"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    load_now(&cfg, dir);
     let mut rows = Vec::new();
     for f in parquet_files(&dir.join("warehouse")) {
         rows.extend(strings(&read_parquet(&f), "id"));
@@ -422,11 +417,17 @@ async fn kill_9_of_a_kafka_mode_collector_at_random_moments_loses_no_acknowledge
     );
     router.stop();
     collector.stop();
+    load_now(&cfg, dir);
+    crate::faults::assert_ledger_in_doubt(&dir.join("warehouse"), &acked, &in_doubt);
+}
+
+/// `weir loader run --now` on the shared MongoDB buffer of `cfg` (its own data dir under
+/// `dir`), which must succeed.
+fn load_now(cfg: &Path, dir: &Path) {
     let out = weir()
         .args(["loader", "run", "--now", "--config", cfg.to_str().unwrap()])
         .env("WEIR_DATA_DIR", dir.join("loader"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    crate::faults::assert_ledger_in_doubt(&dir.join("warehouse"), &acked, &in_doubt);
 }

@@ -52,6 +52,16 @@ fn event(id: &str, received_at: i64, valid: bool) -> Bytes {
     )
 }
 
+/// Replays the one hour `h` of the buffer in `dir` into `wh`; what rebuilding it did.
+fn replay_one(dir: &std::path::Path, wh: &std::path::Path, h: i64) -> Vec<weir_loader::HourReport> {
+    loader(dir, wh)
+        .replay(h, h, |_, _| {})
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.report().cloned())
+        .collect()
+}
+
 fn loader(buffer: &Path, warehouse: &Path) -> Loader {
     Loader {
         catalog: Arc::new(weir_proto::Catalog::load_dir(&fixture_catalog()).unwrap()),
@@ -288,12 +298,7 @@ fn late_events_for_a_file_buffer_hour_already_loaded_and_deleted_are_added_to_it
         r[0].manifest
     );
     // A replay rebuilds what is buffered and keeps what is not.
-    let r: Vec<_> = loader(&dir, &wh)
-        .replay(old_h, old_h, |_, _| {})
-        .unwrap()
-        .iter()
-        .filter_map(|r| r.report().cloned())
-        .collect();
+    let r = replay_one(&dir, &wh, old_h);
     assert_eq!(r[0].manifest.rows, 7);
     let mut ids: Vec<String> = parquet_files(&wh)
         .iter()
@@ -315,12 +320,7 @@ fn late_events_for_a_file_buffer_hour_already_loaded_and_deleted_are_added_to_it
     // A lost manifest: the earlier generation's files are still counted, from their bytes.
     std::fs::remove_file(weir_loader::commit::manifest_path(&wh, old_h)).unwrap();
     std::fs::write(weir_loader::commit::manifest_path(&wh, old_h), b"{").unwrap();
-    let r: Vec<_> = loader(&dir, &wh)
-        .replay(old_h, old_h, |_, _| {})
-        .unwrap()
-        .iter()
-        .filter_map(|r| r.report().cloned())
-        .collect();
+    let r = replay_one(&dir, &wh, old_h);
     assert_eq!((r[0].manifest.rows, r[0].manifest.invalid_rows), (7, 1));
     assert_eq!(list_hours(&dir).unwrap().len(), 1);
 }
