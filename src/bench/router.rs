@@ -20,6 +20,10 @@ pub struct RouterBench {
     /// 4 KiB every 100 ms) and print both runs side by side.
     #[arg(long, default_value_t = 0)]
     tail_subscribers: usize,
+    /// Configure this many recipients the catalog routes no event to (Kafka, never
+    /// reached): what a configured but idle recipient costs intake.
+    #[arg(long, default_value_t = 0)]
+    idle_recipients: usize,
 }
 
 fn buffered(rt: &tokio::runtime::Runtime, port: u16) -> anyhow::Result<f64> {
@@ -57,13 +61,18 @@ fn start_slow_subscribers(rt: &tokio::runtime::Runtime, port: u16, n: usize) -> 
 pub fn run_router(opts: RouterBench) -> anyhow::Result<()> {
     pin_self_to_cpu1();
     let port = free_port()?;
-    let (_guard, pid) = start_router(port, "", "", &[])?;
+    let idle: String = (0..opts.idle_recipients)
+        .map(|i| {
+            format!("[router.recipients.idle{i}]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:1\"\ntopic = \"idle\"\n")
+        })
+        .collect();
+    let (_guard, pid) = start_router(port, "", &idle, &[])?;
     let body = batch_body("item.viewed", 2, opts.batch as u64, event_json)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let post = BATCH_POST;
     println!(
-        "weir bench router: {} connections, {} events/batch (zstd protobuf), {} s",
-        opts.connections, opts.batch, opts.duration
+        "weir bench router: {} connections, {} events/batch (zstd protobuf), {} s, {} idle recipients",
+        opts.connections, opts.batch, opts.duration, opts.idle_recipients
     );
     let mut runs = Vec::new();
     for subscribers in [0, opts.tail_subscribers] {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::watch;
-use weir_proto::event::{now_micros, EventView};
+use weir_proto::event::{now_micros, EventHead};
 use weir_proto::runtime::backoff::Backoff;
 use weir_proto::runtime::log_limit::LogLimit;
 use weir_proto::Catalog;
@@ -188,7 +188,10 @@ fn select(events: Vec<Bytes>, route: &Route, name: &str, dead: &mut DeadLetterSt
     };
     let mut todo = Vec::new();
     for ev in events {
-        let Ok(view) = EventView::decode(&ev) else {
+        // Only the name and validity decide: the head decode reads just those fields, so
+        // a recipient pays little for the events it is not sent (the sink decodes the
+        // rest, and sends what it cannot read to the dead letters).
+        let Ok(view) = EventHead::decode(&ev) else {
             meters.dead(1);
             dead.add(&ev, "unreadable event in the log");
             continue;
@@ -313,6 +316,7 @@ mod tests {
     use crate::source::log::LogSource;
     use prost::Message;
     use std::sync::Mutex;
+    use weir_proto::event::EventView;
     use weir_proto::pb::{Event, EventBatch};
     use weir_proto::runtime::wal::{Position, Wal, WalOptions};
 
