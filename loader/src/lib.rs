@@ -163,6 +163,23 @@ fn hour_display<S: serde::Serializer>(h: &i64, s: S) -> Result<S::Ok, S::Error> 
     s.serialize_str(&hour::display(*h))
 }
 
+/// Maps a buffer file (`None` when it is empty); its first `len` bytes are what to read.
+fn map_buffer(file: &fs::File, path: &Path, len: u64) -> Result<Option<memmap2::Mmap>, LoadError> {
+    if len == 0 {
+        return Ok(None);
+    }
+    // SAFETY: buffer files are only ever appended to (by the router) and deleted after
+    // retention, never truncated or rewritten in place; the bytes below the length the
+    // caller took do not change while mapped.
+    unsafe { memmap2::Mmap::map(file) }.map(Some).map_err(io_err(path))
+}
+
+/// The first `len` bytes of a mapped buffer (all of it when it is shorter).
+fn prefix(map: &Option<memmap2::Mmap>, len: u64) -> &[u8] {
+    let data: &[u8] = map.as_deref().unwrap_or(&[]);
+    &data[..(len as usize).min(data.len())]
+}
+
 /// Records in the first `len` bytes of a buffer file.
 fn count_records(path: &Path, len: u64) -> Result<u64, LoadError> {
     let file = match fs::File::open(path) {
@@ -170,13 +187,8 @@ fn count_records(path: &Path, len: u64) -> Result<u64, LoadError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(io_err(path)(e)),
     };
-    if len == 0 {
-        return Ok(0);
-    }
-    // SAFETY: as in `load_hour_locked`: buffer files are only appended to.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
-    let data = &map[..(len as usize).min(map.len())];
-    Ok(weir_proto::record::iter(data).count() as u64)
+    let map = map_buffer(&file, path, len)?;
+    Ok(weir_proto::record::iter(prefix(&map, len)).count() as u64)
 }
 
 /// Loads hours from a buffer directory into a warehouse.
@@ -394,16 +406,8 @@ impl Loader {
             Err(e) => return Err(io_err(&path)(e)),
         };
         let len = file.metadata().map_err(io_err(&path))?.len();
-        // SAFETY: buffer files are only ever appended to (by the router) and deleted
-        // after retention, never truncated or rewritten in place; the bytes we read below
-        // the length taken above do not change while mapped.
-        let map = if len == 0 {
-            None
-        } else {
-            Some(unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(&path))?)
-        };
-        let data: &[u8] = map.as_deref().unwrap_or(&[]);
-        let data = &data[..(len as usize).min(data.len())];
+        let map = map_buffer(&file, &path, len)?;
+        let data = prefix(&map, len);
 
         // Pass 1: the index (32 bytes an event, bounded: see `index`), deduplicated and
         // sorted; the events stay in the mapped file.

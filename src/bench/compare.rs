@@ -7,7 +7,7 @@
 //! Needs Debian's `nginx-light` and `wrk` (`apt-get install -y nginx-light wrk`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
@@ -63,9 +63,7 @@ pub fn run_compare(opts: CompareBench) -> anyhow::Result<()> {
     let hundred_bytes = std::fs::metadata(&hundred)?.len();
 
     let port = free_port()?;
-    let nginx_child = start_nginx(&nginx, &taskset, dir.path(), port)?;
-    let nginx_pid = nginx_child.id();
-    let _nginx = Killed(nginx_child);
+    let (_nginx, nginx_pid) = start_nginx(&nginx, &taskset, port)?;
     let nginx_url = format!("http://127.0.0.1:{port}/v1/events");
     let (collector, weir_url, _, weir_pid) = start_collector(false)?;
     let weir_url = format!("{weir_url}/v1/events");
@@ -134,18 +132,11 @@ pub fn run_compare(opts: CompareBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A child process killed (and reaped) on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// nginx in one process (no master), on CPU 0, answering every request with 204.
-fn start_nginx(nginx: &Path, taskset: &Path, dir: &Path, port: u16) -> anyhow::Result<Child> {
+/// nginx in one process (no master), on CPU 0, answering every request with 204, in a
+/// directory of its own; killed when the guard drops. Returns its pid too.
+fn start_nginx(nginx: &Path, taskset: &Path, port: u16) -> anyhow::Result<(Spawned, u32)> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().to_path_buf();
     let d = dir.display();
     let conf = dir.join("nginx.conf");
     std::fs::write(
@@ -165,15 +156,20 @@ fn start_nginx(nginx: &Path, taskset: &Path, dir: &Path, port: u16) -> anyhow::R
         .arg("0")
         .arg(nginx)
         .arg("-p")
-        .arg(dir)
+        .arg(&dir)
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
         .spawn()
         .context("cannot start nginx")?;
+    let pid = child.id();
+    let guard = Spawned {
+        children: vec![child],
+        _dir: tmp,
+    };
     wait_for_port(port, &log, "nginx")?;
-    Ok(child)
+    Ok((guard, pid))
 }
 
 /// One wrk run of POSTs of `body` to `url`.

@@ -232,6 +232,11 @@ impl EventDef {
     pub fn version(&self, v: u32) -> Option<&VersionDef> {
         self.versions.iter().find(|d| d.version == v)
     }
+
+    /// Whether the catalog sends this event to the recipient `name`.
+    pub fn routes_to(&self, name: &str) -> bool {
+        self.recipients.iter().any(|r| r == name)
+    }
 }
 
 #[derive(Deserialize, Default)]

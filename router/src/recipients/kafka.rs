@@ -71,7 +71,7 @@ fn routed_topics(template: &str, name: &str, route: &super::runner::Route) -> Ve
     let topics: std::collections::BTreeSet<String> = catalog
         .events
         .iter()
-        .filter(|(_, def)| def.recipients.iter().any(|r| r == name))
+        .filter(|(_, def)| def.routes_to(name))
         .map(|(event, _)| render_template(template, event))
         .collect();
     topics.into_iter().collect()

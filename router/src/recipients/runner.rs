@@ -196,11 +196,7 @@ fn select(events: Vec<Bytes>, route: &Route, name: &str, dead: &mut DeadLetterSt
             dead.add(&ev, "unreadable event in the log");
             continue;
         };
-        let wanted = view.valid
-            && cat
-                .events
-                .get(view.event)
-                .is_some_and(|d| d.recipients.iter().any(|r| r == name));
+        let wanted = view.valid && cat.events.get(view.event).is_some_and(|d| d.routes_to(name));
         if wanted {
             todo.push(ev);
         }
