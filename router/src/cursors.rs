@@ -13,16 +13,18 @@ use weir_proto::runtime::wal::{self, Position, Wal, WalError};
 
 use crate::metrics as m;
 
-/// A consumer's cursor file is saved at most this often (and when it stops): losing the
-/// newest one only means reading a little of the log again.
-const SAVE_EVERY: Duration = Duration::from_millis(100);
+/// The cursor files that moved are saved together at most this often (and each when its
+/// consumer stops), off the async threads: losing the newest ones in a crash only means
+/// reading up to a second of the log again (events carry ids), while saving each
+/// consumer's cursor on its own cost two fsyncs per consumer per save, and intake paid
+/// for recipients that were routed nothing.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// One consumer's entry.
 struct Entry {
     position: Position,
     max_backlog_bytes: u64,
     saved: Position,
-    saved_at: Instant,
 }
 
 /// The cursors of every consumer of one log.
@@ -30,6 +32,11 @@ pub struct LogCursors {
     wal: Wal,
     dir: PathBuf,
     entries: Mutex<BTreeMap<String, Entry>>,
+    /// When the moved cursors were last saved (one consumer saves them for all).
+    saved_at: Mutex<Instant>,
+    /// The slowest consumer's position when segments were last released: only a move of
+    /// the slowest releases more (the others skip listing the log's directory).
+    released: Mutex<Option<Position>>,
     full: AtomicBool,
     appended_events: AtomicU64,
 }
@@ -46,6 +53,8 @@ impl LogCursors {
             dir: wal.dir().to_path_buf(),
             wal,
             entries: Mutex::new(BTreeMap::new()),
+            saved_at: Mutex::new(Instant::now()),
+            released: Mutex::new(None),
             full: AtomicBool::new(false),
             appended_events: AtomicU64::new(0),
         })
@@ -66,7 +75,6 @@ impl LogCursors {
                 position: start,
                 max_backlog_bytes,
                 saved: start,
-                saved_at: Instant::now(),
             },
         );
         Ok(start)
@@ -78,27 +86,60 @@ impl LogCursors {
     }
 
     /// Moves `name`'s cursor to `pos`, deletes the segments every consumer has passed,
-    /// and saves the cursor file (at most every 100 ms). Space is freed before the
-    /// cursor is saved, so a full disk never keeps itself full; a crash in between only
-    /// means reading again what the file had not recorded.
-    pub async fn advance(&self, name: &str, pos: Position) -> Result<(), WalError> {
-        let (min, due) = {
+    /// and saves the cursor files that moved (at most every second, for every consumer
+    /// at once). Space is freed before the cursors are saved, so a full disk never keeps
+    /// itself full; a crash in between only means reading again what the files had not
+    /// recorded.
+    pub async fn advance(self: &Arc<Self>, name: &str, pos: Position) -> Result<(), WalError> {
+        let min = {
             let mut entries = self.lock();
-            let due = match entries.get_mut(name) {
-                Some(e) => {
-                    e.position = pos;
-                    e.saved_at.elapsed() >= SAVE_EVERY
-                }
-                None => false,
-            };
-            (entries.values().map(|e| e.position).min().unwrap_or(pos), due)
+            if let Some(e) = entries.get_mut(name) {
+                e.position = pos;
+            }
+            entries.values().map(|e| e.position).min().unwrap_or(pos)
         };
-        self.wal.release_before(min).await?;
+        let moved = {
+            let mut released = self.released.lock().unwrap_or_else(|p| p.into_inner());
+            let moved = *released != Some(min);
+            *released = Some(min);
+            moved
+        };
+        if moved {
+            if let Err(e) = self.wal.release_before(min).await {
+                // Tried again on the next move.
+                *self.released.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                return Err(e);
+            }
+        }
+        let due = {
+            let mut at = self.saved_at.lock().unwrap_or_else(|p| p.into_inner());
+            let due = at.elapsed() >= SAVE_EVERY;
+            if due {
+                *at = Instant::now();
+            }
+            due
+        };
         if due {
-            self.save(name)?;
+            let book = self.clone();
+            // An error joining means the blocking pool is shutting down: so is the
+            // router, which saves every cursor as its consumers stop.
+            if let Ok(saved) = tokio::task::spawn_blocking(move || book.save_moved()).await {
+                saved?;
+            }
         }
         self.refresh();
         Ok(())
+    }
+
+    /// Saves every cursor file that moved since its last save.
+    fn save_moved(&self) -> Result<(), WalError> {
+        let moved: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.position != e.saved)
+            .map(|(n, _)| n.clone())
+            .collect();
+        moved.iter().try_for_each(|n| self.save(n))
     }
 
     /// Saves `name`'s cursor file now if it moved since the last save.
@@ -110,7 +151,6 @@ impl LogCursors {
         wal::save_cursor(&cursor_path(&self.dir, name), pos)?;
         if let Some(e) = self.lock().get_mut(name) {
             e.saved = pos;
-            e.saved_at = Instant::now();
         }
         Ok(())
     }

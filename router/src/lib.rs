@@ -137,6 +137,7 @@ impl Router {
                 Mode::Log {
                     wal,
                     cursors,
+                    feed: source::feed::Feed::new(source::feed::WINDOW_BYTES),
                     end_at_start,
                 }
             }
@@ -302,6 +303,8 @@ enum Mode {
     Log {
         wal: Wal,
         cursors: Arc<cursors::LogCursors>,
+        /// The newest records, decoded once for every consumer.
+        feed: Arc<source::feed::Feed>,
         end_at_start: weir_proto::runtime::wal::Position,
     },
     /// Kafka mode: the topic, one consumer group per consumer.
@@ -315,6 +318,7 @@ impl Mode {
             Mode::Log {
                 wal,
                 cursors,
+                feed,
                 end_at_start,
             } => {
                 let default = match start {
@@ -326,6 +330,7 @@ impl Mode {
                     name,
                     wal.clone(),
                     cursors.clone(),
+                    feed.clone(),
                     at,
                     *end_at_start,
                 )))

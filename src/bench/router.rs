@@ -103,6 +103,19 @@ pub fn run_router(opts: RouterBench) -> anyhow::Result<()> {
         );
         print_latency(&lat);
         print_usage("router", before, after, wall);
+        // The cost per event, counted until the hourly buffer has every event: CPU time
+        // is steadier than throughput on a shared machine, and shows what each idle
+        // recipient adds.
+        let caught_up = Instant::now();
+        while buffered(&rt, port)? - buffered_before < events as f64 && caught_up.elapsed().as_secs() < 30 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if let (Some((c0, _)), Some((c1, _))) = (before, proc_usage(pid)) {
+            println!(
+                "  CPU/event   {:>10.3} µs   (intake, log and hourly buffer, until the buffer had every event)",
+                (c1 - c0) * 1e6 / events.max(1) as f64
+            );
+        }
         runs.push(events as f64 / wall);
         if opts.tail_subscribers == 0 {
             break;

@@ -550,6 +550,17 @@ impl WalReader {
     /// `max_records`, and about `max_bytes` (always at least one record when one is
     /// there). Returns an empty vector when the reader is at the durable end.
     pub fn read(&mut self, max_records: usize, max_bytes: usize) -> Result<Vec<Bytes>, WalError> {
+        Ok(self
+            .read_with_ends(max_records, max_bytes)?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    /// [`WalReader::read`], with where each record ends. The records of one read are in
+    /// one segment; the reader's position afterwards may be past the last end (damage it
+    /// skipped).
+    pub fn read_with_ends(&mut self, max_records: usize, max_bytes: usize) -> Result<Vec<(Bytes, Position)>, WalError> {
         let mut out = Vec::new();
         loop {
             let durable = *self.shared.durable.borrow();
@@ -593,7 +604,11 @@ impl WalReader {
                 while out.len() < max_records {
                     match record::decode(&buf[used..]) {
                         Decoded::Record(_, n) => {
-                            out.push(buf.slice(used + record::HEADER_LEN..used + n));
+                            let end = Position {
+                                segment: self.pos.segment,
+                                offset: self.pos.offset + (used + n) as u64,
+                            };
+                            out.push((buf.slice(used + record::HEADER_LEN..used + n), end));
                             used += n;
                         }
                         Decoded::Incomplete => break,

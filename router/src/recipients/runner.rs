@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::watch;
-use weir_proto::event::{now_micros, EventHead};
+use weir_proto::event::now_micros;
 use weir_proto::runtime::backoff::Backoff;
 use weir_proto::runtime::log_limit::LogLimit;
 use weir_proto::Catalog;
@@ -19,7 +19,7 @@ use weir_proto::Catalog;
 use super::{Outcome, Sink};
 use crate::dead_letter::DeadLetterStore;
 use crate::metrics as m;
-use crate::source::Source;
+use crate::source::{Source, Want};
 use weir_proto::event::batch;
 
 /// Which events a recipient takes.
@@ -57,6 +57,19 @@ struct Meters {
     latency: metrics::Histogram,
     up: metrics::Gauge,
     tally: Arc<crate::console::stats::Tally>,
+}
+
+impl Route {
+    /// What the recipient `name` takes of the log now (the catalog is read once per run).
+    fn want<'a>(&self, name: &'a str) -> Want<'a> {
+        match self {
+            Route::Everything => Want::Everything,
+            Route::Catalog(c) => Want::Routed {
+                catalog: c.load_full(),
+                recipient: name,
+            },
+        }
+    }
 }
 
 impl Meters {
@@ -109,7 +122,8 @@ pub async fn run<S: Sink, F: Source>(
         if deadline.is_none() && *stop.borrow() {
             deadline = Some(Instant::now() + cfg.drain);
         }
-        let pull = match source.pull(cfg.batch_events.max(1)).await {
+        let want = cfg.route.want(&name);
+        let pull = match source.pull(cfg.batch_events.max(1), &want).await {
             Ok(p) => p,
             Err(e) => {
                 if let Some(n) = quiet.allow() {
@@ -138,8 +152,9 @@ pub async fn run<S: Sink, F: Source>(
             meters.dead(1);
             cfg.dead_letters.add(rec, why);
         }
-        let passed = pull.events.len() as u64;
-        let todo = select(pull.events, &cfg.route, &name, &mut cfg.dead_letters, &meters);
+        drop(want);
+        let passed = pull.passed;
+        let todo = pull.events;
         if let Some(first) = todo.first() {
             let at = batch::received_at(first).unwrap_or(0);
             stats.oldest.store(at, Ordering::Relaxed);
@@ -178,30 +193,6 @@ pub async fn run<S: Sink, F: Source>(
     sink.finish().await;
     source.finish().await;
     reporter.abort();
-}
-
-/// Keeps the events `route` sends to `name`; unreadable ones go to the dead letters.
-fn select(events: Vec<Bytes>, route: &Route, name: &str, dead: &mut DeadLetterStore, meters: &Meters) -> Vec<Bytes> {
-    let cat = match route {
-        Route::Catalog(c) => c.load(),
-        Route::Everything => return events,
-    };
-    let mut todo = Vec::new();
-    for ev in events {
-        // Only the name and validity decide: the head decode reads just those fields, so
-        // a recipient pays little for the events it is not sent (the sink decodes the
-        // rest, and sends what it cannot read to the dead letters).
-        let Ok(view) = EventHead::decode(&ev) else {
-            meters.dead(1);
-            dead.add(&ev, "unreadable event in the log");
-            continue;
-        };
-        let wanted = view.valid && cat.events.get(view.event).is_some_and(|d| d.routes_to(name));
-        if wanted {
-            todo.push(ev);
-        }
-    }
-    todo
 }
 
 /// How a run's delivery ended.
@@ -309,6 +300,7 @@ async fn deliver<S: Sink>(
 mod tests {
     use super::*;
     use crate::cursors::LogCursors;
+    use crate::source::feed::Feed;
     use crate::source::log::LogSource;
     use prost::Message;
     use std::sync::Mutex;
@@ -433,7 +425,7 @@ environments = ["web"]
             fail_rounds: 3,
             got: got.clone(),
         };
-        let source = LogSource::new("fake", wal.clone(), cursors.clone(), start, start);
+        let source = LogSource::new("fake", wal.clone(), cursors.clone(), Feed::new(1 << 20), start, start);
         let task = tokio::spawn(run(sink, source, cfg, stop));
         for _ in 0..100 {
             if got.lock().unwrap().len() == 2 {
@@ -479,7 +471,7 @@ environments = ["web"]
             fail_rounds: usize::MAX,
             got: Arc::default(),
         };
-        let source = LogSource::new("fake", wal.clone(), cursors.clone(), start, start);
+        let source = LogSource::new("fake", wal.clone(), cursors.clone(), Feed::new(1 << 20), start, start);
         let task = tokio::spawn(run(sink, source, cfg, stop));
         tokio::time::sleep(Duration::from_millis(200)).await;
         stop_tx.send(true).unwrap();

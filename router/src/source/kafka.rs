@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use weir_proto::runtime::kafka::{quiet_error, quiet_log, KafkaConfig, QuietContext};
 
-use super::{Gauges, Pull, Source, SourceError, Stats};
+use super::{Gauges, Pull, Source, SourceError, Stats, Want};
 
 /// The consumer's context: logs through one rate limit and counts rebalances.
 pub struct GroupContext {
@@ -252,7 +252,7 @@ const STALL: Duration = Duration::from_secs(1);
 impl Source for KafkaSource {
     type Mark = KafkaMark;
 
-    async fn pull(&mut self, max: usize) -> Result<Option<Pull<KafkaMark>>, SourceError> {
+    async fn pull(&mut self, max: usize, want: &Want<'_>) -> Result<Option<Pull<KafkaMark>>, SourceError> {
         let generation = self.generation();
         let mut events = Vec::new();
         let mut unreadable = Vec::new();
@@ -285,9 +285,12 @@ impl Source for KafkaSource {
         if next.is_empty() {
             return Ok(None);
         }
+        let passed = events.len() as u64;
+        let events = want.select(events, &mut unreadable);
         Ok(Some(Pull {
             events,
             unreadable,
+            passed,
             mark: KafkaMark { generation, next },
         }))
     }

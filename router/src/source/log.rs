@@ -1,6 +1,7 @@
-//! HTTP mode's source: the router's durable log, read from the recipient's cursor. A run
-//! is what one read returns (up to 64 records of batches); done moves the cursor, which
-//! releases log segments every consumer has passed.
+//! HTTP mode's source: the router's durable log, read from the recipient's cursor through
+//! the log's shared [`Feed`] (read and decoded once for every consumer at its head). A run
+//! is up to 64 records of batches; done moves the cursor, which releases log segments
+//! every consumer has passed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use tokio::task::JoinHandle;
 use weir_proto::event::batch;
 use weir_proto::runtime::wal::{Position, Wal, WalReader};
 
-use super::{Pull, Source, SourceError, Stats};
+use super::feed::Feed;
+use super::{Pull, Source, SourceError, Stats, Want};
 use crate::cursors::LogCursors;
 use crate::metrics as m;
 
@@ -20,6 +22,7 @@ pub struct LogSource {
     name: String,
     wal: Wal,
     cursors: Arc<LogCursors>,
+    feed: Arc<Feed>,
     reader: Option<WalReader>,
     durable: watch::Receiver<Position>,
     /// The cursor at start, and the log's end then: what lies between was waiting.
@@ -28,11 +31,19 @@ pub struct LogSource {
 }
 
 impl LogSource {
-    /// Follows `wal` for the consumer `name`, registered in `cursors` at `start`;
-    /// `end_at_start` is the log's end when the router started.
-    pub fn new(name: &str, wal: Wal, cursors: Arc<LogCursors>, start: Position, end_at_start: Position) -> LogSource {
+    /// Follows `wal` (through its `feed`) for the consumer `name`, registered in
+    /// `cursors` at `start`; `end_at_start` is the log's end when the router started.
+    pub fn new(
+        name: &str,
+        wal: Wal,
+        cursors: Arc<LogCursors>,
+        feed: Arc<Feed>,
+        start: Position,
+        end_at_start: Position,
+    ) -> LogSource {
         LogSource {
             name: name.to_string(),
+            feed,
             reader: Some(wal.reader(start)),
             durable: wal.subscribe(),
             wal,
@@ -46,37 +57,19 @@ impl LogSource {
 impl Source for LogSource {
     type Mark = Position;
 
-    async fn pull(&mut self, _max: usize) -> Result<Option<Pull<Position>>, SourceError> {
-        let Some(mut r) = self.reader.take() else {
+    async fn pull(&mut self, _max: usize, want: &Want<'_>) -> Result<Option<Pull<Position>>, SourceError> {
+        let entries = self.feed.next(&mut self.reader).await.map_err(SourceError::Log)?;
+        let Some(last) = entries.last() else {
             return Ok(None);
         };
-        let (r, read) = match tokio::task::spawn_blocking(move || {
-            let x = r.read(64, 8 << 20);
-            (r, x)
-        })
-        .await
-        {
-            Ok(x) => x,
-            // The blocking pool is shutting down: so is the router.
-            Err(_) => return Ok(None),
-        };
-        let mark = r.position();
-        self.reader = Some(r);
-        let records = read.map_err(SourceError::Log)?;
-        if records.is_empty() {
-            return Ok(None);
-        }
+        let mark = last.to();
         let mut events = Vec::new();
         let mut unreadable = Vec::new();
-        for rec in records {
-            match batch::events(&rec) {
-                Ok(e) => events.extend(e),
-                Err(e) => unreadable.push((rec, format!("unreadable batch in the router log: {e}"))),
-            }
-        }
+        let passed = entries.iter().map(|e| e.take(want, &mut events, &mut unreadable)).sum();
         Ok(Some(Pull {
             events,
             unreadable,
+            passed,
             mark,
         }))
     }

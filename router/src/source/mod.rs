@@ -4,6 +4,7 @@
 //! against [`Source`]: it pulls a run of events, delivers or dead-letters every one, and
 //! only then marks the run done (the cursor moves, or the offsets are stored for commit).
 
+pub mod feed;
 pub mod kafka;
 pub mod log;
 
@@ -12,13 +13,69 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::task::JoinHandle;
+use weir_proto::event::EventHead;
+use weir_proto::Catalog;
+
+/// Which events of the log a consumer takes. Decided by event name and validity only,
+/// so a source can ask once per name in a record rather than once per event.
+pub enum Want<'a> {
+    /// Every event, valid or not; events the source cannot read go to the sink too (the
+    /// warehouse buffer keeps them).
+    Everything,
+    /// Valid events whose catalog entry lists `recipient`.
+    Routed {
+        /// The catalog of this run.
+        catalog: Arc<Catalog>,
+        /// The recipient.
+        recipient: &'a str,
+    },
+}
+
+impl Want<'_> {
+    /// Whether a valid (or invalid) event named `event` is taken.
+    pub fn wants(&self, event: &str, valid: bool) -> bool {
+        match self {
+            Want::Everything => true,
+            Want::Routed { catalog, recipient } => {
+                valid && catalog.events.get(event).is_some_and(|d| d.routes_to(recipient))
+            }
+        }
+    }
+
+    /// Whether an event whose head cannot be decoded goes to the sink (which
+    /// dead-letters what it cannot read) rather than straight to the dead letters.
+    pub fn takes_unreadable(&self) -> bool {
+        matches!(self, Want::Everything)
+    }
+
+    /// Keeps the events of `events` this takes, in order, decoding each one's head; the
+    /// unreadable ones go to `unreadable` (for a source without [`feed`]'s grouping).
+    pub fn select(&self, events: Vec<Bytes>, unreadable: &mut Vec<(Bytes, String)>) -> Vec<Bytes> {
+        if let Want::Everything = self {
+            return events;
+        }
+        let mut todo = Vec::new();
+        for ev in events {
+            // The head decode reads just the name and validity; the sink decodes the rest.
+            match EventHead::decode(&ev) {
+                Ok(head) if self.wants(head.event, head.valid) => todo.push(ev),
+                Ok(_) => {}
+                Err(_) => unreadable.push((ev, "unreadable event in the log".into())),
+            }
+        }
+        todo
+    }
+}
 
 /// A run of events read from a source.
 pub struct Pull<M> {
-    /// The events, each an encoded `weir.v1.Event`, in log order.
+    /// The events the consumer takes ([`Want`]), each an encoded `weir.v1.Event`, in log
+    /// order.
     pub events: Vec<Bytes>,
-    /// Records that cannot be read as events, with the reason (dead-lettered).
+    /// Records or events that cannot be read, with the reason (dead-lettered).
     pub unreadable: Vec<(Bytes, String)>,
+    /// Events of the log this run passed (taken or not).
+    pub passed: u64,
     /// Where the source stands once this run is done.
     pub mark: M,
 }
@@ -83,10 +140,12 @@ pub trait Source: Send + 'static {
     /// Where the source stands after a run.
     type Mark: Send;
 
-    /// The next run of at most about `max` events; `None` when nothing is there now.
+    /// The events `want` takes of the next run of at most about `max` events; `None`
+    /// when nothing is there now.
     fn pull(
         &mut self,
         max: usize,
+        want: &Want<'_>,
     ) -> impl std::future::Future<Output = Result<Option<Pull<Self::Mark>>, SourceError>> + Send;
 
     /// Returns when a pull may find something new (or soon, to let the runner tick).
@@ -129,6 +188,7 @@ fn wrap<M>(p: Option<Pull<M>>, f: impl FnOnce(M) -> FollowMark) -> Option<Pull<F
     p.map(|p| Pull {
         events: p.events,
         unreadable: p.unreadable,
+        passed: p.passed,
         mark: f(p.mark),
     })
 }
@@ -136,10 +196,10 @@ fn wrap<M>(p: Option<Pull<M>>, f: impl FnOnce(M) -> FollowMark) -> Option<Pull<F
 impl Source for Follow {
     type Mark = FollowMark;
 
-    async fn pull(&mut self, max: usize) -> Result<Option<Pull<FollowMark>>, SourceError> {
+    async fn pull(&mut self, max: usize, want: &Want<'_>) -> Result<Option<Pull<FollowMark>>, SourceError> {
         Ok(match self {
-            Follow::Log(s) => wrap(s.pull(max).await?, FollowMark::Log),
-            Follow::Kafka(s) => wrap(s.pull(max).await?, FollowMark::Kafka),
+            Follow::Log(s) => wrap(s.pull(max, want).await?, FollowMark::Log),
+            Follow::Kafka(s) => wrap(s.pull(max, want).await?, FollowMark::Kafka),
         })
     }
 

@@ -1,0 +1,528 @@
+//! The router log's newest records, read from disk and decoded once for every consumer
+//! that follows the log. Without it each recipient read and decoded every record itself,
+//! so a recipient that is routed nothing still cost intake a full decode of the log; with
+//! it, the consumer that reaches the end of the feed reads the next records for everyone
+//! (the others wait for that read instead of making their own), and each takes the
+//! events routed to it by looking up each event name of a record once.
+//!
+//! A consumer that falls behind the window (a recipient whose server was gone for a
+//! while) reads from disk on its own until it catches up; its cursor is its own either way.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use weir_proto::event::{batch, EventHead};
+use weir_proto::runtime::wal::{Position, WalError, WalReader};
+
+use super::Want;
+
+/// Most record bytes one read takes from disk.
+pub const READ_BYTES: usize = 8 << 20;
+/// Most records one read takes from disk.
+pub const READ_RECORDS: usize = 64;
+/// Record bytes the window keeps for consumers a little behind the newest.
+pub const WINDOW_BYTES: usize = 32 << 20;
+
+/// One record of the log, decoded.
+pub struct Entry {
+    /// Where a reader stood before this record: its start, or the end of whatever a read
+    /// passed before it (a segment's end, skipped damage).
+    from: Position,
+    /// Where a reader stands after it.
+    to: Position,
+    body: Body,
+}
+
+enum Body {
+    /// A batch of events, grouped by event name.
+    Batch {
+        events: Vec<Bytes>,
+        groups: Vec<Group>,
+        /// Events whose head cannot be decoded.
+        unreadable: Vec<u32>,
+    },
+    /// A record that is not a batch, and why.
+    Unreadable(Bytes, String),
+}
+
+/// The events of one name in one record, by index.
+struct Group {
+    event: Box<str>,
+    valid: Vec<u32>,
+    invalid: Vec<u32>,
+}
+
+impl Entry {
+    /// Decodes one record that a reader passed from `from` to `to`.
+    pub fn decode(from: Position, to: Position, record: Bytes) -> Entry {
+        let events = match batch::events(&record) {
+            Ok(e) => e,
+            Err(e) => {
+                return Entry {
+                    from,
+                    to,
+                    body: Body::Unreadable(record, format!("unreadable batch in the router log: {e}")),
+                }
+            }
+        };
+        let mut groups: Vec<Group> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut unreadable = Vec::new();
+        for (i, ev) in events.iter().enumerate() {
+            let Ok(head) = EventHead::decode(ev) else {
+                unreadable.push(i as u32);
+                continue;
+            };
+            // Batches mostly hold one or a few names: a scan beats hashing until they don't.
+            let g = match groups.iter().position(|g| &*g.event == head.event) {
+                Some(g) => g,
+                None if groups.len() < 8 => {
+                    groups.push(Group::new(head.event));
+                    groups.len() - 1
+                }
+                None => *index.entry(head.event).or_insert_with(|| {
+                    groups.push(Group::new(head.event));
+                    groups.len() - 1
+                }),
+            };
+            let g = &mut groups[g];
+            if head.valid {
+                g.valid.push(i as u32)
+            } else {
+                g.invalid.push(i as u32)
+            }
+        }
+        drop(index);
+        Entry {
+            from,
+            to,
+            body: Body::Batch {
+                events,
+                groups,
+                unreadable,
+            },
+        }
+    }
+
+    /// Where a reader stands after this record.
+    pub fn to(&self) -> Position {
+        self.to
+    }
+
+    fn bytes(&self) -> usize {
+        match &self.body {
+            Body::Batch { events, .. } => events.iter().map(Bytes::len).sum(),
+            Body::Unreadable(r, _) => r.len(),
+        }
+    }
+
+    /// Adds the events `want` takes to `events` in log order, and what must be
+    /// dead-lettered to `unreadable`; returns the events this record holds.
+    pub fn take(&self, want: &Want<'_>, events: &mut Vec<Bytes>, unreadable: &mut Vec<(Bytes, String)>) -> u64 {
+        let (all, groups, bad) = match &self.body {
+            Body::Unreadable(rec, why) => {
+                unreadable.push((rec.clone(), why.clone()));
+                return 0;
+            }
+            Body::Batch {
+                events,
+                groups,
+                unreadable,
+            } => (events, groups, unreadable),
+        };
+        let mut picked: Vec<u32> = Vec::new();
+        let mut runs = 0;
+        for g in groups {
+            for (valid, idx) in [(true, &g.valid), (false, &g.invalid)] {
+                if !idx.is_empty() && want.wants(&g.event, valid) {
+                    picked.extend_from_slice(idx);
+                    runs += 1;
+                }
+            }
+        }
+        if want.takes_unreadable() {
+            picked.extend_from_slice(bad);
+            runs += usize::from(!bad.is_empty());
+        } else {
+            unreadable.extend(
+                bad.iter()
+                    .map(|&i| (all[i as usize].clone(), "unreadable event in the log".into())),
+            );
+        }
+        // Each run is in log order; several are merged back into it.
+        if runs > 1 {
+            picked.sort_unstable();
+        }
+        events.extend(picked.iter().map(|&i| all[i as usize].clone()));
+        all.len() as u64
+    }
+}
+
+impl Group {
+    fn new(event: &str) -> Group {
+        Group {
+            event: event.into(),
+            valid: Vec::new(),
+            invalid: Vec::new(),
+        }
+    }
+}
+
+/// Reads up to one run of records at `reader`'s position and decodes them; empty at the
+/// durable end. Blocking: call it off the async threads.
+pub fn read(reader: &mut WalReader) -> Result<Vec<Arc<Entry>>, WalError> {
+    let mut from = reader.position();
+    let records = reader.read_with_ends(READ_RECORDS, READ_BYTES)?;
+    let last = records.len().saturating_sub(1);
+    let after = reader.position();
+    Ok(records
+        .into_iter()
+        .enumerate()
+        .map(|(i, (rec, end))| {
+            // The last record's end covers whatever the read skipped after it.
+            let to = if i == last { after } else { end };
+            let e = Entry::decode(from, to, rec);
+            from = to;
+            Arc::new(e)
+        })
+        .collect())
+}
+
+/// The shared window of decoded records of one log.
+pub struct Feed {
+    window: Mutex<Window>,
+    /// Held by the consumer reading the next records from disk for everyone.
+    reading: tokio::sync::Mutex<()>,
+    max_bytes: usize,
+    disk_reads: AtomicU64,
+}
+
+#[derive(Default)]
+struct Window {
+    entries: VecDeque<Arc<Entry>>,
+    bytes: usize,
+}
+
+impl Feed {
+    /// An empty feed keeping about `max_bytes` of records.
+    pub fn new(max_bytes: usize) -> Arc<Feed> {
+        Arc::new(Feed {
+            window: Mutex::new(Window::default()),
+            reading: tokio::sync::Mutex::new(()),
+            max_bytes,
+            disk_reads: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
+        // Plain data: a panic elsewhere while holding the lock leaves nothing half-done.
+        self.window.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The entries from `at` on (up to one run's worth); empty when `at` is not where an
+    /// entry of the window starts.
+    fn from(&self, at: Position) -> Vec<Arc<Entry>> {
+        let w = self.lock();
+        let i = w.entries.partition_point(|e| e.from < at);
+        if w.entries.get(i).is_none_or(|e| e.from != at) {
+            return Vec::new();
+        }
+        let mut bytes = 0;
+        w.entries
+            .range(i..)
+            .take(READ_RECORDS)
+            .take_while(|e| {
+                let first = bytes == 0;
+                bytes += e.bytes().max(1);
+                first || bytes <= READ_BYTES
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Whether `at` is at or past the end of the window (or the window is empty): the
+    /// next records there are read from disk for everyone.
+    fn at_head(&self, at: Position) -> bool {
+        self.lock().entries.back().is_none_or(|e| at >= e.to)
+    }
+
+    /// Adds records read from `at`: appended when they continue the window, or starting it
+    /// afresh when `at` is past its end (the consumers behind read from disk).
+    fn push(&self, at: Position, entries: &[Arc<Entry>]) {
+        let mut w = self.lock();
+        match w.entries.back().map(|e| e.to) {
+            Some(end) if at < end => return,
+            Some(end) if at > end => *w = Window::default(),
+            _ => {}
+        }
+        for e in entries {
+            w.bytes += e.bytes();
+            w.entries.push_back(e.clone());
+        }
+        while w.bytes > self.max_bytes && w.entries.len() > 1 {
+            if let Some(e) = w.entries.pop_front() {
+                w.bytes -= e.bytes();
+            }
+        }
+    }
+
+    /// How many reads went to disk (each decoded once, whoever it served).
+    pub fn disk_reads(&self) -> u64 {
+        self.disk_reads.load(Ordering::Relaxed)
+    }
+
+    /// The next run of entries at `reader`'s position: from the window when it holds
+    /// them, else read from disk (once for every consumer at the head of the log).
+    /// Moves `reader` past what it returns; empty at the durable end.
+    pub async fn next(self: &Arc<Self>, reader: &mut Option<WalReader>) -> Result<Vec<Arc<Entry>>, WalError> {
+        let Some(r) = reader.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let at = r.position();
+        let mut got = self.from(at);
+        if got.is_empty() {
+            let head = self.at_head(at);
+            // Consumers at the head wait for one read instead of each making its own.
+            let _reading = if head { Some(self.reading.lock().await) } else { None };
+            if head {
+                got = self.from(at);
+            }
+            if got.is_empty() {
+                let Some(mut r) = reader.take() else {
+                    return Ok(Vec::new());
+                };
+                let (r, read) = match tokio::task::spawn_blocking(move || {
+                    let x = read(&mut r);
+                    (r, x)
+                })
+                .await
+                {
+                    Ok(x) => x,
+                    // The blocking pool is shutting down: so is the router.
+                    Err(_) => return Ok(Vec::new()),
+                };
+                *reader = Some(r);
+                got = read?;
+                self.disk_reads.fetch_add(1, Ordering::Relaxed);
+                if head && !got.is_empty() {
+                    self.push(at, &got);
+                }
+            }
+        }
+        if let (Some(r), Some(last)) = (reader.as_mut(), got.last()) {
+            r.seek(last.to);
+        }
+        Ok(got)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use prost::Message;
+    use weir_proto::pb::{Event, EventBatch};
+    use weir_proto::runtime::wal::{Wal, WalOptions};
+    use weir_proto::Catalog;
+
+    /// A framed batch of events `(id, name, valid)`.
+    fn batch(events: &[(&str, &str, bool)]) -> Vec<u8> {
+        let b = EventBatch {
+            events: events
+                .iter()
+                .map(|(id, name, valid)| Event {
+                    id: id.to_string(),
+                    event: name.to_string(),
+                    version: 1,
+                    env: "web".into(),
+                    fields: bytes::Bytes::from_static(b"{}"),
+                    valid: *valid,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut framed = Vec::new();
+        weir_proto::record::encode_into(&mut framed, &b.encode_to_vec());
+        framed
+    }
+
+    fn wal(dir: &std::path::Path, segment_bytes: u64) -> Wal {
+        Wal::open(WalOptions {
+            dir: dir.join("log"),
+            segment_bytes,
+            name: "t",
+            metric_prefix: "weir_test_feed",
+        })
+        .unwrap()
+    }
+
+    fn ids(events: &[Bytes]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| EventHead::decode(e).unwrap().id.to_string())
+            .collect()
+    }
+
+    /// Every event of the next run at `reader`, with the run's end.
+    async fn next_ids(feed: &Arc<Feed>, reader: &mut Option<WalReader>) -> Vec<String> {
+        let mut events = Vec::new();
+        for e in feed.next(reader).await.unwrap() {
+            e.take(&Want::Everything, &mut events, &mut Vec::new());
+        }
+        ids(&events)
+    }
+
+    #[tokio::test]
+    async fn consumers_at_the_head_share_one_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wal = wal(tmp.path(), 1 << 20);
+        let start = wal.first_position().unwrap();
+        let feed = Feed::new(1 << 20);
+        let mut readers: Vec<Option<WalReader>> = (0..5).map(|_| Some(wal.reader(start))).collect();
+        for round in 0..3 {
+            wal.append(batch(&[
+                (&format!("a{round}"), "x", true),
+                (&format!("b{round}"), "y", true),
+            ]))
+            .await
+            .unwrap();
+            let runs = futures::future::join_all(readers.iter_mut().map(|r| next_ids(&feed, r))).await;
+            for run in runs {
+                assert_eq!(run, vec![format!("a{round}"), format!("b{round}")]);
+            }
+            assert_eq!(feed.disk_reads(), round + 1, "one read from disk served all five");
+        }
+        // At the durable end: nothing, and every reader stands there.
+        assert!(next_ids(&feed, &mut readers[0]).await.is_empty());
+        assert!(readers.iter().all(|r| r.as_ref().unwrap().position() == wal.durable()));
+    }
+
+    #[tokio::test]
+    async fn each_recipient_takes_its_names_in_log_order_and_unreadable_records_are_dead_letters() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wal = wal(tmp.path(), 1 << 20);
+        let start = wal.first_position().unwrap();
+        wal.append(batch(&[
+            ("1", "a.routed", true),
+            ("2", "b.other", true),
+            ("3", "a.routed", false),
+            ("4", "c.routed", true),
+            ("5", "a.routed", true),
+        ]))
+        .await
+        .unwrap();
+        let mut garbage = Vec::new();
+        weir_proto::record::encode_into(&mut garbage, b"\xff\xff not a batch");
+        wal.append(garbage).await.unwrap();
+        let catalog = Catalog::from_files(vec![(
+            "c.toml".into(),
+            r#"
+[environments.web]
+kind = "frontend"
+[events."a.routed"]
+owner = "t"
+recipients = ["r"]
+[[events."a.routed".versions]]
+version = 1
+environments = ["web"]
+[events."b.other"]
+owner = "t"
+[[events."b.other".versions]]
+version = 1
+environments = ["web"]
+[events."c.routed"]
+owner = "t"
+recipients = ["r"]
+[[events."c.routed".versions]]
+version = 1
+environments = ["web"]
+"#
+            .into(),
+        )])
+        .unwrap();
+        let feed = Feed::new(1 << 20);
+        let entries = feed.next(&mut Some(wal.reader(start))).await.unwrap();
+        assert_eq!(entries.len(), 2);
+        let routed = Want::Routed {
+            catalog: Arc::new(catalog),
+            recipient: "r",
+        };
+        let (mut events, mut dead) = (Vec::new(), Vec::new());
+        let passed: u64 = entries.iter().map(|e| e.take(&routed, &mut events, &mut dead)).sum();
+        assert_eq!(passed, 5);
+        assert_eq!(ids(&events), ["1", "4", "5"], "valid, routed here, in log order");
+        assert_eq!(dead.len(), 1);
+        assert!(dead[0].1.contains("unreadable batch"), "{}", dead[0].1);
+        let (mut all, mut dead) = (Vec::new(), Vec::new());
+        for e in &entries {
+            e.take(&Want::Everything, &mut all, &mut dead);
+        }
+        assert_eq!(ids(&all), ["1", "2", "3", "4", "5"]);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(entries[1].to(), wal.durable());
+    }
+
+    /// What one step of the model does.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// Appends a batch of this many events.
+        Append(usize),
+        /// Consumer `i` pulls one run.
+        Pull(usize),
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Model: however appends and pulls of three consumers interleave, across small
+        /// segments and a window that holds only a few records, each consumer sees every
+        /// event once, in log order, and ends where the log ends.
+        #[test]
+        fn every_consumer_sees_every_event_once_in_order(
+            steps in proptest::collection::vec(
+                prop_oneof![(1usize..5).prop_map(Step::Append), (0usize..3).prop_map(Step::Pull)],
+                1..80,
+            ),
+            window in 100usize..3000,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let tmp = tempfile::tempdir().unwrap();
+                let wal = wal(tmp.path(), 600);
+                let start = wal.first_position().unwrap();
+                let feed = Feed::new(window);
+                let mut readers: Vec<Option<WalReader>> = (0..3).map(|_| Some(wal.reader(start))).collect();
+                let mut seen: Vec<Vec<String>> = vec![Vec::new(); 3];
+                let mut appended = Vec::new();
+                for step in steps {
+                    match step {
+                        Step::Append(n) => {
+                            let batch_ids: Vec<String> = (0..n).map(|i| format!("{}-{i}", appended.len())).collect();
+                            let evs: Vec<(&str, &str, bool)> = batch_ids.iter().map(|id| (id.as_str(), "x", true)).collect();
+                            wal.append(batch(&evs)).await.unwrap();
+                            appended.extend(batch_ids);
+                        }
+                        Step::Pull(i) => {
+                            let got = next_ids(&feed, &mut readers[i]).await;
+                            seen[i].extend(got);
+                        }
+                    }
+                }
+                for (i, r) in readers.iter_mut().enumerate() {
+                    loop {
+                        let got = next_ids(&feed, r).await;
+                        if got.is_empty() {
+                            break;
+                        }
+                        seen[i].extend(got);
+                    }
+                    assert_eq!(seen[i], appended, "consumer {i}");
+                    assert_eq!(r.as_ref().unwrap().position(), wal.durable());
+                }
+            });
+        }
+    }
+}
