@@ -3,6 +3,7 @@
 use std::io::Read;
 
 use serde_json::value::RawValue;
+use weir_proto::event::{scan, Incoming};
 
 /// Why a body was refused; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -116,18 +117,89 @@ fn check_depth(text: &[u8]) -> Result<(), BodyError> {
     Ok(())
 }
 
-/// Splits a body into one raw JSON value per event. Any structural problem refuses the
-/// whole body, so nothing of a malformed request is stored.
-pub fn split(body: &[u8], format: Format) -> Result<Vec<&RawValue>, BodyError> {
+/// Splits a body into its events, read. Any structural problem refuses the whole body,
+/// so nothing of a malformed request is stored.
+///
+/// A well-formed body is read in one structural pass, with serde_json checking each value
+/// ([`Incoming::scan`]); anything the pass does not take as is goes to the full parser,
+/// which reads what is valid and words the error of what is not.
+pub fn split(body: &[u8], format: Format) -> Result<Vec<Incoming<'_>>, BodyError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| BodyError::Malformed(format!("body is not valid UTF-8 (byte {})", e.valid_up_to())))?;
+    match scan_events(text, format) {
+        Some(events) => Ok(events),
+        None => split_full(text, format),
+    }
+}
+
+/// [`split`] by the full parser alone.
+fn split_full(text: &str, format: Format) -> Result<Vec<Incoming<'_>>, BodyError> {
+    split_raw(text, format)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| Incoming::parse(raw).map_err(|e| BodyError::Malformed(format!("event {i}: {e}"))))
+        .collect()
+}
+
+/// The fast read of [`split`]: `None` unless the body is valid JSON of the format, with
+/// every event an object nested at most [`MAX_DEPTH`] deep.
+fn scan_events(text: &str, format: Format) -> Option<Vec<Incoming<'_>>> {
+    let b = text.as_bytes();
+    let end_of = |j: usize| scan::skip_ws(b, j) == b.len();
+    match format {
+        Format::Json => {
+            let i = scan::skip_ws(b, 0);
+            match *b.get(i)? {
+                b'[' => {
+                    let mut events = Vec::new();
+                    let mut j = scan::skip_ws(b, i + 1);
+                    if b.get(j) == Some(&b']') {
+                        return end_of(j + 1).then_some(events);
+                    }
+                    loop {
+                        let (ev, end) = Incoming::scan(text, j, MAX_DEPTH - 1)?;
+                        events.push(ev);
+                        j = scan::skip_ws(b, end);
+                        match *b.get(j)? {
+                            b',' => j = scan::skip_ws(b, j + 1),
+                            b']' => return end_of(j + 1).then_some(events),
+                            _ => return None,
+                        }
+                    }
+                }
+                _ => {
+                    let (ev, end) = Incoming::scan(text, i, MAX_DEPTH)?;
+                    end_of(end).then(|| vec![ev])
+                }
+            }
+        }
+        Format::Ndjson => {
+            let mut events = Vec::new();
+            for line in text.split('\n') {
+                let line = line.trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let (ev, end) = Incoming::scan(line, 0, MAX_DEPTH)?;
+                if end != line.len() {
+                    return None;
+                }
+                events.push(ev);
+            }
+            (!events.is_empty()).then_some(events)
+        }
+    }
+}
+
+/// The full parser's split into one raw JSON value per event, with its error messages.
+fn split_raw(text: &str, format: Format) -> Result<Vec<&RawValue>, BodyError> {
     let trimmed = text.trim_start();
     if trimmed.is_empty() {
         return Err(BodyError::Malformed(
             "empty body: send a JSON event, a JSON array or NDJSON".into(),
         ));
     }
-    check_depth(body)?;
+    check_depth(text.as_bytes())?;
     match format {
         Format::Json if trimmed.starts_with('[') => {
             let items: Vec<&RawValue> =
@@ -185,6 +257,19 @@ mod tests {
     use std::io::Write;
 
     #[test]
+    fn a_typical_body_is_read_by_the_fast_path() {
+        let events: Vec<String> = (0..100)
+            .map(|i| format!(r#"{{"event":"item.viewed","version":2,"env":"web","fields":{{"item_id":{i},"source":"search","position":{i},"price":12.5,"session_id":"s-{i}"}}}}"#))
+            .collect();
+        let body = format!("[{}]", events.join(","));
+        let fast = scan_events(&body, Format::Json).expect("the fast path takes it");
+        assert_eq!(
+            format!("{fast:?}"),
+            format!("{:?}", split_full(&body, Format::Json).unwrap())
+        );
+    }
+
+    #[test]
     fn splits_each_shape() {
         assert_eq!(split(br#"{"a":1}"#, Format::Json).unwrap().len(), 1);
         assert_eq!(split(br#" [{"a":1},{"b":2}] "#, Format::Json).unwrap().len(), 2);
@@ -235,6 +320,84 @@ mod tests {
         for tail in [&b"\"\\"[..], b"\"", b"\"ab\\", b"[\"\\\""] {
             assert!(check_depth(tail).is_ok(), "{tail:?}");
             assert!(split(tail, Format::Json).is_err());
+        }
+    }
+
+    /// A body of `n` events, each with a few envelope keys and fields drawn from `pick`.
+    fn body_of(pick: &[u8], format: Format) -> String {
+        const VALUES: &[&str] = &[
+            r#""s""#,
+            "12",
+            "-0.5e3",
+            "true",
+            "null",
+            r#"[1,"x",{"k":[]}]"#,
+            r#"{"a":{"b":1}}"#,
+            r#""q\"u\\o\u00e9""#,
+            r#""é ☃""#,
+            "[]",
+            "{}",
+        ];
+        const KEYS: &[&str] = &["event", "version", "env", "id", "ts", "fields", "colour", "writeKey"];
+        let mut events = Vec::new();
+        for chunk in pick.chunks(6) {
+            let mut keys = Vec::new();
+            for (k, &p) in chunk.iter().enumerate() {
+                let key = KEYS[(p as usize + k) % KEYS.len()];
+                let value = match key {
+                    "fields" => format!(
+                        r#"{{"f{p}": {}, "g" :{}}}"#,
+                        VALUES[p as usize % VALUES.len()],
+                        VALUES[(p as usize / 3) % VALUES.len()]
+                    ),
+                    "ts" if p % 2 == 0 => r#""2026-11-22T13:04:05Z""#.into(),
+                    "version" if p % 2 == 0 => "2".into(),
+                    _ => VALUES[p as usize % VALUES.len()].into(),
+                };
+                keys.push(format!(r#""{key}":{value}"#));
+            }
+            events.push(format!(
+                "{{{}}}",
+                keys.join(if chunk[0] % 3 == 0 { " , " } else { "," })
+            ));
+        }
+        match format {
+            Format::Json => format!("[{}]", events.join(",\n ")),
+            Format::Ndjson => events.join("\n"),
+        }
+    }
+
+    proptest::proptest! {
+        /// The fast read takes a well-formed body, and whatever it takes of a damaged one
+        /// it reads exactly as the full parser does; what it does not take, the full
+        /// parser decides.
+        #[test]
+        fn the_fast_read_agrees_with_the_full_parser(
+            pick in proptest::collection::vec(0u8..=255, 1..40),
+            ndjson in proptest::bool::ANY,
+            damage in proptest::option::of((0usize..4000, 0usize..12)),
+        ) {
+            let format = if ndjson { Format::Ndjson } else { Format::Json };
+            let mut body = body_of(&pick, format).into_bytes();
+            let whole = body.clone();
+            let whole = std::str::from_utf8(&whole).unwrap();
+            proptest::prop_assert!(scan_events(whole, format).is_some(), "{whole}");
+            if let Some((at, what)) = damage {
+                let at = at % (body.len() + 1);
+                let insert = [b'"', b'\\', b'{', b'}', b'[', b']', b',', b':', b' ', b'x', b'1', 0xff][what];
+                if at % 2 == 0 && at < body.len() {
+                    body.remove(at);
+                } else {
+                    body.insert(at, insert);
+                }
+            }
+            let Ok(text) = std::str::from_utf8(&body) else { return Ok(()) };
+            if let Some(fast) = scan_events(text, format) {
+                let full = split_full(text, format);
+                proptest::prop_assert!(full.is_ok(), "fast took what the parser refuses: {text}: {:?}", full.err());
+                let full = full.unwrap();
+                proptest::prop_assert_eq!(format!("{fast:?}"), format!("{full:?}"), "{}", text);
+            }
         }
     }
 

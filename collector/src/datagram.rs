@@ -23,7 +23,7 @@ const BURST_BYTES: usize = 1 << 20;
 const IN_FLIGHT: usize = 8;
 
 /// Splits one datagram into events: a JSON object or array, else NDJSON.
-fn split(data: &[u8]) -> Result<Vec<&serde_json::value::RawValue>, body::BodyError> {
+fn split(data: &[u8]) -> Result<Vec<weir_proto::event::Incoming<'_>>, body::BodyError> {
     body::split(data, Format::Json).or_else(|_| body::split(data, Format::Ndjson))
 }
 

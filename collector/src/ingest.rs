@@ -2,7 +2,6 @@
 //! the environment's policy, stamp (id, received_at, collector) and encode.
 
 use serde::Serialize;
-use serde_json::value::RawValue;
 use weir_proto::catalog::{Catalog, Checked};
 use weir_proto::event::{EventView, Incoming};
 use weir_proto::record;
@@ -138,7 +137,7 @@ pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 
 /// Validates, stamps and encodes `items`. `now` (µs) becomes every event's
 /// `received_at`.
-pub fn ingest(catalog: &Catalog, items: &[&RawValue], source: Source<'_>, collector: &str, now: i64) -> Ingested {
+pub fn ingest(catalog: &Catalog, items: &[Incoming<'_>], source: Source<'_>, collector: &str, now: i64) -> Ingested {
     ingest_limited(catalog, items, source, collector, now, DEFAULT_MAX_EVENT_BYTES)
 }
 
@@ -146,35 +145,26 @@ pub fn ingest(catalog: &Catalog, items: &[&RawValue], source: Source<'_>, collec
 /// environment (keeping them flagged would keep the oversized JSON anyway).
 pub fn ingest_limited(
     catalog: &Catalog,
-    items: &[&RawValue],
+    items: &[Incoming<'_>],
     source: Source<'_>,
     collector: &str,
     now: i64,
     max_event_bytes: usize,
 ) -> Ingested {
     let mut out = Ingested {
-        framed: Vec::with_capacity(items.iter().map(|i| i.get().len() + 96).sum()),
+        framed: Vec::with_capacity(items.iter().map(|i| i.raw.len() + 96).sum()),
         ..Default::default()
     };
-    for (index, raw) in items.iter().enumerate() {
-        if raw.get().len() > max_event_bytes {
+    for (index, ev) in items.iter().enumerate() {
+        if ev.raw.len() > max_event_bytes {
             out.summary.rejected += 1;
             out.summary.errors.push(EventError {
                 index,
-                error: format!("event is {} bytes, at most {max_event_bytes} allowed", raw.get().len()),
+                error: format!("event is {} bytes, at most {max_event_bytes} allowed", ev.raw.len()),
             });
             out.tally.add("_unknown", "_unknown", Outcome::Rejected);
             continue;
         }
-        let ev = match Incoming::parse(raw) {
-            Ok(ev) => ev,
-            Err(e) => {
-                out.summary.rejected += 1;
-                out.summary.errors.push(EventError { index, error: e });
-                out.tally.add("_unknown", "_unknown", Outcome::Rejected);
-                continue;
-            }
-        };
         let mut env = ev.env.as_deref().or(source.bound_env);
         let mut bound_mismatch = None;
         if let (Some(bound), Some(given)) = (source.bound_env, ev.env.as_deref()) {
@@ -193,7 +183,7 @@ pub fn ingest_limited(
                 env = None;
             }
         }
-        let mut checked: Checked<'_> = catalog.validate(&ev, env);
+        let mut checked: Checked<'_> = catalog.validate(ev, env);
         if let Some(msg) = bound_mismatch {
             checked.errors.retain(|e| !e.starts_with("env:"));
             checked.errors.insert(0, msg);

@@ -9,6 +9,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::scan;
 use super::time::parse_timestamp;
 
 /// A string that borrows from the input when it has no escapes.
@@ -55,7 +56,7 @@ pub struct Incoming<'a> {
     /// `fields` as (name, raw JSON value), in the order sent.
     pub fields: Vec<(Cow<'a, str>, &'a RawValue)>,
     /// The `fields` object exactly as sent, when it was an object.
-    pub fields_raw: Option<&'a RawValue>,
+    pub fields_raw: Option<&'a str>,
     /// Problems with the envelope itself (wrong types, unknown keys), each naming the key.
     pub problems: Vec<String>,
 }
@@ -72,8 +73,54 @@ impl<'a> Incoming<'a> {
             return Err("an event must be a JSON object".into());
         }
         let mut de = serde_json::Deserializer::from_str(text);
-        let mut ev = Incoming {
-            raw: text,
+        let mut ev = Incoming::empty(text);
+        de.deserialize_map(EnvelopeVisitor(&mut ev))
+            .map_err(|e| e.to_string())?;
+        Ok(ev)
+    }
+
+    /// Reads the event whose JSON object starts at `text[i]`, with at most `depth_left`
+    /// levels of nesting from its own brackets on, in one structural pass plus
+    /// serde_json over each value (the full parser first checks the whole text, then
+    /// each value again). Returns the event, as [`Incoming::parse`] reads it, and the
+    /// index after it; `None` when anything is irregular (invalid JSON, too deep): the
+    /// caller then uses the full parser, which says what is wrong.
+    pub fn scan(text: &'a str, i: usize, depth_left: usize) -> Option<(Incoming<'a>, usize)> {
+        let b = text.as_bytes();
+        if b.get(i) != Some(&b'{') || depth_left == 0 {
+            return None;
+        }
+        let mut ev = Incoming::empty("");
+        let mut j = scan::skip_ws(b, i + 1);
+        if b.get(j) != Some(&b'}') {
+            loop {
+                if b.get(j) != Some(&b'"') {
+                    return None;
+                }
+                let key_end = scan::string_end(b, j)?;
+                let key: CowStr<'a> = serde_json::from_str(text.get(j..key_end)?).ok()?;
+                j = scan::skip_ws(b, key_end);
+                if b.get(j) != Some(&b':') {
+                    return None;
+                }
+                j = scan::skip_ws(b, j + 1);
+                let end = scan::value_end(b, j, depth_left - 1)?;
+                ev.key(&key.0, text.get(j..end)?, false).ok()?;
+                j = scan::skip_ws(b, end);
+                match b.get(j)? {
+                    b',' => j = scan::skip_ws(b, j + 1),
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+        }
+        ev.raw = text.get(i..=j)?;
+        Some((ev, j + 1))
+    }
+
+    fn empty(raw: &'a str) -> Incoming<'a> {
+        Incoming {
+            raw,
             event: None,
             version: None,
             env: None,
@@ -82,11 +129,83 @@ impl<'a> Incoming<'a> {
             fields: Vec::new(),
             fields_raw: None,
             problems: Vec::new(),
-        };
-        de.deserialize_map(EnvelopeVisitor(&mut ev))
-            .map_err(|e| e.to_string())?;
-        Ok(ev)
+        }
     }
+
+    /// Records the envelope key `key` with the value `text`. `checked` says the full
+    /// parser already found `text` valid JSON; when not, it is checked here, and
+    /// invalid JSON is [`Irregular`] (the caller falls back to the full parser).
+    fn key(&mut self, key: &str, text: &'a str, checked: bool) -> Result<(), Irregular> {
+        let valid = |t: &str| checked || serde_json::from_str::<de::IgnoredAny>(t).is_ok();
+        let string = |t: &'a str| serde_json::from_str::<CowStr<'a>>(t).ok().map(|s| s.0);
+        let problem = |ev: &mut Incoming<'a>, p: String| {
+            ev.problems.push(p);
+            Ok(())
+        };
+        match key {
+            "event" | "env" => match string(text) {
+                Some(s) if key == "event" => self.event = Some(s),
+                Some(s) => self.env = Some(s),
+                None if valid(text) => return problem(self, format!("{key}: must be a string")),
+                None => return Err(Irregular),
+            },
+            "id" => match string(text) {
+                Some(s) if !s.is_empty() && s.len() <= MAX_ID_LEN => self.id = Some(s),
+                Some(_) => return problem(self, id_problem()),
+                None if valid(text) => return problem(self, id_problem()),
+                None => return Err(Irregular),
+            },
+            "version" => match serde_json::from_str::<u64>(text) {
+                Ok(v) if v >= 1 && v <= u32::MAX as u64 => self.version = Some(v as u32),
+                _ if text == "null" => {}
+                Ok(_) => return problem(self, "version: must be a positive integer".into()),
+                Err(_) if valid(text) => return problem(self, "version: must be a positive integer".into()),
+                Err(_) => return Err(Irregular),
+            },
+            "ts" => match serde_json::from_str::<&'a RawValue>(text) {
+                Ok(value) => match parse_timestamp(value) {
+                    Ok(ts) => self.ts = ts,
+                    Err(e) => return problem(self, format!("ts: {e}")),
+                },
+                Err(_) if checked => return problem(self, "ts: not valid JSON".into()),
+                Err(_) => return Err(Irregular),
+            },
+            "fields" => {
+                if text != "null" {
+                    let mut de = serde_json::Deserializer::from_str(text);
+                    let mut fields = std::mem::take(&mut self.fields);
+                    match de.deserialize_map(FieldsVisitor(&mut fields)).and_then(|()| de.end()) {
+                        Ok(()) => {
+                            self.fields = fields;
+                            self.fields_raw = Some(text);
+                        }
+                        Err(_) if checked || (!text.starts_with('{') && valid(text)) => {
+                            return problem(self, "fields: must be a JSON object".into())
+                        }
+                        Err(_) => return Err(Irregular),
+                    }
+                }
+            }
+            // The proxy's write key may ride in the body (sendBeacon cannot set
+            // headers); it is authentication, not event data.
+            "writeKey" if valid(text) => {}
+            other if valid(text) => {
+                return problem(
+                    self,
+                    format!("{other}: unknown key (an event has event, version, env, id, ts and fields)"),
+                )
+            }
+            _ => return Err(Irregular),
+        }
+        Ok(())
+    }
+}
+
+/// JSON the fast scan does not take as is.
+struct Irregular;
+
+fn id_problem() -> String {
+    format!("id: must be a non-empty string of at most {MAX_ID_LEN} bytes (a UUID is best)")
 }
 
 struct EnvelopeVisitor<'x, 'a>(&'x mut Incoming<'a>);
@@ -97,53 +216,11 @@ impl<'de, 'x> Visitor<'de> for EnvelopeVisitor<'x, 'de> {
         f.write_str("an event object")
     }
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
-        let ev = self.0;
         while let Some(key) = map.next_key::<CowStr<'de>>()? {
             let value: &'de RawValue = map.next_value()?;
-            let text = value.get();
-            match key.0.as_ref() {
-                "event" => match serde_json::from_str::<CowStr<'de>>(text) {
-                    Ok(s) => ev.event = Some(s.0),
-                    Err(_) => ev.problems.push("event: must be a string".into()),
-                },
-                "env" => match serde_json::from_str::<CowStr<'de>>(text) {
-                    Ok(s) => ev.env = Some(s.0),
-                    Err(_) => ev.problems.push("env: must be a string".into()),
-                },
-                "id" => match serde_json::from_str::<CowStr<'de>>(text) {
-                    Ok(s) if !s.0.is_empty() && s.0.len() <= MAX_ID_LEN => ev.id = Some(s.0),
-                    _ => ev.problems.push(format!(
-                        "id: must be a non-empty string of at most {MAX_ID_LEN} bytes (a UUID is best)"
-                    )),
-                },
-                "version" => match serde_json::from_str::<u64>(text) {
-                    Ok(v) if v >= 1 && v <= u32::MAX as u64 => ev.version = Some(v as u32),
-                    _ if text == "null" => {}
-                    _ => ev.problems.push("version: must be a positive integer".into()),
-                },
-                "ts" => match parse_timestamp(value) {
-                    Ok(ts) => ev.ts = ts,
-                    Err(e) => ev.problems.push(format!("ts: {e}")),
-                },
-                "fields" => {
-                    if text != "null" {
-                        let mut de = serde_json::Deserializer::from_str(text);
-                        let mut fields = std::mem::take(&mut ev.fields);
-                        match de.deserialize_map(FieldsVisitor(&mut fields)) {
-                            Ok(()) => {
-                                ev.fields = fields;
-                                ev.fields_raw = Some(value);
-                            }
-                            Err(_) => ev.problems.push("fields: must be a JSON object".into()),
-                        }
-                    }
-                }
-                // The proxy's write key may ride in the body (sendBeacon cannot set
-                // headers); it is authentication, not event data.
-                "writeKey" => {}
-                other => ev.problems.push(format!(
-                    "{other}: unknown key (an event has event, version, env, id, ts and fields)"
-                )),
+            // The parser checked the value: no key is irregular here.
+            if self.0.key(&key.0, value.get(), true).is_err() {
+                return Err(de::Error::custom(format!("{}: not valid JSON", key.0)));
             }
         }
         Ok(())
@@ -185,7 +262,7 @@ impl Incoming<'_> {
     /// The `fields` JSON object to store: the object as sent (`{}` when absent). Stored
     /// as is, without re-serialising: a `null` value means absent everywhere.
     pub fn fields_json(&self) -> &[u8] {
-        self.fields_raw.map_or(b"{}", |r| r.get().as_bytes())
+        self.fields_raw.map_or(b"{}", |r| r.as_bytes())
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod incoming;
 pub mod json;
+pub mod scan;
 pub mod time;
 pub mod wire;
 
