@@ -162,9 +162,14 @@ impl Catalog {
             catalog.cross_check(&mut problems);
         }
         if problems.is_empty() {
+            let fields = catalog
+                .fields
+                .iter()
+                .map(|(n, f)| (n.as_str(), std::sync::Arc::new(f.clone())))
+                .collect();
             for def in catalog.events.values_mut() {
                 for v in &mut def.versions {
-                    v.index();
+                    v.index(&fields);
                 }
             }
             Ok(catalog)

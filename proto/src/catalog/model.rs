@@ -176,30 +176,65 @@ pub struct VersionDef {
     /// What changed in this version, for people.
     #[serde(default)]
     pub description: String,
-    /// `required` and `optional` as a set when there are many, built once when the
-    /// catalog is loaded, so that checking a sent field costs one lookup however many
-    /// fields the version has.
+    /// `required` and `optional` resolved against the catalog's fields, built once
+    /// when the catalog is loaded: checking a sent field is one lookup, which says
+    /// whether the version has it, whether it is required and what it must hold.
     #[serde(skip)]
-    pub(crate) field_set: std::collections::HashSet<String>,
+    pub(crate) table: FieldTable,
 }
 
-/// Up to this many fields, a scan of the lists is faster than hashing the name.
+/// Up to this many fields, a scan of the names is faster than hashing one.
 const SCAN_FIELDS: usize = 16;
+
+/// A version's own fields, in the order `required` then `optional`, each with its
+/// definition (shared with every version that has it).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FieldTable {
+    defs: Vec<Option<std::sync::Arc<FieldDef>>>,
+    /// Name -> slot, when the version has more than [`SCAN_FIELDS`] fields.
+    lookup: std::collections::HashMap<String, u32>,
+}
+
+/// The table is derived from the version's lists and the catalog's fields: it takes no
+/// part in comparing versions.
+impl PartialEq for FieldTable {
+    fn eq(&self, _: &FieldTable) -> bool {
+        true
+    }
+}
+
+impl Eq for FieldTable {}
 
 impl VersionDef {
     /// Whether `field` is one of this version's own fields (required or optional).
     pub fn has_field(&self, field: &str) -> bool {
-        if self.field_set.is_empty() {
-            self.required.iter().chain(&self.optional).any(|f| f == field)
+        self.slot(field).is_some()
+    }
+
+    /// The slot of `field` in this version's table: `required` first, then `optional`.
+    pub(crate) fn slot(&self, field: &str) -> Option<usize> {
+        if self.table.lookup.is_empty() {
+            self.required.iter().chain(&self.optional).position(|f| f == field)
         } else {
-            self.field_set.contains(field)
+            self.table.lookup.get(field).map(|&i| i as usize)
         }
     }
 
-    pub(crate) fn index(&mut self) {
-        if self.required.len() + self.optional.len() > SCAN_FIELDS {
-            self.field_set = self.required.iter().chain(&self.optional).cloned().collect();
-        }
+    /// The definition of the field in `slot` (none only in a catalog that failed its
+    /// cross-check).
+    pub(crate) fn slot_def(&self, slot: usize) -> Option<&FieldDef> {
+        self.table.defs.get(slot)?.as_deref()
+    }
+
+    /// Builds the field table from the catalog's `fields`, each definition shared.
+    pub(crate) fn index(&mut self, fields: &std::collections::BTreeMap<&str, std::sync::Arc<FieldDef>>) {
+        let names = self.required.iter().chain(&self.optional);
+        self.table.defs = names.clone().map(|n| fields.get(n.as_str()).cloned()).collect();
+        self.table.lookup = if self.table.defs.len() > SCAN_FIELDS {
+            names.enumerate().map(|(i, n)| (n.clone(), i as u32)).collect()
+        } else {
+            Default::default()
+        };
     }
 }
 

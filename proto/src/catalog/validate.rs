@@ -101,37 +101,128 @@ impl Catalog {
             ));
         }
         let errors = &mut checked.errors;
-        let present = |f: &str| ev.fields.iter().any(|(k, v)| k == f && v.get() != "null");
-        for f in vdef.required.iter().chain(&env_def.fields) {
-            if !present(f) {
-                errors.push(format!("{f}: missing required field"));
-            }
-        }
-        // Repeated keys: a scan for the few fields events have, a set for a sender that
-        // sends thousands (the scan would be quadratic).
-        let mut seen = (ev.fields.len() > 32).then(|| std::collections::HashSet::with_capacity(ev.fields.len()));
+        // One pass over the sent fields against the version's table: a slot's bits say
+        // it was given (so again is "given twice") and given non-null (present).
+        let slots = vdef.required.len() + vdef.optional.len();
+        let mut given = Bits::new(slots);
+        let mut present = Bits::new(slots);
+        let mut field_errors = Vec::new();
+        let mut others = None;
         for (i, (key, value)) in ev.fields.iter().enumerate() {
             let key = key.as_ref();
-            let repeated = match seen.as_mut() {
-                Some(seen) => !seen.insert(key),
-                None => ev.fields[..i].iter().any(|(k, _)| k == key),
+            let def = match vdef.slot(key) {
+                Some(slot) => {
+                    if value.get() != "null" {
+                        present.set(slot);
+                    }
+                    if given.set(slot) {
+                        field_errors.push(format!("{key}: given twice"));
+                        continue;
+                    }
+                    vdef.slot_def(slot)
+                }
+                None => {
+                    // Not the version's own: an environment's field, or unknown. A
+                    // repeat is found by a scan of the keys before it (the few fields a
+                    // sender gets wrong), or a set when it sent thousands.
+                    if repeated(&ev.fields, i, &mut others, vdef) {
+                        field_errors.push(format!("{key}: given twice"));
+                        continue;
+                    }
+                    if !env_def.fields.iter().any(|f| f == key) {
+                        field_errors.push(format!("{key}: unknown field for {name} version {version}"));
+                        continue;
+                    }
+                    self.fields.get(key)
+                }
             };
-            if repeated {
-                errors.push(format!("{key}: given twice"));
-                continue;
-            }
-            let allowed = vdef.has_field(key) || env_def.fields.iter().any(|f| f == key);
-            if !allowed {
-                errors.push(format!("{key}: unknown field for {name} version {version}"));
-                continue;
-            }
-            if let Some(fdef) = self.fields.get(key) {
+            if let Some(fdef) = def {
                 if let Err(e) = check_value(fdef, value) {
-                    errors.push(format!("{key}: {e}"));
+                    field_errors.push(format!("{key}: {e}"));
                 }
             }
         }
+        for (slot, f) in vdef.required.iter().enumerate() {
+            if !present.get(slot) {
+                errors.push(format!("{f}: missing required field"));
+            }
+        }
+        for f in &env_def.fields {
+            let present = match vdef.slot(f) {
+                Some(slot) => present.get(slot),
+                None => ev.fields.iter().any(|(k, v)| k == f && v.get() != "null"),
+            };
+            if !present {
+                errors.push(format!("{f}: missing required field"));
+            }
+        }
+        errors.append(&mut field_errors);
         checked
+    }
+}
+
+/// Whether the key at `i`, which is not one of the version's own, was sent before it:
+/// a scan of the keys before it for the few a sender gets wrong, a set (`others`, built
+/// on first need) when it sent thousands.
+fn repeated<'k>(
+    fields: &'k [(std::borrow::Cow<'_, str>, &RawValue)],
+    i: usize,
+    others: &mut Option<std::collections::HashSet<&'k str>>,
+    vdef: &super::VersionDef,
+) -> bool {
+    let key = fields[i].0.as_ref();
+    if i <= 32 && others.is_none() {
+        return fields[..i].iter().any(|(k, _)| k == key);
+    }
+    let seen = others.get_or_insert_with(|| {
+        fields[..i]
+            .iter()
+            .map(|(k, _)| k.as_ref())
+            .filter(|k| vdef.slot(k).is_none())
+            .collect()
+    });
+    !seen.insert(key)
+}
+
+/// A set of slots: one word for the usual few fields, more for a big version.
+struct Bits {
+    small: u64,
+    big: Vec<u64>,
+}
+
+impl Bits {
+    fn new(slots: usize) -> Bits {
+        Bits {
+            small: 0,
+            big: if slots > 64 {
+                vec![0; slots.div_ceil(64)]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// Sets `slot`; returns whether it was set already.
+    fn set(&mut self, slot: usize) -> bool {
+        let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+        let w = if self.big.is_empty() {
+            &mut self.small
+        } else {
+            &mut self.big[word]
+        };
+        let was = *w & bit != 0;
+        *w |= bit;
+        was
+    }
+
+    fn get(&self, slot: usize) -> bool {
+        let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+        let w = if self.big.is_empty() {
+            self.small
+        } else {
+            self.big[word]
+        };
+        w & bit != 0
     }
 }
 
@@ -272,6 +363,38 @@ mod tests {
         assert!(!ok);
         assert!(e.contains(&"x7: given twice".to_string()), "{e:?}");
         assert_eq!(e.iter().filter(|m| m.contains("unknown field")).count(), 40, "{e:?}");
+    }
+
+    #[test]
+    fn a_version_with_many_fields_checks_each_by_its_table() {
+        // 100 fields: the table is hashed and the slots need more than one word.
+        let mut text = String::from("[environments.web]\nkind = \"frontend\"\n");
+        for f in 0..100 {
+            text.push_str(&format!("[fields.f{f}]\ntype = \"int\"\n"));
+        }
+        let optional: Vec<String> = (1..100).map(|f| format!("\"f{f}\"")).collect();
+        text.push_str(&format!(
+            "[events.\"a.b\"]\nowner = \"t\"\n[[events.\"a.b\".versions]]\nversion = 1\nenvironments = [\"web\"]\nrequired = [\"f0\"]\noptional = [{}]\n",
+            optional.join(", ")
+        ));
+        let c = Catalog::from_files(vec![("c.toml".into(), text)]).unwrap();
+        let run = |fields: &str| {
+            let raw = RawValue::from_string(format!(r#"{{"event":"a.b","env":"web","fields":{{{fields}}}}}"#)).unwrap();
+            let ev = Incoming::parse(&raw).unwrap();
+            c.validate(&ev, Some("web")).errors
+        };
+        assert!(run(r#""f0":1,"f99":2,"f70":3"#).is_empty());
+        assert_eq!(
+            run(r#""f99":"x","f70":1,"f70":null,"nope":1"#),
+            vec![
+                "f0: missing required field",
+                "f99: expected int, got string",
+                "f70: given twice",
+                "nope: unknown field for a.b version 1",
+            ]
+        );
+        // A required field given twice counts as present, even when the repeat is null.
+        assert_eq!(run(r#""f0":1,"f0":null"#), vec!["f0: given twice"]);
     }
 
     #[test]
