@@ -15,6 +15,8 @@ pub mod metrics;
 pub mod mongo_buffer;
 pub mod recipients;
 pub mod source;
+#[cfg(test)]
+mod testing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -302,10 +302,8 @@ mod tests {
     use crate::cursors::LogCursors;
     use crate::source::feed::Feed;
     use crate::source::log::LogSource;
-    use prost::Message;
     use std::sync::Mutex;
     use weir_proto::event::EventView;
-    use weir_proto::pb::{Event, EventBatch};
     use weir_proto::runtime::wal::{Position, Wal, WalOptions};
 
     /// A fake recipient: fails the first `fail_rounds` attempts, refuses ids starting with
@@ -337,50 +335,12 @@ mod tests {
     }
 
     fn batch(ids: &[&str], event: &str, valid: bool) -> Vec<u8> {
-        let b = EventBatch {
-            batch_id: ids.join(","),
-            collector: "c".into(),
-            events: ids
-                .iter()
-                .map(|id| Event {
-                    id: id.to_string(),
-                    event: event.into(),
-                    version: 1,
-                    env: "web".into(),
-                    received_at: now_micros(),
-                    fields: Bytes::from_static(b"{}"),
-                    valid,
-                    ..Default::default()
-                })
-                .collect(),
-        };
-        let mut framed = Vec::new();
-        weir_proto::record::encode_into(&mut framed, &b.encode_to_vec());
-        framed
+        let events: Vec<_> = ids.iter().map(|id| (*id, event, valid)).collect();
+        crate::testing::batch(&events)
     }
 
     fn catalog() -> Catalog {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("c.toml"),
-            r#"
-[environments.web]
-kind = "frontend"
-[events."a.routed"]
-owner = "t"
-recipients = ["fake"]
-[[events."a.routed".versions]]
-version = 1
-environments = ["web"]
-[events."b.other"]
-owner = "t"
-[[events."b.other".versions]]
-version = 1
-environments = ["web"]
-"#,
-        )
-        .unwrap();
-        Catalog::load_dir(dir.path()).unwrap()
+        crate::testing::catalog(&[("a.routed", Some("fake")), ("b.other", None)])
     }
 
     /// A log, its cursor book, and the `fake` recipient registered at its start.

@@ -322,32 +322,9 @@ impl Feed {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use prost::Message;
-    use weir_proto::pb::{Event, EventBatch};
     use weir_proto::runtime::wal::{Wal, WalOptions};
-    use weir_proto::Catalog;
 
-    /// A framed batch of events `(id, name, valid)`.
-    fn batch(events: &[(&str, &str, bool)]) -> Vec<u8> {
-        let b = EventBatch {
-            events: events
-                .iter()
-                .map(|(id, name, valid)| Event {
-                    id: id.to_string(),
-                    event: name.to_string(),
-                    version: 1,
-                    env: "web".into(),
-                    fields: bytes::Bytes::from_static(b"{}"),
-                    valid: *valid,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        };
-        let mut framed = Vec::new();
-        weir_proto::record::encode_into(&mut framed, &b.encode_to_vec());
-        framed
-    }
+    use crate::testing::batch;
 
     fn wal(dir: &std::path::Path, segment_bytes: u64) -> Wal {
         Wal::open(WalOptions {
@@ -417,32 +394,7 @@ mod tests {
         let mut garbage = Vec::new();
         weir_proto::record::encode_into(&mut garbage, b"\xff\xff not a batch");
         wal.append(garbage).await.unwrap();
-        let catalog = Catalog::from_files(vec![(
-            "c.toml".into(),
-            r#"
-[environments.web]
-kind = "frontend"
-[events."a.routed"]
-owner = "t"
-recipients = ["r"]
-[[events."a.routed".versions]]
-version = 1
-environments = ["web"]
-[events."b.other"]
-owner = "t"
-[[events."b.other".versions]]
-version = 1
-environments = ["web"]
-[events."c.routed"]
-owner = "t"
-recipients = ["r"]
-[[events."c.routed".versions]]
-version = 1
-environments = ["web"]
-"#
-            .into(),
-        )])
-        .unwrap();
+        let catalog = crate::testing::catalog(&[("a.routed", Some("r")), ("b.other", None), ("c.routed", Some("r"))]);
         let feed = Feed::new(1 << 20);
         let entries = feed.next(&mut Some(wal.reader(start))).await.unwrap();
         assert_eq!(entries.len(), 2);
