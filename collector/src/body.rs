@@ -385,7 +385,7 @@ mod tests {
             if let Some((at, what)) = damage {
                 let at = at % (body.len() + 1);
                 let insert = [b'"', b'\\', b'{', b'}', b'[', b']', b',', b':', b' ', b'x', b'1', 0xff][what];
-                if at % 2 == 0 && at < body.len() {
+                if at.is_multiple_of(2) && at < body.len() {
                     body.remove(at);
                 } else {
                     body.insert(at, insert);
