@@ -8,10 +8,7 @@ use weir_proto::Catalog;
 
 fn bench(c: &mut Criterion) {
     let catalog = Catalog::demo();
-    let events: Vec<String> = (0..100)
-        .map(|i| format!(r#"{{"event":"item.viewed","version":2,"env":"web","fields":{{"item_id":{i},"source":"search","position":{i},"price":12.5,"session_id":"s-{i}"}}}}"#))
-        .collect();
-    let body = format!("[{}]", events.join(","));
+    let body = weir_proto::catalog::demo_body(100);
     let mut g = c.benchmark_group("collector");
     g.throughput(Throughput::Elements(100));
     g.bench_function("split_ingest_100", |b| {

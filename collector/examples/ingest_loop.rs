@@ -15,10 +15,7 @@ use weir_proto::Catalog;
 fn main() {
     let rounds: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200);
     let catalog = Catalog::demo();
-    let events: Vec<String> = (0..100)
-        .map(|i| format!(r#"{{"event":"item.viewed","version":2,"env":"web","fields":{{"item_id":{i},"source":"search","position":{i},"price":12.5,"session_id":"s-{i}"}}}}"#))
-        .collect();
-    let body = format!("[{}]", events.join(","));
+    let body = weir_proto::catalog::demo_body(100);
     let mut bytes = 0;
     for _ in 0..rounds {
         let Ok(items) = body::split(body.as_bytes(), Format::Json) else {

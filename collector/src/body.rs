@@ -258,10 +258,7 @@ mod tests {
 
     #[test]
     fn a_typical_body_is_read_by_the_fast_path() {
-        let events: Vec<String> = (0..100)
-            .map(|i| format!(r#"{{"event":"item.viewed","version":2,"env":"web","fields":{{"item_id":{i},"source":"search","position":{i},"price":12.5,"session_id":"s-{i}"}}}}"#))
-            .collect();
-        let body = format!("[{}]", events.join(","));
+        let body = weir_proto::catalog::demo_body(100);
         let fast = scan_events(&body, Format::Json).expect("the fast path takes it");
         assert_eq!(
             format!("{fast:?}"),

@@ -27,10 +27,7 @@ fn big_catalog() -> Catalog {
 
 fn bench(c: &mut Criterion) {
     let demo = Catalog::demo();
-    let events: Vec<String> = (0..100)
-        .map(|i| format!(r#"{{"event":"item.viewed","version":2,"env":"web","fields":{{"item_id":{i},"source":"search","position":{i},"price":12.5,"session_id":"s-{i}"}}}}"#))
-        .collect();
-    let demo_body = format!("[{}]", events.join(","));
+    let demo_body = weir_proto::catalog::demo_body(100);
     let big = big_catalog();
     let events: Vec<String> = (0..100)
         .map(|i| format!(r#"{{"event":"e{e}.seen","version":{v},"env":"web","fields":{{"f1":"a{i}","f17":"search","f150":"x","f299":"s-{i}","f42":"y"}}}}"#, e = (i * 37) % 1000, v = i % 5 + 1))

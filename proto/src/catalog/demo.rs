@@ -9,3 +9,12 @@ pub const DEMO_FILES: &[(&str, &str)] = &[
     ("events.toml", include_str!("../../demo-catalog/events.toml")),
     ("fields.toml", include_str!("../../demo-catalog/fields.toml")),
 ];
+
+/// A JSON array of `n` `item.viewed` events, valid against the demo catalog from
+/// environment `web`: the body the benches and the collector's tests send.
+pub fn demo_body(n: usize) -> String {
+    let events: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"event":"item.viewed","version":2,"env":"web","fields":{{"item_id":{i},"source":"search","position":{i},"price":12.5,"session_id":"s-{i}"}}}}"#))
+        .collect();
+    format!("[{}]", events.join(","))
+}

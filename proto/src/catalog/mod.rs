@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 pub use columns::Column;
-pub use demo::DEMO_FILES;
+pub use demo::{demo_body, DEMO_FILES};
 pub use error::{CatalogError, Problem};
 pub use model::*;
 pub use validate::Checked;

@@ -34,6 +34,8 @@ pub struct Entry {
     from: Position,
     /// Where a reader stands after it.
     to: Position,
+    /// The record's size, what the window counts.
+    bytes: usize,
     body: Body,
 }
 
@@ -59,12 +61,14 @@ struct Group {
 impl Entry {
     /// Decodes one record that a reader passed from `from` to `to`.
     pub fn decode(from: Position, to: Position, record: Bytes) -> Entry {
+        let bytes = record.len();
         let events = match batch::events(&record) {
             Ok(e) => e,
             Err(e) => {
                 return Entry {
                     from,
                     to,
+                    bytes,
                     body: Body::Unreadable(record, format!("unreadable batch in the router log: {e}")),
                 }
             }
@@ -100,6 +104,7 @@ impl Entry {
         Entry {
             from,
             to,
+            bytes,
             body: Body::Batch {
                 events,
                 groups,
@@ -111,13 +116,6 @@ impl Entry {
     /// Where a reader stands after this record.
     pub fn to(&self) -> Position {
         self.to
-    }
-
-    fn bytes(&self) -> usize {
-        match &self.body {
-            Body::Batch { events, .. } => events.iter().map(Bytes::len).sum(),
-            Body::Unreadable(r, _) => r.len(),
-        }
     }
 
     /// Adds the events `want` takes to `events` in log order, and what must be
@@ -152,6 +150,11 @@ impl Entry {
                 bad.iter()
                     .map(|&i| (all[i as usize].clone(), "unreadable event in the log".into())),
             );
+        }
+        if picked.len() == all.len() {
+            // The whole record (the usual case for the buffer and a busy recipient).
+            events.extend(all.iter().cloned());
+            return all.len() as u64;
         }
         // Each run is in log order; several are merged back into it.
         if runs > 1 {
@@ -237,7 +240,7 @@ impl Feed {
             .take(READ_RECORDS)
             .take_while(|e| {
                 let first = bytes == 0;
-                bytes += e.bytes().max(1);
+                bytes += e.bytes.max(1);
                 first || bytes <= READ_BYTES
             })
             .cloned()
@@ -260,12 +263,12 @@ impl Feed {
             _ => {}
         }
         for e in entries {
-            w.bytes += e.bytes();
+            w.bytes += e.bytes;
             w.entries.push_back(e.clone());
         }
         while w.bytes > self.max_bytes && w.entries.len() > 1 {
             if let Some(e) = w.entries.pop_front() {
-                w.bytes -= e.bytes();
+                w.bytes -= e.bytes;
             }
         }
     }
