@@ -60,7 +60,7 @@ for port in 8080 8081 8088 8815 8816; do
 done
 
 # up LOG COMMAND: starts `weir up` as the README writes it, in the background, and waits
-# until the collector answers.
+# until the collector and the router (the console's port) answer.
 UP=
 up() {
     local log=$1
@@ -73,11 +73,12 @@ up() {
     "$WEIR" $args >"$log" 2>&1 &
     UP=$!
     for _ in $(seq 1 150); do
-        curl -sf http://127.0.0.1:8080/healthz >/dev/null && grep -q "console" "$log" && return 0
+        curl -sf http://127.0.0.1:8080/healthz >/dev/null && curl -sf http://127.0.0.1:8081/healthz >/dev/null &&
+            grep -q "console" "$log" && return 0
         kill -0 "$UP" 2>/dev/null || fail "weir up exited early"
         sleep 0.2
     done
-    fail "weir up did not answer on 127.0.0.1:8080 within 30 s"
+    fail "weir up did not answer on 127.0.0.1:8080 and 8081 within 30 s"
 }
 # stop: what Ctrl-C does. A background job of a script ignores SIGINT, so this sends
 # SIGTERM, which weir handles the same way.
