@@ -1,5 +1,6 @@
 //! Spool append: group commit of 100-event requests (~200 B per event) with fsync,
-//! from 64 concurrent writers, the way the collector's HTTP handlers use it.
+//! from 64 concurrent writers, the way the collector's HTTP handlers use it; and the
+//! latency of one append alone, of a 100-event and of a 1-event request.
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use weir_proto::record;
 use weir_proto::runtime::wal::{Wal, WalOptions};
@@ -49,6 +50,12 @@ fn bench(c: &mut Criterion) {
     g.sample_size(50);
     g.bench_function("append_one_16k_latency", |b| {
         b.iter(|| rt.block_on(async { wal.append(one.clone()).await.unwrap() }))
+    });
+    // One single-event request (~300 B) at a time: what a 1-event request waits for.
+    let mut small = Vec::new();
+    record::encode_into(&mut small, &[b'x'; 300]);
+    g.bench_function("append_one_event_latency", |b| {
+        b.iter(|| rt.block_on(async { wal.append(small.clone()).await.unwrap() }))
     });
     g.finish();
 }

@@ -102,6 +102,10 @@ pub struct Scan {
     /// Whether an intact record follows the first bad byte (damage in the middle, which
     /// readers skip with [`resync`]) rather than only a torn tail (which can be cut).
     pub intact_after: bool,
+    /// Whether only zero bytes follow the intact prefix: space a log writer preallocated
+    /// and had not written yet (or what some file systems leave after a power loss), not
+    /// damage.
+    pub zero_tail: bool,
 }
 
 /// Scans a file of records from the start, reading it once in bounded memory (one
@@ -134,7 +138,9 @@ pub fn scan(file: &std::fs::File) -> io::Result<Scan> {
         out.records += 1;
     }
     out.valid_prefix = pos;
-    if pos < len {
+    if pos < len && zeros(file, pos, len)? {
+        out.zero_tail = true;
+    } else if pos < len {
         // Read what follows the bad byte (at most one largest record: a torn write is
         // shorter than that, so more than that means damage in the middle).
         let rest = len - pos;
@@ -148,6 +154,21 @@ pub fn scan(file: &std::fs::File) -> io::Result<Scan> {
         }
     }
     Ok(out)
+}
+
+/// Whether `file` holds only zero bytes from `from` to `to`, read in bounded chunks.
+fn zeros(file: &std::fs::File, mut from: u64, to: u64) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; (to - from).min(1 << 16) as usize];
+    while from < to {
+        let n = ((to - from) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], from)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        from += n as u64;
+    }
+    Ok(true)
 }
 
 /// Iterates the intact records at the front of a byte slice.
@@ -209,8 +230,25 @@ mod tests {
             Scan {
                 records: 1,
                 valid_prefix: good as u64,
-                intact_after: false
+                intact_after: false,
+                zero_tail: false,
             }
+        );
+
+        // Preallocated space after the records is not damage; a torn record inside it is.
+        let preallocated = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut &preallocated, &buf[..good]).unwrap();
+        preallocated.set_len(good as u64 + 200_000).unwrap();
+        let s = scan(&preallocated).unwrap();
+        assert_eq!(
+            (s.valid_prefix, s.zero_tail, s.intact_after),
+            (good as u64, true, false)
+        );
+        std::os::unix::fs::FileExt::write_all_at(&preallocated, &buf[good..bad_end + 5], good as u64).unwrap();
+        let s = scan(&preallocated).unwrap();
+        assert_eq!(
+            (s.valid_prefix, s.zero_tail, s.intact_after),
+            (good as u64, false, false)
         );
     }
 
