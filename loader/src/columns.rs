@@ -27,33 +27,32 @@ enum Builder {
     ListBool(ListBuilder<BooleanBuilder>),
 }
 
-fn parse_str(v: &RawValue) -> Result<CowStr<'_>, String> {
-    serde_json::from_str(v.get()).map_err(|_| format!("expected string, got {}", v.get()))
+fn parse_str(v: &str) -> Result<CowStr<'_>, String> {
+    serde_json::from_str(v).map_err(|_| format!("expected string, got {v}"))
 }
 
-fn parse_int(v: &RawValue) -> Result<i64, String> {
-    v.get().parse().map_err(|_| format!("expected int, got {}", v.get()))
+fn parse_int(v: &str) -> Result<i64, String> {
+    v.parse().map_err(|_| format!("expected int, got {v}"))
 }
 
-fn parse_float(v: &RawValue) -> Result<f64, String> {
-    match v.get().parse::<f64>() {
-        Ok(f) if f.is_finite() && !v.get().starts_with('"') => Ok(f),
-        _ => Err(format!("expected float, got {}", v.get())),
+fn parse_float(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(f) if f.is_finite() && !v.starts_with('"') => Ok(f),
+        _ => Err(format!("expected float, got {v}")),
     }
 }
 
-fn parse_bool(v: &RawValue) -> Result<bool, String> {
-    match v.get() {
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
         "true" => Ok(true),
         "false" => Ok(false),
         other => Err(format!("expected bool, got {other}")),
     }
 }
 
-fn parse_list<'a, T>(v: &'a RawValue, f: impl Fn(&'a RawValue) -> Result<T, String>) -> Result<Vec<T>, String> {
-    let items: Vec<&RawValue> =
-        serde_json::from_str(v.get()).map_err(|_| format!("expected array, got {}", v.get()))?;
-    items.into_iter().map(f).collect()
+fn parse_list<'a, T>(v: &'a str, f: impl Fn(&'a str) -> Result<T, String>) -> Result<Vec<T>, String> {
+    let items: Vec<&RawValue> = serde_json::from_str(v).map_err(|_| format!("expected array, got {v}"))?;
+    items.into_iter().map(|item| f(item.get())).collect()
 }
 
 impl Builder {
@@ -72,7 +71,7 @@ impl Builder {
     }
 
     /// Whether `v` fits type `t` (what [`Builder::append`] would say), appending nothing.
-    fn check(t: FieldType, v: &RawValue) -> Result<(), String> {
+    fn check(t: FieldType, v: &str) -> Result<(), String> {
         match t {
             FieldType::Scalar(Scalar::String) => parse_str(v).map(drop),
             FieldType::Scalar(Scalar::Int) => parse_int(v).map(drop),
@@ -87,7 +86,7 @@ impl Builder {
     }
 
     /// Appends one value (`None` is null). On error nothing was appended.
-    fn append(&mut self, v: Option<&RawValue>) -> Result<(), String> {
+    fn append(&mut self, v: Option<&str>) -> Result<(), String> {
         match (self, v) {
             (Builder::Str(b), None) => b.append_null(),
             (Builder::Str(b), Some(v)) => b.append_value(parse_str(v)?.0),
@@ -267,7 +266,7 @@ fn build(
     // Each column's value in the current row, and for each position in a row's `fields`
     // the column it held last time: rows of one event version mostly list their fields
     // in the same order, so a field costs one name comparison.
-    let mut slots: Vec<Option<&RawValue>> = vec![None; columns.len()];
+    let mut slots: Vec<Option<&str>> = vec![None; columns.len()];
     let mut hint: Vec<usize> = Vec::new();
     for (index, e) in rows.iter().enumerate() {
         let mut row = || -> Result<(), String> {
@@ -278,7 +277,7 @@ fn build(
                 hint.resize(fields.len(), usize::MAX);
             }
             for (j, (k, v)) in fields.iter().enumerate() {
-                if v.get() == "null" {
+                if *v == "null" {
                     continue;
                 }
                 let c = match columns.get(hint[j]) {

@@ -53,8 +53,8 @@ pub struct Incoming<'a> {
     pub id: Option<Cow<'a, str>>,
     /// `ts` in microseconds since the epoch, when valid.
     pub ts: Option<i64>,
-    /// `fields` as (name, raw JSON value), in the order sent.
-    pub fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// `fields` as (name, raw JSON value: valid JSON, exactly as sent), in the order sent.
+    pub fields: Vec<(Cow<'a, str>, &'a str)>,
     /// The `fields` object exactly as sent, when it was an object.
     pub fields_raw: Option<&'a str>,
     /// Problems with the envelope itself (wrong types, unknown keys), each naming the key.
@@ -97,15 +97,33 @@ impl<'a> Incoming<'a> {
                 if b.get(j) != Some(&b'"') {
                     return None;
                 }
-                let key_end = scan::string_end(b, j)?;
-                let key: CowStr<'a> = serde_json::from_str(text.get(j..key_end)?).ok()?;
+                let (key, key_end) = string_at(text, j)?;
                 j = scan::skip_ws(b, key_end);
                 if b.get(j) != Some(&b':') {
                     return None;
                 }
                 j = scan::skip_ws(b, j + 1);
-                let end = scan::value_end(b, j, depth_left - 1)?;
-                ev.key(&key.0, text.get(j..end)?, false).ok()?;
+                // The fields object is read as its end is found (one pass over it).
+                let fields = match (&*key, ev.fields_raw) {
+                    ("fields", None) if b.get(j) == Some(&b'{') && depth_left >= 2 => {
+                        fields_at(text, j, depth_left - 2, &mut ev.fields)
+                    }
+                    _ => None,
+                };
+                let end = match fields {
+                    Some(end) => {
+                        ev.fields_raw = text.get(j..end);
+                        end
+                    }
+                    None => {
+                        let (parsed, end) = match b.get(j) {
+                            Some(b'"') => string_at(text, j).map(|(v, end)| (Some(v), end))?,
+                            _ => (None, scan::value_end(b, j, depth_left - 1)?),
+                        };
+                        ev.key(&key, text.get(j..end)?, parsed, false).ok()?;
+                        end
+                    }
+                };
                 j = scan::skip_ws(b, end);
                 match b.get(j)? {
                     b',' => j = scan::skip_ws(b, j + 1),
@@ -132,12 +150,14 @@ impl<'a> Incoming<'a> {
         }
     }
 
-    /// Records the envelope key `key` with the value `text`. `checked` says the full
-    /// parser already found `text` valid JSON; when not, it is checked here, and
-    /// invalid JSON is [`Irregular`] (the caller falls back to the full parser).
-    fn key(&mut self, key: &str, text: &'a str, checked: bool) -> Result<(), Irregular> {
+    /// Records the envelope key `key` with the value `text` (`parsed`: its value when the
+    /// caller read it as a string already). `checked` says the full parser already found
+    /// `text` valid JSON; when not, it is checked here, and invalid JSON is
+    /// [`Irregular`] (the caller falls back to the full parser).
+    fn key(&mut self, key: &str, text: &'a str, parsed: Option<Cow<'a, str>>, checked: bool) -> Result<(), Irregular> {
         let valid = |t: &str| checked || serde_json::from_str::<de::IgnoredAny>(t).is_ok();
-        let string = |t: &'a str| serde_json::from_str::<CowStr<'a>>(t).ok().map(|s| s.0);
+        let mut parsed = parsed;
+        let mut string = |t: &'a str| parsed.take().or_else(|| json_string(t));
         let problem = |ev: &mut Incoming<'a>, p: String| {
             ev.problems.push(p);
             Ok(())
@@ -155,7 +175,7 @@ impl<'a> Incoming<'a> {
                 None if valid(text) => return problem(self, id_problem()),
                 None => return Err(Irregular),
             },
-            "version" => match serde_json::from_str::<u64>(text) {
+            "version" => match json_u64(text) {
                 Ok(v) if v >= 1 && v <= u32::MAX as u64 => self.version = Some(v as u32),
                 _ if text == "null" => {}
                 Ok(_) => return problem(self, "version: must be a positive integer".into()),
@@ -163,7 +183,7 @@ impl<'a> Incoming<'a> {
                 Err(_) => return Err(Irregular),
             },
             "ts" => match serde_json::from_str::<&'a RawValue>(text) {
-                Ok(value) => match parse_timestamp(value) {
+                Ok(value) => match parse_timestamp(value.get()) {
                     Ok(ts) => self.ts = ts,
                     Err(e) => return problem(self, format!("ts: {e}")),
                 },
@@ -172,9 +192,8 @@ impl<'a> Incoming<'a> {
             },
             "fields" => {
                 if text != "null" {
-                    let mut de = serde_json::Deserializer::from_str(text);
                     let mut fields = std::mem::take(&mut self.fields);
-                    match de.deserialize_map(FieldsVisitor(&mut fields)).and_then(|()| de.end()) {
+                    match parse_fields_into(text, &mut fields) {
                         Ok(()) => {
                             self.fields = fields;
                             self.fields_raw = Some(text);
@@ -219,7 +238,7 @@ impl<'de, 'x> Visitor<'de> for EnvelopeVisitor<'x, 'de> {
         while let Some(key) = map.next_key::<CowStr<'de>>()? {
             let value: &'de RawValue = map.next_value()?;
             // The parser checked the value: no key is irregular here.
-            if self.0.key(&key.0, value.get(), true).is_err() {
+            if self.0.key(&key.0, value.get(), None, true).is_err() {
                 return Err(de::Error::custom(format!("{}: not valid JSON", key.0)));
             }
         }
@@ -227,7 +246,88 @@ impl<'de, 'x> Visitor<'de> for EnvelopeVisitor<'x, 'de> {
     }
 }
 
-struct FieldsVisitor<'x, 'a>(&'x mut Vec<(Cow<'a, str>, &'a RawValue)>);
+/// A JSON string's value: borrowed when it has no escapes, from serde_json when it has;
+/// `None` when `text` is not exactly one JSON string.
+fn json_string(text: &str) -> Option<Cow<'_, str>> {
+    match string_at(text, 0)? {
+        (value, end) if end == text.len() => Some(value),
+        _ => None,
+    }
+}
+
+/// The value of the JSON string whose opening quote is at `text[i]`, and the index after
+/// it; `None` when there is no valid string there.
+fn string_at(text: &str, i: usize) -> Option<(Cow<'_, str>, usize)> {
+    if text.as_bytes().get(i) != Some(&b'"') {
+        return None;
+    }
+    match scan::string_scan(text.as_bytes(), i)? {
+        (end, true) => Some((Cow::Borrowed(text.get(i + 1..end - 1)?), end)),
+        (end, false) => {
+            let value = serde_json::from_str::<CowStr<'_>>(text.get(i..end)?).ok()?;
+            Some((value.0, end))
+        }
+    }
+}
+
+/// A JSON non-negative integer (plain digits read directly, anything else by serde_json,
+/// which also says no to what is not one).
+fn json_u64(text: &str) -> Result<u64, serde_json::Error> {
+    let b = text.as_bytes();
+    let plain = !b.is_empty() && b.len() <= 19 && b.iter().all(u8::is_ascii_digit) && (b[0] != b'0' || b.len() == 1);
+    match text.parse() {
+        Ok(v) if plain => Ok(v),
+        _ => serde_json::from_str(text),
+    }
+}
+
+/// Reads the `fields` object at `text[i]` in one pass, as it finds its end: strings,
+/// numbers and literals are checked by [`scan`] exactly, anything else (escaped
+/// strings, objects, arrays with at most `depth_left` levels) by serde_json. Returns the
+/// index after the object; `None` when it needs the full parser (invalid JSON, too
+/// deep), with `out` holding whatever was read so far.
+fn fields_at<'a>(text: &'a str, i: usize, depth_left: usize, out: &mut Vec<(Cow<'a, str>, &'a str)>) -> Option<usize> {
+    let b = text.as_bytes();
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    out.reserve(8);
+    let mut j = scan::skip_ws(b, i + 1);
+    if b.get(j) == Some(&b'}') {
+        return Some(j + 1);
+    }
+    loop {
+        let (key, key_end) = string_at(text, j)?;
+        j = scan::skip_ws(b, key_end);
+        if b.get(j) != Some(&b':') {
+            return None;
+        }
+        j = scan::skip_ws(b, j + 1);
+        let end = match scan::scalar_exact(b, j) {
+            Some(end) => end,
+            None => {
+                let end = scan::value_end(b, j, depth_left)?;
+                serde_json::from_str::<de::IgnoredAny>(text.get(j..end)?).ok()?;
+                end
+            }
+        };
+        out.push((key, text.get(j..end)?));
+        j = scan::skip_ws(b, end);
+        match b.get(j)? {
+            b',' => j = scan::skip_ws(b, j + 1),
+            b'}' => return Some(j + 1),
+            _ => return None,
+        }
+    }
+}
+
+/// [`fields_at`] over a whole text: the object and nothing but whitespace after it.
+fn fields_scan<'a>(text: &'a str, out: &mut Vec<(Cow<'a, str>, &'a str)>) -> Option<()> {
+    let end = fields_at(text, 0, 127, out)?;
+    (scan::skip_ws(text.as_bytes(), end) == text.len()).then_some(())
+}
+
+struct FieldsVisitor<'x, 'a>(&'x mut Vec<(Cow<'a, str>, &'a str)>);
 
 impl<'de, 'x> Visitor<'de> for FieldsVisitor<'x, 'de> {
     type Value = ();
@@ -237,25 +337,30 @@ impl<'de, 'x> Visitor<'de> for FieldsVisitor<'x, 'de> {
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
         while let Some(key) = map.next_key::<CowStr<'de>>()? {
             let value: &'de RawValue = map.next_value()?;
-            self.0.push((key.0, value));
+            self.0.push((key.0, value.get()));
         }
         Ok(())
     }
 }
 
-/// Parses a stored `fields` JSON object into (name, raw value) pairs, borrowing from
+/// Parses a `fields` JSON object into (name, raw JSON value) pairs, borrowing from
 /// `text`.
-pub fn parse_fields(text: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, String> {
+pub fn parse_fields(text: &str) -> Result<Vec<(Cow<'_, str>, &str)>, String> {
     let mut fields = Vec::new();
-    parse_fields_into(text, &mut fields)?;
+    parse_fields_into(text, &mut fields).map_err(|e| e.to_string())?;
     Ok(fields)
 }
 
-/// [`parse_fields`] into a vector the caller reuses (cleared first).
-pub fn parse_fields_into<'a>(text: &'a str, out: &mut Vec<(Cow<'a, str>, &'a RawValue)>) -> Result<(), String> {
+/// [`parse_fields`] into a vector the caller reuses (cleared first): the one-pass
+/// [`fields_scan`], and serde_json (which says what is wrong) when it cannot.
+pub fn parse_fields_into<'a>(text: &'a str, out: &mut Vec<(Cow<'a, str>, &'a str)>) -> Result<(), serde_json::Error> {
+    out.clear();
+    if fields_scan(text, out).is_some() {
+        return Ok(());
+    }
     out.clear();
     let mut de = serde_json::Deserializer::from_str(text);
-    de.deserialize_map(FieldsVisitor(out)).map_err(|e| e.to_string())
+    de.deserialize_map(FieldsVisitor(out)).and_then(|()| de.end())
 }
 
 impl Incoming<'_> {
@@ -284,7 +389,7 @@ mod tests {
         assert_eq!(ev.version, Some(2));
         assert_eq!(ev.ts, Some(1_795_352_645_123_456));
         assert_eq!(ev.fields.len(), 2);
-        assert_eq!(ev.fields[0].1.get(), "123");
+        assert_eq!(ev.fields[0].1, "123");
         assert!(ev.problems.is_empty());
     }
 
@@ -310,5 +415,71 @@ mod tests {
         assert_eq!(Incoming::parse(&none).unwrap().fields_json(), b"{}");
         let bad = raw(r#"{"event":"a","fields":[1]}"#);
         assert_eq!(Incoming::parse(&bad).unwrap().fields_json(), b"{}");
+    }
+}
+
+/// The one-pass readers of strings, integers and `fields` against serde_json, on
+/// generated near-JSON: whatever the fast path takes, serde_json takes the same way.
+#[cfg(test)]
+mod agree {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// serde_json alone, as [`parse_fields_into`] falls back to.
+    fn full<'a>(text: &'a str) -> Option<Vec<(Cow<'a, str>, &'a str)>> {
+        let mut out = Vec::new();
+        let mut de = serde_json::Deserializer::from_str(text);
+        de.deserialize_map(FieldsVisitor(&mut out))
+            .and_then(|()| de.end())
+            .ok()?;
+        Some(out)
+    }
+
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "-?[0-9]{0,3}(\\.[0-9]{0,2})?([eE][-+]?[0-9]{0,2})?",
+            "\"[a-z \\\\\"\t\u{1}é/]{0,6}\"",
+            "\"[a-z]{0,6}",
+            Just("true".to_string()),
+            Just("false".to_string()),
+            Just("null".to_string()),
+            Just("nul".to_string()),
+            Just("+1".to_string()),
+            Just("[1,\"a\",{\"b\":null}]".to_string()),
+            Just("{\"a\":[]}".to_string()),
+            Just("[1,".to_string()),
+            Just("{}".to_string()),
+        ]
+    }
+
+    fn object() -> impl Strategy<Value = String> {
+        let member = (piece(), "[ \n]?", "[:, ]?", piece(), "[ \t]?", "[,}]?")
+            .prop_map(|(k, a, colon, v, b, sep)| format!("{k}{a}{colon}{v}{b}{sep}"));
+        (proptest::collection::vec(member, 0..5), "[ ]?", "[}]?")
+            .prop_map(|(members, ws, close)| format!("{{{ws}{}{close}", members.join(",")))
+    }
+
+    proptest! {
+        #[test]
+        fn fields_are_read_as_serde_json_reads_them(text in object()) {
+            let mut fast = Vec::new();
+            if fields_scan(&text, &mut fast).is_some() {
+                prop_assert_eq!(Some(fast), full(&text), "{}", text);
+            }
+            let mut both = Vec::new();
+            prop_assert_eq!(parse_fields_into(&text, &mut both).is_ok(), full(&text).is_some(), "{}", text);
+        }
+
+        #[test]
+        fn strings_and_versions_are_read_as_serde_json_reads_them(text in piece()) {
+            let serde = serde_json::from_str::<CowStr<'_>>(&text).ok().map(|s| s.0);
+            prop_assert_eq!(json_string(&text), serde, "{}", text);
+            prop_assert_eq!(json_u64(&text).ok(), serde_json::from_str::<u64>(&text).ok(), "{}", text);
+            if let Some(end) = scan::scalar_exact(text.as_bytes(), 0) {
+                if end == text.len() {
+                    prop_assert!(serde_json::from_str::<de::IgnoredAny>(&text).is_ok(), "{}", text);
+                }
+            }
+        }
     }
 }

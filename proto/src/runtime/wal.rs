@@ -930,7 +930,7 @@ mod tests {
         let seg = segment_path(tmp.path(), 1);
         let data = framed(&[b"a", b"bb"]);
         {
-            let wal = open(tmp.path(), 4 << 20);
+            let wal = open(tmp.path(), 64 << 20);
             wal.append(data.clone()).await.unwrap();
             assert_eq!(wal.bytes(), data.len() as u64);
             assert_eq!(
@@ -950,7 +950,7 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&seg).unwrap();
         f.write_all_at(&torn[..10], data.len() as u64).unwrap();
         drop(f);
-        let wal = open(tmp.path(), 4 << 20);
+        let wal = open(tmp.path(), 64 << 20);
         assert_eq!(
             fs::metadata(&seg).unwrap().len(),
             data.len() as u64,
