@@ -849,6 +849,18 @@ mod tests {
         out
     }
 
+    /// Every record from the reader's position to the durable end.
+    fn read_to_end(reader: &mut WalReader) -> Vec<Bytes> {
+        let mut got = Vec::new();
+        loop {
+            let batch = tokio::task::block_in_place(|| reader.read(100, 1 << 20)).unwrap();
+            if batch.is_empty() {
+                return got;
+            }
+            got.extend(batch);
+        }
+    }
+
     /// Opens, waiting for an earlier handle's writer thread to let go of the lock.
     fn open(dir: &Path, segment_bytes: u64) -> Wal {
         for _ in 0..200 {
@@ -911,15 +923,7 @@ mod tests {
         drop(f);
         let wal = open(tmp.path(), 1 << 20);
         wal.append(framed(&[b"c"])).await.unwrap();
-        let mut reader = wal.reader(wal.first_position().unwrap());
-        let mut got = Vec::new();
-        loop {
-            let batch = tokio::task::block_in_place(|| reader.read(100, 1 << 20)).unwrap();
-            if batch.is_empty() {
-                break;
-            }
-            got.extend(batch);
-        }
+        let got = read_to_end(&mut wal.reader(wal.first_position().unwrap()));
         let got: Vec<&[u8]> = got.iter().map(|b| &b[..]).collect();
         assert_eq!(got, vec![&b"a"[..], b"b", b"c"]);
     }
@@ -958,15 +962,7 @@ mod tests {
         );
         assert_eq!(wal.bytes(), data.len() as u64);
         wal.append(framed(&[b"c"])).await.unwrap();
-        let mut reader = wal.reader(wal.first_position().unwrap());
-        let mut got = Vec::new();
-        loop {
-            let batch = tokio::task::block_in_place(|| reader.read(100, 1 << 20)).unwrap();
-            if batch.is_empty() {
-                break;
-            }
-            got.extend(batch);
-        }
+        let got = read_to_end(&mut wal.reader(wal.first_position().unwrap()));
         let got: Vec<&[u8]> = got.iter().map(|b| &b[..]).collect();
         assert_eq!(got, vec![&b"a"[..], b"bb", b"c"]);
     }
