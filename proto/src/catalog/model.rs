@@ -220,6 +220,20 @@ impl VersionDef {
         }
     }
 
+    /// [`VersionDef::slot`], trying `hint` first: senders mostly list a version's fields
+    /// in its own order, so the field at position `hint` of an event is usually the one
+    /// in slot `hint`.
+    pub(crate) fn slot_near(&self, field: &str, hint: usize) -> Option<usize> {
+        let named = match hint.checked_sub(self.required.len()) {
+            None => self.required.get(hint),
+            Some(i) => self.optional.get(i),
+        };
+        match named {
+            Some(name) if name == field => Some(hint),
+            _ => self.slot(field),
+        }
+    }
+
     /// The definition of the field in `slot` (none only in a catalog that failed its
     /// cross-check).
     pub(crate) fn slot_def(&self, slot: usize) -> Option<&FieldDef> {

@@ -106,11 +106,13 @@ impl Catalog {
         let slots = vdef.required.len() + vdef.optional.len();
         let mut given = Bits::new(slots);
         let mut present = Bits::new(slots);
+        // The environment's own fields given non-null, by their place in its list.
+        let mut env_present = Bits::new(env_def.fields.len());
         let mut field_errors = Vec::new();
         let mut others = None;
         for (i, (key, value)) in ev.fields.iter().enumerate() {
             let key = key.as_ref();
-            let def = match vdef.slot(key) {
+            let def = match vdef.slot_near(key, i) {
                 Some(slot) => {
                     if *value != "null" {
                         present.set(slot);
@@ -125,11 +127,15 @@ impl Catalog {
                     // Not the version's own: an environment's field, or unknown. A
                     // repeat is found by a scan of the keys before it (the few fields a
                     // sender gets wrong), or a set when it sent thousands.
+                    let env_slot = env_def.fields.iter().position(|f| f == key);
+                    if let (Some(e), false) = (env_slot, *value == "null") {
+                        env_present.set(e);
+                    }
                     if repeated(&ev.fields, i, &mut others, vdef) {
                         field_errors.push(format!("{key}: given twice"));
                         continue;
                     }
-                    if !env_def.fields.iter().any(|f| f == key) {
+                    if env_slot.is_none() {
                         field_errors.push(format!("{key}: unknown field for {name} version {version}"));
                         continue;
                     }
@@ -147,10 +153,10 @@ impl Catalog {
                 errors.push(format!("{f}: missing required field"));
             }
         }
-        for f in &env_def.fields {
+        for (e, f) in env_def.fields.iter().enumerate() {
             let present = match vdef.slot(f) {
                 Some(slot) => present.get(slot),
-                None => ev.fields.iter().any(|(k, v)| k == f && *v != "null"),
+                None => env_present.get(e),
             };
             if !present {
                 errors.push(format!("{f}: missing required field"));
@@ -365,6 +371,22 @@ mod tests {
         assert!(!ok);
         assert!(e.contains(&"x7: given twice".to_string()), "{e:?}");
         assert_eq!(e.iter().filter(|m| m.contains("unknown field")).count(), 40, "{e:?}");
+    }
+
+    #[test]
+    fn an_environment_field_counts_as_given_when_any_of_its_copies_is_not_null() {
+        let (ok, _, _, e) = check(
+            r#"{"event":"item.viewed","env":"web","fields":{"item_id":1,"source":"feed","session_id":null,"session_id":"s"}}"#,
+        );
+        assert!(!ok);
+        assert_eq!(e, vec!["session_id: given twice".to_string()], "not missing as well");
+        let (_, _, _, e) =
+            check(r#"{"event":"item.viewed","env":"web","fields":{"source":"feed","item_id":1,"session_id":null}}"#);
+        assert_eq!(
+            e,
+            vec!["session_id: missing required field".to_string()],
+            "fields out of order"
+        );
     }
 
     #[test]
