@@ -138,13 +138,13 @@ pub fn scan(file: &std::fs::File) -> io::Result<Scan> {
         out.records += 1;
     }
     out.valid_prefix = pos;
-    if pos < len && zeros(file, pos, len)? {
-        out.zero_tail = true;
-    } else if pos < len {
+    if pos < len {
         // Read what follows the bad byte (at most one largest record: a torn write is
         // shorter than that, so more than that means damage in the middle).
         let rest = len - pos;
-        if rest > (MAX_RECORD_LEN + HEADER_LEN) as u64 {
+        if zeros(file, pos, len)? {
+            out.zero_tail = true;
+        } else if rest > (MAX_RECORD_LEN + HEADER_LEN) as u64 {
             out.intact_after = true;
         } else {
             use std::os::unix::fs::FileExt;

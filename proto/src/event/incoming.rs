@@ -275,9 +275,9 @@ fn string_at(text: &str, i: usize) -> Option<(Cow<'_, str>, usize)> {
 fn json_u64(text: &str) -> Result<u64, serde_json::Error> {
     let b = text.as_bytes();
     let plain = !b.is_empty() && b.len() <= 19 && b.iter().all(u8::is_ascii_digit) && (b[0] != b'0' || b.len() == 1);
-    match text.parse() {
-        Ok(v) if plain => Ok(v),
-        _ => serde_json::from_str(text),
+    match plain.then(|| text.parse().ok()).flatten() {
+        Some(v) => Ok(v),
+        None => serde_json::from_str(text),
     }
 }
 

@@ -159,12 +159,6 @@ pub fn cut_torn_tail(path: &Path, what: &str) -> io::Result<u64> {
     if scan.valid_prefix == len {
         return Ok(len);
     }
-    if scan.zero_tail {
-        tracing::debug!(file = what, path = %path.display(), cut_bytes = len - scan.valid_prefix, "cutting space preallocated after the last record");
-        file.set_len(scan.valid_prefix)?;
-        file.sync_all()?;
-        return Ok(scan.valid_prefix);
-    }
     if scan.intact_after {
         tracing::error!(
             file = what,
@@ -174,12 +168,17 @@ pub fn cut_torn_tail(path: &Path, what: &str) -> io::Result<u64> {
         );
         return Ok(len);
     }
-    tracing::warn!(
-        file = what,
-        path = %path.display(),
-        cut_bytes = len - scan.valid_prefix,
-        "cutting a torn tail left by a crash or a failed write (bytes never acknowledged)"
-    );
+    let cut_bytes = len - scan.valid_prefix;
+    if scan.zero_tail {
+        tracing::debug!(file = what, path = %path.display(), cut_bytes, "cutting space preallocated after the last record");
+    } else {
+        tracing::warn!(
+            file = what,
+            path = %path.display(),
+            cut_bytes,
+            "cutting a torn tail left by a crash or a failed write (bytes never acknowledged)"
+        );
+    }
     file.set_len(scan.valid_prefix)?;
     file.sync_all()?;
     Ok(scan.valid_prefix)
@@ -531,7 +530,7 @@ impl Writer {
             return;
         }
         let target = need.saturating_add(PREALLOCATE_BYTES).min(self.segment_bytes.max(need));
-        let free = rustix::fs::fstatvfs(&self.file).map_or(0, |st| st.f_bavail.saturating_mul(st.f_frsize));
+        let free = super::disk::free_bytes(&self.shared.dir).unwrap_or(0);
         if free < PREALLOCATE_MIN_FREE.saturating_add(target - self.allocated) {
             return;
         }
