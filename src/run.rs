@@ -35,15 +35,33 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Installs the Prometheus recorder and its upkeep: histograms keep every sample until
+/// they are drained, which `install_recorder` leaves to whoever renders `/metrics`; without
+/// a scraper, a router recording a delivery latency per event grew by ~16 bytes an event
+/// (93 MiB in a 10 s bench). Must be called on the runtime.
 fn install_metrics() -> Option<PrometheusHandle> {
     match PrometheusBuilder::new().install_recorder() {
-        Ok(h) => Some(h),
+        Ok(h) => {
+            let upkeep = h.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(METRICS_UPKEEP);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    upkeep.run_upkeep();
+                }
+            });
+            Some(h)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "metrics disabled");
             None
         }
     }
 }
+
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const METRICS_UPKEEP: Duration = Duration::from_secs(1);
 
 /// A loader over the config's buffer and warehouse.
 pub fn make_loader(cfg: &Config, catalog: Catalog) -> Loader {
