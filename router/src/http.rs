@@ -16,7 +16,10 @@ use weir_proto::record;
 use weir_proto::runtime::http::{self as h, ReadError, Response};
 use weir_proto::runtime::wal::Wal;
 
+use crate::console::stats::BatchCounts;
+use crate::log_record::{self, decompress, Decompress};
 use crate::metrics as m;
+use crate::source::feed::{Entry, Feed, Grouping};
 
 /// Batch ids seen recently, so a batch retried after a lost ack is stored once.
 pub struct RecentBatches {
@@ -63,6 +66,8 @@ pub struct Intake {
     pub cursors: Arc<crate::cursors::LogCursors>,
     /// The durable log.
     pub wal: Wal,
+    /// Where the log's consumers take what intake just appended.
+    pub feed: Arc<Feed>,
     /// Recently stored batch ids.
     pub recent: RecentBatches,
     /// Largest accepted batch body (also decompressed).
@@ -188,8 +193,9 @@ async fn batches(state: &Intake, console: &crate::console::Console, req: Request
         .headers
         .get(hyper::header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
+    let raw = body;
     let body = if zstd {
-        match decompress(&body, limit) {
+        match decompress(&raw, limit) {
             Ok(b) => Bytes::from(b),
             Err(Decompress::TooLarge) => {
                 return h::error(
@@ -200,7 +206,16 @@ async fn batches(state: &Intake, console: &crate::console::Console, req: Request
             Err(Decompress::Bad(e)) => return bad(format!("cannot decompress the batch (zstd): {e}")),
         }
     } else {
-        body
+        raw.clone()
+    };
+    // What the log keeps (see `log_record`): the batch as sent when it came compressed in
+    // standard zstd frames, else the plain batch, which must not look compressed.
+    let stored = if zstd && log_record::is_zstd(&raw) {
+        raw
+    } else if log_record::is_zstd(&body) {
+        return bad("not a weir.v1.EventBatch: it starts with zstd's frame magic (send compressed batches with `Content-Encoding: zstd`)".into());
+    } else {
+        body.clone()
     };
     // Checked in place: every event must be one the loader and recipients can read,
     // but none is decoded into owned strings.
@@ -208,7 +223,15 @@ async fn batches(state: &Intake, console: &crate::console::Console, req: Request
         Ok(b) => b,
         Err(e) => return bad(format!("not a weir.v1.EventBatch: {e}")),
     };
-    if let Err((i, why)) = batch.check_events() {
+    // One decode of each event checks it, groups it for the log's consumers and counts
+    // it for the console.
+    let mut grouping = Grouping::default();
+    let mut tally = BatchCounts::default();
+    let checked = batch.check_each(|i, view| {
+        grouping.add(i, view.event, view.valid);
+        tally.add(view);
+    });
+    if let Err((i, why)) = checked {
         return bad(format!("event {i}: {why}"));
     }
     let count = batch.events.len() as u64;
@@ -252,44 +275,34 @@ async fn batches(state: &Intake, console: &crate::console::Console, req: Request
             duplicate: false,
         });
     }
-    let mut framed = Vec::with_capacity(body.len() + record::HEADER_LEN);
-    record::encode_into(&mut framed, &body);
-    if let Err(e) = state.wal.append(framed).await {
-        return h::retry_later(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cannot write the router log: {e}"),
-            1,
-        );
-    }
+    let mut framed = Vec::with_capacity(stored.len() + record::HEADER_LEN);
+    record::encode_into(&mut framed, &stored);
+    let (start, end) = match state.wal.append_span(framed).await {
+        Ok(span) => span,
+        Err(e) => {
+            return h::retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot write the router log: {e}"),
+                1,
+            )
+        }
+    };
+    let events = batch.events.iter().map(|e| body.slice_ref(e)).collect();
+    state
+        .feed
+        .offer(Entry::checked(start, end, body.len(), events, grouping.finish()));
     if !batch.batch_id.is_empty() {
         state.recent.insert(batch.batch_id);
     }
     metrics::counter!(m::BATCHES).increment(1);
     metrics::counter!(m::EVENTS).increment(count);
     state.cursors.add_appended(count);
-    console.observe_batch(&body, &batch);
+    console.observe_batch(&body, count, &tally);
     ack(&BatchAck {
         batch_id: batch.batch_id.to_string(),
         accepted: count,
         duplicate: false,
     })
-}
-
-enum Decompress {
-    TooLarge,
-    Bad(String),
-}
-
-/// Decompresses a zstd body, refusing more than `limit` bytes without allocating them.
-fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, Decompress> {
-    use std::io::Read;
-    let decoder = zstd::stream::read::Decoder::new(body).map_err(|e| Decompress::Bad(e.to_string()))?;
-    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
-    match decoder.take(limit as u64 + 1).read_to_end(&mut out) {
-        Ok(_) if out.len() > limit => Err(Decompress::TooLarge),
-        Ok(_) => Ok(out),
-        Err(e) => Err(Decompress::Bad(e.to_string())),
-    }
 }
 
 #[cfg(test)]
@@ -305,14 +318,6 @@ mod tests {
         assert!(r.insert("c"));
         assert!(r.insert("a"), "a was evicted");
         assert!(r.contains("a") && !r.contains("b"));
-    }
-
-    #[test]
-    fn decompression_stops_at_the_limit() {
-        let big = zstd::bulk::compress(&vec![0u8; 1 << 20], 1).unwrap();
-        assert!(matches!(decompress(&big, 1000), Err(Decompress::TooLarge)));
-        assert_eq!(decompress(&big, 1 << 20).ok().map(|b| b.len()), Some(1 << 20));
-        assert!(matches!(decompress(b"not zstd", 1000), Err(Decompress::Bad(_))));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod console;
 pub mod cursors;
 pub mod dead_letter;
 pub mod http;
+pub mod log_record;
 pub mod metrics;
 pub mod mongo_buffer;
 pub mod recipients;
@@ -211,9 +212,10 @@ impl Router {
             ));
         }
         let intake = match &mode {
-            Mode::Log { wal, cursors, .. } => Some(http::Intake {
+            Mode::Log { wal, cursors, feed, .. } => Some(http::Intake {
                 cursors: cursors.clone(),
                 wal: wal.clone(),
+                feed: feed.clone(),
                 recent: http::RecentBatches::new(100_000),
                 max_batch_bytes: cfg.max_batch_bytes,
                 reserve: weir_proto::runtime::disk::Reserve::new(

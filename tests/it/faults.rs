@@ -44,6 +44,19 @@ pub fn assert_ledger_in_doubt(warehouse: &Path, acked: &BTreeSet<String>, in_dou
     assert!(extra.is_empty(), "events nobody acknowledged: {extra:?}");
 }
 
+/// `n` hex digits from a xorshift generator at `state`: text zstd cannot shrink to
+/// nothing.
+fn noise(n: usize, state: &mut u64) -> String {
+    (0..n)
+        .map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            char::from_digit((*state % 16) as u32, 16).unwrap_or('0')
+        })
+        .collect()
+}
+
 fn cart(id: &str, session: &str) -> String {
     format!(r#"{{"event":"cart.viewed","env":"web","id":"{id}","fields":{{"items":1,"session_id":"{session}"}}}}"#)
 }
@@ -407,13 +420,14 @@ fn nearly_full_router_disk(log_on_disk: bool, buffer_on_disk: bool) {
         ureq::get(&router_metrics).call().ok()
     });
     // Fill the router's disk to its reserve: the collector keeps answering 202 (it
-    // spools what the router refuses).
-    let session = "y".repeat(200);
+    // spools what the router refuses). The router keeps batches zstd-compressed, so the
+    // sessions are noise: a repeated one would take a long while to fill anything.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut acked = BTreeSet::new();
     let mut refused = false;
     for i in 0..3000 {
         let ids: Vec<String> = (0..100).map(|j| format!("disk-{i}-{j}")).collect();
-        let body: Vec<String> = ids.iter().map(|id| cart(id, &session)).collect();
+        let body: Vec<String> = ids.iter().map(|id| cart(id, &noise(200, &mut seed))).collect();
         let (status, answer) = post_events(&collector_url, &format!("[{}]", body.join(",")));
         assert_eq!(status, 202, "{answer}");
         acked.extend(ids);

@@ -144,7 +144,7 @@ fn take_str<'a>(buf: &mut &'a [u8]) -> Result<&'a str, ViewError> {
     std::str::from_utf8(take_bytes(buf)?).map_err(|_| ViewError("string is not UTF-8"))
 }
 
-/// What the loader's index needs of a stored event: decoded by
+/// What the loader's index and the console's counts need of a stored event: decoded by
 /// [`EventHead::decode`], which walks the message but reads only these fields (the
 /// rest is skipped by length, unchecked), several times faster than a full
 /// [`EventView::decode`].
@@ -156,6 +156,8 @@ pub struct EventHead<'a> {
     pub event: &'a str,
     /// See [`crate::pb::Event::version`].
     pub version: u32,
+    /// See [`crate::pb::Event::env`].
+    pub env: &'a str,
     /// See [`crate::pb::Event::received_at`].
     pub received_at: i64,
     /// See [`crate::pb::Event::valid`].
@@ -174,6 +176,7 @@ impl<'a> EventHead<'a> {
                 (1, 2) => h.id = take_str(&mut buf)?,
                 (2, 2) => h.event = take_str(&mut buf)?,
                 (3, 0) => h.version = take_varint(&mut buf)? as u32,
+                (4, 2) => h.env = take_str(&mut buf)?,
                 (5, 0) => h.received_at = take_varint(&mut buf)? as i64,
                 (9, 0) => h.valid = take_varint(&mut buf)? != 0,
                 (_, wire) => skip_field(wire, &mut buf)?,
@@ -280,12 +283,19 @@ pub mod batch {
         /// Decodes every event (zero-copy) and checks that collectors stamped it: the
         /// first that is unreadable or has no `id` or `received_at`, by index and reason.
         pub fn check_events(&self) -> Result<(), (usize, String)> {
+            self.check_each(|_, _| {})
+        }
+
+        /// [`BatchView::check_events`], handing each event, decoded, to `each` (with its
+        /// index) as it is checked: what a reader of the batch needs besides is taken in
+        /// the same pass.
+        pub fn check_each(&self, mut each: impl FnMut(usize, &EventView<'a>)) -> Result<(), (usize, String)> {
             for (i, e) in self.events.iter().enumerate() {
                 match EventView::decode(e) {
                     Ok(v) if v.id.is_empty() || v.received_at == 0 => {
                         return Err((i, "it has no id or received_at: collectors stamp both".into()))
                     }
-                    Ok(_) => {}
+                    Ok(v) => each(i, &v),
                     Err(e) => return Err((i, e.to_string())),
                 }
             }
@@ -399,8 +409,8 @@ pub(crate) mod tests {
         let v = EventView::decode(&buf).unwrap();
         let h = EventHead::decode(&buf).unwrap();
         assert_eq!(
-            (h.id, h.event, h.version, h.received_at, h.valid),
-            (v.id, v.event, v.version, v.received_at, v.valid)
+            (h.id, h.event, h.version, h.env, h.received_at, h.valid),
+            (v.id, v.event, v.version, v.env, v.received_at, v.valid)
         );
         assert!(EventHead::decode(&buf[..buf.len() - 3]).is_err());
     }
@@ -416,8 +426,8 @@ pub(crate) mod tests {
             if let Ok(v) = EventView::decode(&data) {
                 let h = head.expect("the head decodes wherever the view does");
                 proptest::prop_assert_eq!(
-                    (h.id, h.event, h.version, h.received_at, h.valid),
-                    (v.id, v.event, v.version, v.received_at, v.valid)
+                    (h.id, h.event, h.version, h.env, h.received_at, h.valid),
+                    (v.id, v.event, v.version, v.env, v.received_at, v.valid)
                 );
             }
         }

@@ -85,7 +85,7 @@ pub struct WalOptions {
 }
 
 /// Where an append's outcome is sent.
-type Reply = oneshot::Sender<Result<Position, Arc<WalError>>>;
+type Reply = oneshot::Sender<Result<(Position, Position), Arc<WalError>>>;
 
 enum Request {
     /// Append framed records; answered once they are durable.
@@ -285,8 +285,14 @@ impl Wal {
     }
 
     /// Appends framed records (see [`record::encode_into`]) and resolves once they are on
-    /// disk (fsynced). Returns the durable end position after them.
+    /// disk (fsynced). Returns the position right after them (durable).
     pub async fn append(&self, framed: Vec<u8>) -> Result<Position, Arc<WalError>> {
+        self.append_span(framed).await.map(|(_, end)| end)
+    }
+
+    /// [`Wal::append`], returning where the appended records start and end: a reader at
+    /// the start reads exactly them up to the end (they are in one segment).
+    pub async fn append_span(&self, framed: Vec<u8>) -> Result<(Position, Position), Arc<WalError>> {
         let closed = || Arc::new(WalError::Closed(self.shared.dir.clone()));
         let (done, wait) = oneshot::channel();
         self.tx
@@ -487,8 +493,19 @@ impl Writer {
                     }
                 }
             }
-            for (_, done) in group.drain(..) {
-                let _ = done.send(result.clone());
+            // The group was written in order, ending at `end`: each append's own span.
+            let total: u64 = group.iter().map(|(data, _)| data.len() as u64).sum();
+            let mut at = result.as_ref().map_or(self.pos, |end| Position {
+                offset: end.offset - total,
+                ..*end
+            });
+            for (data, done) in group.drain(..) {
+                let span = result.clone().map(|_| {
+                    let start = at;
+                    at.offset += data.len() as u64;
+                    (start, at)
+                });
+                let _ = done.send(span);
             }
             for done in rolls.drain(..) {
                 let _ = done.send(());
@@ -904,6 +921,42 @@ mod tests {
         wal.release_before(reader.position()).await.unwrap();
         assert!(wal.segments() < before);
         assert_eq!(wal.bytes(), 0, "every full segment was released");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn each_append_of_a_group_commit_gets_its_own_span() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wal = open(tmp.path(), 100);
+        // Waves of writers at once: group commits of several appends, segments rolling
+        // between them.
+        let mut spans = Vec::new();
+        for wave in 0..4u32 {
+            let tasks: Vec<_> = (0..10u32)
+                .map(|i| {
+                    let wal = wal.clone();
+                    tokio::spawn(async move {
+                        let payload = format!("record-{wave}{i}-{}", "x".repeat(i as usize % 7));
+                        (
+                            payload.clone(),
+                            wal.append_span(framed(&[payload.as_bytes()])).await.unwrap(),
+                        )
+                    })
+                })
+                .collect();
+            for t in tasks {
+                spans.push(t.await.unwrap());
+            }
+        }
+        assert!(wal.segments() > 2);
+        for (payload, (start, end)) in spans {
+            assert_eq!(start.segment, end.segment);
+            assert_eq!(end.offset - start.offset, (payload.len() + record::HEADER_LEN) as u64);
+            let mut reader = wal.reader(start);
+            let got = tokio::task::block_in_place(|| reader.read_with_ends(1, 1 << 20)).unwrap();
+            assert_eq!(got.len(), 1);
+            assert_eq!(&got[0].0[..], payload.as_bytes(), "the span starts at its own record");
+            assert_eq!(got[0].1, end);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -19,7 +19,6 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
-use weir_proto::event::batch::BatchView;
 use weir_proto::runtime::http::{self as h, Response};
 use weir_proto::Catalog;
 
@@ -57,12 +56,12 @@ impl Console {
         }
     }
 
-    /// A batch is in the log: count its events and show them to subscribers.
-    pub fn observe_batch(&self, body: &Bytes, batch: &BatchView<'_>) {
+    /// A batch of `events` is in the log: count them (as `tally` took them while intake
+    /// checked the batch) and show them to subscribers.
+    pub fn observe_batch(&self, body: &Bytes, events: u64, tally: &stats::BatchCounts<'_>) {
         let catalog = self.catalog.load();
-        self.stats.record(&catalog, batch.events.iter().copied());
-        self.tail
-            .publish(tail::Published::Batch(body.clone()), batch.events.len() as u64);
+        self.stats.record_tally(&catalog, tally);
+        self.tail.publish(tail::Published::Batch(body.clone()), events);
     }
 
     /// One event read from the Kafka topic.

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use weir_proto::event::EventView;
+use weir_proto::event::{EventHead, EventView};
 use weir_proto::Catalog;
 
 /// Minutes kept.
@@ -201,6 +201,36 @@ impl Default for Stats {
     }
 }
 
+/// What the console counts an event under: name, version, env, validity.
+type Kind<'a> = (&'a str, u32, &'a str, bool);
+
+/// A batch's counts, taken as its events are read: runs of events with the same name,
+/// version, env and validity (one table lookup a run), and the flagged events, for their
+/// errors.
+#[derive(Default)]
+pub struct BatchCounts<'a> {
+    runs: Vec<(Kind<'a>, u64)>,
+    flagged: Vec<EventView<'a>>,
+}
+
+impl<'a> BatchCounts<'a> {
+    /// Counts one decoded event.
+    pub fn add(&mut self, view: &EventView<'a>) {
+        self.count(view.event, view.version, view.env, view.valid);
+        if !view.valid {
+            self.flagged.push(view.clone());
+        }
+    }
+
+    fn count(&mut self, event: &'a str, version: u32, env: &'a str, valid: bool) {
+        let key = (event, version, env, valid);
+        match self.runs.last_mut() {
+            Some((k, n)) if *k == key => *n += 1,
+            _ => self.runs.push((key, 1)),
+        }
+    }
+}
+
 impl Stats {
     /// The tally of recipient `name`, created on first use.
     pub fn tally(&self, name: &str) -> Arc<Tally> {
@@ -229,21 +259,37 @@ impl Stats {
         self.table.load()
     }
 
-    /// Counts `events` (encoded `weir.v1.Event`s) in the current minute.
+    /// Counts `events` (encoded `weir.v1.Event`s) in the current minute. Only an
+    /// event's head is read (the whole event only when it is flagged, for its errors).
     pub fn record<'a>(&self, catalog: &Catalog, events: impl IntoIterator<Item = &'a [u8]>) {
+        let mut tally = BatchCounts::default();
+        for ev in events {
+            let Ok(head) = EventHead::decode(ev) else { continue };
+            tally.count(head.event, head.version, head.env, head.valid);
+            if !head.valid {
+                if let Ok(view) = EventView::decode(ev) {
+                    tally.flagged.push(view);
+                }
+            }
+        }
+        self.record_tally(catalog, &tally);
+    }
+
+    /// Counts what `tally` took in the current minute.
+    pub fn record_tally(&self, catalog: &Catalog, tally: &BatchCounts<'_>) {
         let table = self.table_for(catalog);
         let minute = minute_now();
-        for ev in events {
-            let Ok(view) = EventView::decode(ev) else { continue };
-            let Some(slot) = table.slot(view.event, view.version, view.env) else {
-                continue;
-            };
-            if view.valid {
-                slot.valid.add(minute, 1);
-            } else {
-                slot.flagged.add(minute, 1);
-                self.record_errors(&view, minute);
+        for &((event, version, env, valid), n) in &tally.runs {
+            if let Some(slot) = table.slot(event, version, env) {
+                if valid {
+                    slot.valid.add(minute, n);
+                } else {
+                    slot.flagged.add(minute, n);
+                }
             }
+        }
+        for view in &tally.flagged {
+            self.record_errors(view, minute);
         }
     }
 

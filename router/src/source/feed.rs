@@ -3,7 +3,9 @@
 //! so a recipient that is routed nothing still cost intake a full decode of the log; with
 //! it, the consumer that reaches the end of the feed reads the next records for everyone
 //! (the others wait for that read instead of making their own), and each takes the
-//! events routed to it by looking up each event name of a record once.
+//! events routed to it by looking up each event name of a record once. Intake offers each
+//! record it made durable as it decoded it ([`Feed::offer`]), so consumers at the head
+//! take new records from memory and the log is read back only by those behind.
 //!
 //! A consumer that falls behind the window (a recipient whose server was gone for a
 //! while) reads from disk on its own until it catches up; its cursor is its own either way.
@@ -34,7 +36,7 @@ pub struct Entry {
     from: Position,
     /// Where a reader stands after it.
     to: Position,
-    /// The record's size, what the window counts.
+    /// The batch's size in memory (decompressed), what the window counts.
     bytes: usize,
     body: Body,
 }
@@ -61,8 +63,19 @@ struct Group {
 impl Entry {
     /// Decodes one record that a reader passed from `from` to `to`.
     pub fn decode(from: Position, to: Position, record: Bytes) -> Entry {
-        let bytes = record.len();
-        let events = match batch::events(&record) {
+        let batch_bytes = match crate::log_record::batch(record.clone()) {
+            Ok(b) => b,
+            Err(why) => {
+                return Entry {
+                    from,
+                    to,
+                    bytes: record.len(),
+                    body: Body::Unreadable(record, format!("unreadable batch in the router log: {why}")),
+                }
+            }
+        };
+        let bytes = batch_bytes.len();
+        let events = match batch::events(&batch_bytes) {
             Ok(e) => e,
             Err(e) => {
                 return Entry {
@@ -73,34 +86,21 @@ impl Entry {
                 }
             }
         };
-        let mut groups: Vec<Group> = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        let mut unreadable = Vec::new();
+        let mut grouping = Grouping::default();
         for (i, ev) in events.iter().enumerate() {
-            let Ok(head) = EventHead::decode(ev) else {
-                unreadable.push(i as u32);
-                continue;
-            };
-            // Batches mostly hold one or a few names: a scan beats hashing until they don't.
-            let g = match groups.iter().position(|g| &*g.event == head.event) {
-                Some(g) => g,
-                None if groups.len() < 8 => {
-                    groups.push(Group::new(head.event));
-                    groups.len() - 1
-                }
-                None => *index.entry(head.event).or_insert_with(|| {
-                    groups.push(Group::new(head.event));
-                    groups.len() - 1
-                }),
-            };
-            let g = &mut groups[g];
-            if head.valid {
-                g.valid.push(i as u32)
-            } else {
-                g.invalid.push(i as u32)
+            match EventHead::decode(ev) {
+                Ok(head) => grouping.add(i, head.event, head.valid),
+                Err(_) => grouping.unreadable.push(i as u32),
             }
         }
-        drop(index);
+        let grouped = grouping.finish();
+        Entry::checked(from, to, bytes, events, grouped)
+    }
+
+    /// A record whose batch was decoded elsewhere (by intake, as it checked it): `bytes`
+    /// long decompressed, its `events`, and how they group.
+    pub fn checked(from: Position, to: Position, bytes: usize, events: Vec<Bytes>, grouped: Grouped) -> Entry {
+        let Grouped { groups, unreadable } = grouped;
         Entry {
             from,
             to,
@@ -165,6 +165,56 @@ impl Entry {
     }
 }
 
+/// The events of one batch grouped by name as they are read, by index: built by
+/// [`Entry::decode`] from each event's head, or by intake while it checks the batch.
+#[derive(Default)]
+pub struct Grouping<'a> {
+    groups: Vec<Group>,
+    index: HashMap<&'a str, usize>,
+    unreadable: Vec<u32>,
+}
+
+impl<'a> Grouping<'a> {
+    /// Adds event `i`, named `event`.
+    pub fn add(&mut self, i: usize, event: &'a str, valid: bool) {
+        let groups = &mut self.groups;
+        // Batches mostly hold one or a few names: a scan beats hashing until they don't.
+        let g = match groups.iter().position(|g| &*g.event == event) {
+            Some(g) => g,
+            None if groups.len() < 8 => {
+                groups.push(Group::new(event));
+                groups.len() - 1
+            }
+            None => *self.index.entry(event).or_insert_with(|| {
+                groups.push(Group::new(event));
+                groups.len() - 1
+            }),
+        };
+        let g = &mut groups[g];
+        if valid {
+            g.valid.push(i as u32)
+        } else {
+            g.invalid.push(i as u32)
+        }
+    }
+}
+
+/// What a [`Grouping`] found, owning its names.
+pub struct Grouped {
+    groups: Vec<Group>,
+    unreadable: Vec<u32>,
+}
+
+impl Grouping<'_> {
+    /// The groups, letting go of the events' bytes.
+    pub fn finish(self) -> Grouped {
+        Grouped {
+            groups: self.groups,
+            unreadable: self.unreadable,
+        }
+    }
+}
+
 impl Group {
     fn new(event: &str) -> Group {
         Group {
@@ -176,32 +226,48 @@ impl Group {
 }
 
 /// Reads up to one run of records at `reader`'s position and decodes them; empty at the
-/// durable end. Blocking: call it off the async threads.
+/// durable end. A run holds at most [`READ_BYTES`] of batches once decompressed (or one
+/// batch): compressed records past that are left for the next read. Blocking: call it
+/// off the async threads.
 pub fn read(reader: &mut WalReader) -> Result<Vec<Arc<Entry>>, WalError> {
     let mut from = reader.position();
     let records = reader.read_with_ends(READ_RECORDS, READ_BYTES)?;
     let last = records.len().saturating_sub(1);
     let after = reader.position();
-    Ok(records
-        .into_iter()
-        .enumerate()
-        .map(|(i, (rec, end))| {
-            // The last record's end covers whatever the read skipped after it.
-            let to = if i == last { after } else { end };
-            let e = Entry::decode(from, to, rec);
-            from = to;
-            Arc::new(e)
-        })
-        .collect())
+    let mut out = Vec::with_capacity(records.len());
+    let mut bytes = 0usize;
+    for (i, (rec, end)) in records.into_iter().enumerate() {
+        if !out.is_empty() && bytes >= READ_BYTES {
+            // The rest is read again from here.
+            reader.seek(from);
+            break;
+        }
+        // The last record's end covers whatever the read skipped after it.
+        let to = if i == last { after } else { end };
+        let e = Entry::decode(from, to, rec);
+        bytes += e.bytes;
+        from = to;
+        out.push(Arc::new(e));
+    }
+    Ok(out)
 }
 
 /// The shared window of decoded records of one log.
 pub struct Feed {
     window: Mutex<Window>,
+    /// Records intake made durable and offered, by where they start, not yet taken.
+    recent: Mutex<Recent>,
     /// Held by the consumer reading the next records from disk for everyone.
     reading: tokio::sync::Mutex<()>,
     max_bytes: usize,
     disk_reads: AtomicU64,
+    memory_reads: AtomicU64,
+}
+
+#[derive(Default)]
+struct Recent {
+    entries: std::collections::BTreeMap<Position, Arc<Entry>>,
+    bytes: usize,
 }
 
 #[derive(Default)]
@@ -215,10 +281,47 @@ impl Feed {
     pub fn new(max_bytes: usize) -> Arc<Feed> {
         Arc::new(Feed {
             window: Mutex::new(Window::default()),
+            recent: Mutex::new(Recent::default()),
             reading: tokio::sync::Mutex::new(()),
             max_bytes,
             disk_reads: AtomicU64::new(0),
+            memory_reads: AtomicU64::new(0),
         })
+    }
+
+    /// Takes a record intake has just made durable, decoded as intake read it: consumers
+    /// at the head of the log take it from memory instead of reading it back from disk
+    /// (and decompressing and decoding it again). Records may be offered in any order;
+    /// those not taken go once `max_bytes` of newer ones wait, and are read from disk.
+    pub fn offer(&self, entry: Entry) {
+        let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        r.bytes += entry.bytes;
+        r.entries.insert(entry.from, Arc::new(entry));
+        while r.bytes > self.max_bytes {
+            match r.entries.pop_first() {
+                Some((_, e)) => r.bytes -= e.bytes,
+                None => break,
+            }
+        }
+    }
+
+    /// The offered records from `at` on, one after the other (up to one run's worth),
+    /// taken out of the offered set; those before `at` are dropped (every consumer at the
+    /// head has passed them).
+    fn take_offered(&self, at: Position) -> Vec<Arc<Entry>> {
+        let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(e) = r.entries.first_entry().filter(|e| *e.key() < at).map(|e| e.remove()) {
+            r.bytes -= e.bytes;
+        }
+        let (mut out, mut pos, mut bytes) = (Vec::new(), at, 0);
+        while out.len() < READ_RECORDS && (out.is_empty() || bytes < READ_BYTES) {
+            let Some(e) = r.entries.remove(&pos) else { break };
+            r.bytes -= e.bytes;
+            bytes += e.bytes;
+            pos = e.to;
+            out.push(e);
+        }
+        out
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
@@ -278,6 +381,11 @@ impl Feed {
         self.disk_reads.load(Ordering::Relaxed)
     }
 
+    /// How many runs consumers at the head took from what intake offered.
+    pub fn memory_reads(&self) -> u64 {
+        self.memory_reads.load(Ordering::Relaxed)
+    }
+
     /// The next run of entries at `reader`'s position: from the window when it holds
     /// them, else read from disk (once for every consumer at the head of the log).
     /// Moves `reader` past what it returns; empty at the durable end.
@@ -293,6 +401,13 @@ impl Feed {
             let _reading = if head { Some(self.reading.lock().await) } else { None };
             if head {
                 got = self.from(at);
+                if got.is_empty() {
+                    got = self.take_offered(at);
+                    if !got.is_empty() {
+                        self.memory_reads.fetch_add(1, Ordering::Relaxed);
+                        self.push(at, &got);
+                    }
+                }
             }
             if got.is_empty() {
                 let Some(mut r) = reader.take() else {
@@ -382,6 +497,63 @@ mod tests {
         assert!(readers.iter().all(|r| r.as_ref().unwrap().position() == wal.durable()));
     }
 
+    /// Appends a batch record (its payload zstd-compressed when `compressed`) and, when
+    /// `offer`, offers it decoded to `feed` as intake does.
+    async fn append(wal: &Wal, feed: &Feed, events: &[(&str, &str, bool)], compressed: bool, offer: bool) {
+        let framed = batch(events);
+        let payload = &framed[weir_proto::record::HEADER_LEN..];
+        let stored = if compressed {
+            let mut z = Vec::new();
+            weir_proto::record::encode_into(&mut z, &zstd::bulk::compress(payload, 1).unwrap());
+            z
+        } else {
+            framed.clone()
+        };
+        let (start, end) = wal.append_span(stored).await.unwrap();
+        if offer {
+            let plain = Bytes::copy_from_slice(payload);
+            let view = batch::BatchView::decode(&plain).unwrap();
+            let mut grouping = Grouping::default();
+            view.check_each(|i, v| grouping.add(i, v.event, v.valid)).unwrap();
+            let events = view.events.iter().map(|e| plain.slice_ref(e)).collect();
+            feed.offer(Entry::checked(start, end, plain.len(), events, grouping.finish()));
+        }
+    }
+
+    #[tokio::test]
+    async fn offered_records_are_taken_from_memory_and_compressed_ones_read_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wal = wal(tmp.path(), 1 << 20);
+        let start = wal.first_position().unwrap();
+        let feed = Feed::new(1 << 20);
+        let mut readers: Vec<Option<WalReader>> = (0..5).map(|_| Some(wal.reader(start))).collect();
+        for round in 0..3u64 {
+            let (a, b) = (format!("a{round}"), format!("b{round}"));
+            append(&wal, &feed, &[(&a, "x", true), (&b, "y", false)], true, true).await;
+            let runs = futures::future::join_all(readers.iter_mut().map(|r| next_ids(&feed, r))).await;
+            for run in runs {
+                assert_eq!(run, vec![a.clone(), b.clone()]);
+            }
+            assert_eq!(feed.memory_reads(), round + 1, "what intake offered served all five");
+            assert_eq!(feed.disk_reads(), 0);
+        }
+        // A record not offered (or not yet) is read from disk, decompressed.
+        append(&wal, &feed, &[("c", "x", true)], true, false).await;
+        assert_eq!(next_ids(&feed, &mut readers[0]).await, ["c"]);
+        assert_eq!(feed.disk_reads(), 1);
+        // A new consumer from the start reads the compressed records back from disk.
+        let mut late = Some(wal.reader(start));
+        let mut all = Vec::new();
+        loop {
+            let got = next_ids(&feed, &mut late).await;
+            if got.is_empty() {
+                break;
+            }
+            all.extend(got);
+        }
+        assert_eq!(all, ["a0", "b0", "a1", "b1", "a2", "b2", "c"]);
+    }
+
     #[tokio::test]
     async fn each_recipient_takes_its_names_in_log_order_and_unreadable_records_are_dead_letters() {
         let tmp = tempfile::tempdir().unwrap();
@@ -425,8 +597,9 @@ mod tests {
     /// What one step of the model does.
     #[derive(Clone, Debug)]
     enum Step {
-        /// Appends a batch of this many events.
-        Append(usize),
+        /// Appends a batch of this many events, compressed or not, offering it to the
+        /// feed as intake does or not.
+        Append(usize, bool, bool),
         /// Consumer `i` pulls one run.
         Pull(usize),
     }
@@ -435,12 +608,16 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
         /// Model: however appends and pulls of three consumers interleave, across small
-        /// segments and a window that holds only a few records, each consumer sees every
-        /// event once, in log order, and ends where the log ends.
+        /// segments and a window that holds only a few records, with records stored plain
+        /// or compressed and offered by intake or not, each consumer sees every event
+        /// once, in log order, and ends where the log ends.
         #[test]
         fn every_consumer_sees_every_event_once_in_order(
             steps in proptest::collection::vec(
-                prop_oneof![(1usize..5).prop_map(Step::Append), (0usize..3).prop_map(Step::Pull)],
+                prop_oneof![
+                    (1usize..5, any::<bool>(), any::<bool>()).prop_map(|(n, z, o)| Step::Append(n, z, o)),
+                    (0usize..3).prop_map(Step::Pull),
+                ],
                 1..80,
             ),
             window in 100usize..3000,
@@ -456,10 +633,10 @@ mod tests {
                 let mut appended = Vec::new();
                 for step in steps {
                     match step {
-                        Step::Append(n) => {
+                        Step::Append(n, compressed, offer) => {
                             let batch_ids: Vec<String> = (0..n).map(|i| format!("{}-{i}", appended.len())).collect();
                             let evs: Vec<(&str, &str, bool)> = batch_ids.iter().map(|id| (id.as_str(), "x", true)).collect();
-                            wal.append(batch(&evs)).await.unwrap();
+                            append(&wal, &feed, &evs, compressed, offer).await;
                             appended.extend(batch_ids);
                         }
                         Step::Pull(i) => {

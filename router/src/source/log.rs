@@ -131,7 +131,12 @@ fn count_events(mut reader: WalReader, end: Position) -> u64 {
             Ok(recs) if !recs.is_empty() => {
                 n += recs
                     .iter()
-                    .map(|r| batch::events(r).map_or(0, |e| e.len() as u64))
+                    .map(|r| {
+                        crate::log_record::batch(r.clone())
+                            .ok()
+                            .and_then(|b| batch::events(&b).ok())
+                            .map_or(0, |e| e.len() as u64)
+                    })
                     .sum::<u64>()
             }
             _ => break,
