@@ -287,11 +287,22 @@ fn json_u64(text: &str) -> Result<u64, serde_json::Error> {
 /// index after the object; `None` when it needs the full parser (invalid JSON, too
 /// deep), with `out` holding whatever was read so far.
 fn fields_at<'a>(text: &'a str, i: usize, depth_left: usize, out: &mut Vec<(Cow<'a, str>, &'a str)>) -> Option<usize> {
+    out.reserve(8);
+    object_at(text, i, depth_left, |k, v| out.push((k, v)))
+}
+
+/// The object at `text[i]`, read in one pass as [`fields_at`] reads it, handing each
+/// (key, raw value) to `each`; the index after it.
+fn object_at<'a>(
+    text: &'a str,
+    i: usize,
+    depth_left: usize,
+    mut each: impl FnMut(Cow<'a, str>, &'a str),
+) -> Option<usize> {
     let b = text.as_bytes();
     if b.get(i) != Some(&b'{') {
         return None;
     }
-    out.reserve(8);
     let mut j = scan::skip_ws(b, i + 1);
     if b.get(j) == Some(&b'}') {
         return Some(j + 1);
@@ -311,7 +322,7 @@ fn fields_at<'a>(text: &'a str, i: usize, depth_left: usize, out: &mut Vec<(Cow<
                 end
             }
         };
-        out.push((key, text.get(j..end)?));
+        each(key, text.get(j..end)?);
         j = scan::skip_ws(b, end);
         match b.get(j)? {
             b',' => j = scan::skip_ws(b, j + 1),
@@ -325,6 +336,14 @@ fn fields_at<'a>(text: &'a str, i: usize, depth_left: usize, out: &mut Vec<(Cow<
 fn fields_scan<'a>(text: &'a str, out: &mut Vec<(Cow<'a, str>, &'a str)>) -> Option<()> {
     let end = fields_at(text, 0, 127, out)?;
     (scan::skip_ws(text.as_bytes(), end) == text.len()).then_some(())
+}
+
+/// Whether `text` is one JSON value (whitespace around it allowed), exactly as
+/// serde_json reads it: an object in the one pass of [`fields_at`], anything else (or
+/// anything that pass does not take) by serde_json.
+pub fn is_json(text: &str) -> bool {
+    object_at(text, 0, 127, |_, _| {}).is_some_and(|end| scan::skip_ws(text.as_bytes(), end) == text.len())
+        || serde_json::from_str::<de::IgnoredAny>(text).is_ok()
 }
 
 struct FieldsVisitor<'x, 'a>(&'x mut Vec<(Cow<'a, str>, &'a str)>);
@@ -468,6 +487,7 @@ mod agree {
             }
             let mut both = Vec::new();
             prop_assert_eq!(parse_fields_into(&text, &mut both).is_ok(), full(&text).is_some(), "{}", text);
+            prop_assert_eq!(is_json(&text), serde_json::from_str::<de::IgnoredAny>(&text).is_ok(), "{}", text);
         }
 
         #[test]
@@ -475,6 +495,7 @@ mod agree {
             let serde = serde_json::from_str::<CowStr<'_>>(&text).ok().map(|s| s.0);
             prop_assert_eq!(json_string(&text), serde, "{}", text);
             prop_assert_eq!(json_u64(&text).ok(), serde_json::from_str::<u64>(&text).ok(), "{}", text);
+            prop_assert_eq!(is_json(&text), serde_json::from_str::<de::IgnoredAny>(&text).is_ok(), "{}", text);
             if let Some(end) = scan::scalar_exact(text.as_bytes(), 0) {
                 if end == text.len() {
                     prop_assert!(serde_json::from_str::<de::IgnoredAny>(&text).is_ok(), "{}", text);

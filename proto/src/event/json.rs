@@ -1,7 +1,23 @@
 //! Events as stored and routed in JSON (DESIGN.md "Event, as stored and routed").
 
-use super::time::format_micros;
+use super::incoming::is_json;
+use super::time::write_micros;
 use super::wire::EventView;
+
+/// Appends `n` in decimal.
+fn write_u32(out: &mut Vec<u8>, mut n: u32) {
+    let mut buf = [0u8; 10];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
 
 impl EventView<'_> {
     /// Appends the event's stored JSON form (DESIGN.md "Event, as stored and routed"):
@@ -18,16 +34,16 @@ impl EventView<'_> {
         out.extend_from_slice(b",\"event\":");
         string(out, self.event);
         out.extend_from_slice(b",\"version\":");
-        out.extend_from_slice(self.version.to_string().as_bytes());
+        write_u32(out, self.version);
         out.extend_from_slice(b",\"env\":");
         string(out, self.env);
         out.extend_from_slice(b",\"received_at\":\"");
-        out.extend_from_slice(format_micros(self.received_at).as_bytes());
+        write_micros(out, self.received_at);
         out.extend_from_slice(b"\",\"client_ts\":");
         match self.client_ts {
             Some(ts) => {
                 out.push(b'"');
-                out.extend_from_slice(format_micros(ts).as_bytes());
+                write_micros(out, ts);
                 out.push(b'"');
             }
             None => out.extend_from_slice(b"null"),
@@ -38,9 +54,7 @@ impl EventView<'_> {
         // `fields` is the object exactly as the sender wrote it (validated JSON); an
         // event kept invalid may carry something else, which is then sent as a string.
         match std::str::from_utf8(self.fields) {
-            Ok(text) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() && !text.is_empty() => {
-                out.extend_from_slice(self.fields)
-            }
+            Ok(text) if !text.is_empty() && is_json(text) => out.extend_from_slice(self.fields),
             Ok(text) if !text.is_empty() => string(out, text),
             _ => out.extend_from_slice(b"{}"),
         }
@@ -80,6 +94,7 @@ impl EventView<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::format_micros;
     use crate::event::wire::tests::sample;
     use prost::Message;
     #[test]
@@ -109,5 +124,10 @@ mod tests {
         assert_eq!(v["id"], "q\"uote");
         assert_eq!(v["fields"], "not json");
         assert_eq!(v["client_ts"], serde_json::Value::Null);
+        for n in [0, 7, 10, 4_294_967_295] {
+            let mut out = Vec::new();
+            write_u32(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
     }
 }

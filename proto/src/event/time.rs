@@ -35,6 +35,50 @@ pub fn format_micros(us: i64) -> String {
     }
 }
 
+/// Appends `us` (microseconds since the epoch) to `out` exactly as [`format_micros`]
+/// writes it, without allocating or interpreting a format string: what every event
+/// rendered as JSON pays once or twice.
+pub fn write_micros(out: &mut Vec<u8>, us: i64) {
+    let secs = us.div_euclid(1_000_000);
+    let micros = us.rem_euclid(1_000_000);
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    if !(0..=9999).contains(&year) {
+        // Beyond four-digit years chrono writes a sign (or the plain number).
+        out.extend_from_slice(format_micros(us).as_bytes());
+        return;
+    }
+    let second_of_day = secs.rem_euclid(86_400);
+    let mut buf = *b"0000-00-00T00:00:00.000000Z";
+    let mut digits = |at: usize, width: usize, mut n: i64| {
+        for i in (at..at + width).rev() {
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    digits(0, 4, year);
+    digits(5, 2, month);
+    digits(8, 2, day);
+    digits(11, 2, second_of_day / 3600);
+    digits(14, 2, second_of_day / 60 % 60);
+    digits(17, 2, second_of_day % 60);
+    digits(20, 6, micros);
+    out.extend_from_slice(&buf);
+}
+
+/// The proleptic Gregorian (year, month, day) of a day count since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
 /// A UUIDv7 (RFC 9562: 48-bit Unix milliseconds, then random bits) written as 36
 /// lowercase hex-and-dash characters into `out`. Random bits come from a fast
 /// thread-local generator, not a syscall per id: ids must be unique, not secret.
@@ -70,6 +114,41 @@ mod tests {
             .map(|_| uuid_v7(1_795_352_645_000_000, &mut a).to_string())
             .collect();
         assert_eq!(many.len(), 10_000);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 5000, ..Default::default() })]
+
+        /// The allocation-free writer writes what chrono does, for any time at all.
+        #[test]
+        fn write_micros_writes_what_format_micros_does(us in proptest::prelude::any::<i64>(), near in -100_000_000_000_000_000i64..100_000_000_000_000_000) {
+            for t in [us, near, near / 1_000_000] {
+                let mut out = b"x".to_vec();
+                write_micros(&mut out, t);
+                let want = format_micros(t);
+                proptest::prop_assert_eq!(&out[1..], want.as_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn time_edges_are_written_as_chrono_writes_them() {
+        for us in [
+            0,
+            -1,
+            1,
+            951_782_400_000_000,
+            253_402_300_799_999_999,
+            253_402_300_800_000_000,
+            -62_167_219_200_000_000,
+            -62_167_219_200_000_001,
+            i64::MIN,
+            i64::MAX,
+        ] {
+            let mut out = Vec::new();
+            write_micros(&mut out, us);
+            assert_eq!(String::from_utf8(out).unwrap(), format_micros(us), "{us}");
+        }
     }
 
     #[test]
