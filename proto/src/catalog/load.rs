@@ -172,6 +172,9 @@ impl Catalog {
                     v.index(&fields);
                 }
             }
+            for env in catalog.environments.values_mut() {
+                env.index(&fields);
+            }
             Ok(catalog)
         } else {
             Err(CatalogError { problems })

@@ -37,6 +37,22 @@ pub struct Environment {
     /// What it is, for people.
     #[serde(default)]
     pub description: String,
+    /// `fields` resolved against the catalog's fields when it is loaded (definitions
+    /// only, by their place in `fields`).
+    #[serde(skip)]
+    pub(crate) table: FieldTable,
+}
+
+impl Environment {
+    /// The definition of the environment's field at `place` in `fields`.
+    pub(crate) fn field_def(&self, place: usize) -> Option<&FieldDef> {
+        self.table.defs.get(place)?.as_deref()
+    }
+
+    /// Resolves `fields` against the catalog's, each definition shared.
+    pub(crate) fn index(&mut self, fields: &std::collections::BTreeMap<&str, std::sync::Arc<FieldDef>>) {
+        self.table.defs = self.fields.iter().map(|n| fields.get(n.as_str()).cloned()).collect();
+    }
 }
 
 /// Scalar field types, also the element types of arrays.

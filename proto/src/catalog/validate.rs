@@ -106,7 +106,9 @@ impl Catalog {
         let slots = vdef.required.len() + vdef.optional.len();
         let mut given = Bits::new(slots);
         let mut present = Bits::new(slots);
-        // The environment's own fields given non-null, by their place in its list.
+        // The environment's own fields given (again is "given twice") and given non-null,
+        // by their place in its list.
+        let mut env_given = Bits::new(env_def.fields.len());
         let mut env_present = Bits::new(env_def.fields.len());
         let mut field_errors = Vec::new();
         let mut others = None;
@@ -123,24 +125,30 @@ impl Catalog {
                     }
                     vdef.slot_def(slot)
                 }
-                None => {
-                    // Not the version's own: an environment's field, or unknown. A
-                    // repeat is found by a scan of the keys before it (the few fields a
-                    // sender gets wrong), or a set when it sent thousands.
-                    let env_slot = env_def.fields.iter().position(|f| f == key);
-                    if let (Some(e), false) = (env_slot, *value == "null") {
-                        env_present.set(e);
+                // Not the version's own: an environment's field (its own bits say
+                // whether it came before), or unknown. A repeat of an unknown key is
+                // found by a scan of the keys before it (the few fields a sender gets
+                // wrong), or a set when it sent thousands.
+                None => match env_def.fields.iter().position(|f| f == key) {
+                    Some(e) => {
+                        if *value != "null" {
+                            env_present.set(e);
+                        }
+                        if env_given.set(e) {
+                            field_errors.push(format!("{key}: given twice"));
+                            continue;
+                        }
+                        env_def.field_def(e)
                     }
-                    if repeated(&ev.fields, i, &mut others, vdef) {
-                        field_errors.push(format!("{key}: given twice"));
+                    None => {
+                        if repeated(&ev.fields, i, &mut others, vdef) {
+                            field_errors.push(format!("{key}: given twice"));
+                        } else {
+                            field_errors.push(format!("{key}: unknown field for {name} version {version}"));
+                        }
                         continue;
                     }
-                    if env_slot.is_none() {
-                        field_errors.push(format!("{key}: unknown field for {name} version {version}"));
-                        continue;
-                    }
-                    self.fields.get(key)
-                }
+                },
             };
             if let Some(fdef) = def {
                 if let Err(e) = check_value(fdef, value) {
