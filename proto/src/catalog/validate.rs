@@ -116,10 +116,7 @@ impl Catalog {
             let key = key.as_ref();
             let def = match vdef.slot_near(key, i) {
                 Some(slot) => {
-                    if *value != "null" {
-                        present.set(slot);
-                    }
-                    if given.set(slot) {
+                    if note(&mut given, &mut present, slot, value) {
                         field_errors.push(format!("{key}: given twice"));
                         continue;
                     }
@@ -131,10 +128,7 @@ impl Catalog {
                 // wrong), or a set when it sent thousands.
                 None => match env_def.fields.iter().position(|f| f == key) {
                     Some(e) => {
-                        if *value != "null" {
-                            env_present.set(e);
-                        }
-                        if env_given.set(e) {
+                        if note(&mut env_given, &mut env_present, e, value) {
                             field_errors.push(format!("{key}: given twice"));
                             continue;
                         }
@@ -173,6 +167,15 @@ impl Catalog {
         errors.append(&mut field_errors);
         checked
     }
+}
+
+/// Notes a sent field at its `place`: given, and present unless its value is `null`.
+/// True when it was given before.
+fn note(given: &mut Bits, present: &mut Bits, place: usize, value: &str) -> bool {
+    if value != "null" {
+        present.set(place);
+    }
+    given.set(place)
 }
 
 /// Whether the key at `i`, which is not one of the version's own, was sent before it:
