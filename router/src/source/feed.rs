@@ -29,6 +29,13 @@ pub const READ_RECORDS: usize = 64;
 /// and the router ~90 MiB of RSS, for no gain: consumers at the head share one read).
 pub const WINDOW_BYTES: usize = 8 << 20;
 
+/// What intake's offered records may hold, in windows: a consumer at the head that is
+/// busy with a run (the hourly buffer's fsync of a few MiB) falls that far behind intake
+/// before it must read back from disk, which costs it a decompression and a decode of
+/// every record and so makes it fall further behind (one window was too little for the
+/// buffer at 1M events/s).
+pub const OFFERED_PER_WINDOW: usize = 4;
+
 /// One record of the log, decoded.
 pub struct Entry {
     /// Where a reader stood before this record: its start, or the end of whatever a read
@@ -292,12 +299,13 @@ impl Feed {
     /// Takes a record intake has just made durable, decoded as intake read it: consumers
     /// at the head of the log take it from memory instead of reading it back from disk
     /// (and decompressing and decoding it again). Records may be offered in any order;
-    /// those not taken go once `max_bytes` of newer ones wait, and are read from disk.
+    /// those not taken go once [`OFFERED_PER_WINDOW`] windows of newer ones wait, and are
+    /// read from disk.
     pub fn offer(&self, entry: Entry) {
         let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         r.bytes += entry.bytes;
         r.entries.insert(entry.from, Arc::new(entry));
-        while r.bytes > self.max_bytes {
+        while r.bytes > self.max_bytes.saturating_mul(OFFERED_PER_WINDOW) {
             match r.entries.pop_first() {
                 Some((_, e)) => r.bytes -= e.bytes,
                 None => break,
