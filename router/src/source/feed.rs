@@ -262,7 +262,8 @@ pub fn read(reader: &mut WalReader) -> Result<Vec<Arc<Entry>>, WalError> {
 /// The shared window of decoded records of one log.
 pub struct Feed {
     window: Mutex<Window>,
-    /// Records intake made durable and offered, by where they start, not yet taken.
+    /// Records intake made durable and offered, by where they start, until newer ones push
+    /// them out.
     recent: Mutex<Recent>,
     /// Held by the consumer reading the next records from disk for everyone.
     reading: tokio::sync::Mutex<()>,
@@ -297,10 +298,10 @@ impl Feed {
     }
 
     /// Takes a record intake has just made durable, decoded as intake read it: consumers
-    /// at the head of the log take it from memory instead of reading it back from disk
-    /// (and decompressing and decoding it again). Records may be offered in any order;
-    /// those not taken go once [`OFFERED_PER_WINDOW`] windows of newer ones wait, and are
-    /// read from disk.
+    /// take it from memory instead of reading it back from disk (and decompressing and
+    /// decoding it again). Records may be offered in any order; the oldest go once
+    /// [`OFFERED_PER_WINDOW`] windows of newer ones are offered, and are read from disk by
+    /// whoever is still behind them.
     pub fn offer(&self, entry: Entry) {
         let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         r.bytes += entry.bytes;
@@ -313,21 +314,19 @@ impl Feed {
         }
     }
 
-    /// The offered records from `at` on, one after the other (up to one run's worth),
-    /// taken out of the offered set; those before `at` are dropped (every consumer at the
-    /// head has passed them).
-    fn take_offered(&self, at: Position) -> Vec<Arc<Entry>> {
-        let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(e) = r.entries.first_entry().filter(|e| *e.key() < at).map(|e| e.remove()) {
-            r.bytes -= e.bytes;
-        }
+    /// The offered records from `at` on, one after the other (up to one run's worth).
+    /// They stay offered for consumers behind (until newer ones push them out): a
+    /// consumer busy with a run (the hourly buffer's fsync) may fall behind the window,
+    /// and reading back from disk would cost it a decompression and a decode of every
+    /// record, making it fall further behind.
+    fn offered(&self, at: Position) -> Vec<Arc<Entry>> {
+        let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let (mut out, mut pos, mut bytes) = (Vec::new(), at, 0);
         while out.len() < READ_RECORDS && (out.is_empty() || bytes < READ_BYTES) {
-            let Some(e) = r.entries.remove(&pos) else { break };
-            r.bytes -= e.bytes;
+            let Some(e) = r.entries.get(&pos) else { break };
             bytes += e.bytes;
             pos = e.to;
-            out.push(e);
+            out.push(e.clone());
         }
         out
     }
@@ -389,7 +388,7 @@ impl Feed {
         self.disk_reads.load(Ordering::Relaxed)
     }
 
-    /// How many runs consumers at the head took from what intake offered.
+    /// How many runs consumers took from what intake offered.
     pub fn memory_reads(&self) -> u64 {
         self.memory_reads.load(Ordering::Relaxed)
     }
@@ -404,18 +403,18 @@ impl Feed {
         let at = r.position();
         let mut got = self.from(at);
         if got.is_empty() {
+            got = self.offered(at);
+            if !got.is_empty() {
+                self.memory_reads.fetch_add(1, Ordering::Relaxed);
+                self.push(at, &got);
+            }
+        }
+        if got.is_empty() {
             let head = self.at_head(at);
             // Consumers at the head wait for one read instead of each making its own.
             let _reading = if head { Some(self.reading.lock().await) } else { None };
             if head {
                 got = self.from(at);
-                if got.is_empty() {
-                    got = self.take_offered(at);
-                    if !got.is_empty() {
-                        self.memory_reads.fetch_add(1, Ordering::Relaxed);
-                        self.push(at, &got);
-                    }
-                }
             }
             if got.is_empty() {
                 let Some(mut r) = reader.take() else {
