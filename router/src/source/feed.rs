@@ -36,6 +36,10 @@ pub const WINDOW_BYTES: usize = 8 << 20;
 /// buffer at 1M events/s).
 pub const OFFERED_PER_WINDOW: usize = 4;
 
+/// Turns of the runtime a consumer at the head gives intake to offer what the log just
+/// made durable before it reads it back from disk.
+const OFFER_WAITS: usize = 4;
+
 /// One record of the log, decoded.
 pub struct Entry {
     /// Where a reader stood before this record: its start, or the end of whatever a read
@@ -411,6 +415,20 @@ impl Feed {
         }
         if got.is_empty() {
             let head = self.at_head(at);
+            if head {
+                // A consumer at the head was woken by the log's durable end, which moves
+                // just before intake offers what it appended: a few turns of the runtime
+                // let intake offer it, instead of this consumer reading it back.
+                for _ in 0..OFFER_WAITS {
+                    tokio::task::yield_now().await;
+                    got = self.offered(at);
+                    if !got.is_empty() {
+                        self.memory_reads.fetch_add(1, Ordering::Relaxed);
+                        self.push(at, &got);
+                        return Ok(self.seek_past(reader, got));
+                    }
+                }
+            }
             // Consumers at the head wait for one read instead of each making its own.
             let _reading = if head { Some(self.reading.lock().await) } else { None };
             if head {
@@ -438,10 +456,15 @@ impl Feed {
                 }
             }
         }
+        Ok(self.seek_past(reader, got))
+    }
+
+    /// Moves `reader` past the entries it is given, and gives them back.
+    fn seek_past(&self, reader: &mut Option<WalReader>, got: Vec<Arc<Entry>>) -> Vec<Arc<Entry>> {
         if let (Some(r), Some(last)) = (reader.as_mut(), got.last()) {
             r.seek(last.to);
         }
-        Ok(got)
+        got
     }
 }
 
