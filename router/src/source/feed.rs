@@ -335,6 +335,16 @@ impl Feed {
         out
     }
 
+    /// [`Feed::offered`] from `at`, counted and added to the window when there are any.
+    fn take_offered(&self, at: Position) -> Vec<Arc<Entry>> {
+        let got = self.offered(at);
+        if !got.is_empty() {
+            self.memory_reads.fetch_add(1, Ordering::Relaxed);
+            self.push(at, &got);
+        }
+        got
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
         // Plain data: a panic elsewhere while holding the lock leaves nothing half-done.
         self.window.lock().unwrap_or_else(|p| p.into_inner())
@@ -407,11 +417,7 @@ impl Feed {
         let at = r.position();
         let mut got = self.from(at);
         if got.is_empty() {
-            got = self.offered(at);
-            if !got.is_empty() {
-                self.memory_reads.fetch_add(1, Ordering::Relaxed);
-                self.push(at, &got);
-            }
+            got = self.take_offered(at);
         }
         if got.is_empty() {
             let head = self.at_head(at);
@@ -421,10 +427,8 @@ impl Feed {
                 // let intake offer it, instead of this consumer reading it back.
                 for _ in 0..OFFER_WAITS {
                     tokio::task::yield_now().await;
-                    got = self.offered(at);
+                    got = self.take_offered(at);
                     if !got.is_empty() {
-                        self.memory_reads.fetch_add(1, Ordering::Relaxed);
-                        self.push(at, &got);
                         return Ok(self.seek_past(reader, got));
                     }
                 }
@@ -502,13 +506,18 @@ mod tests {
         ids(&events)
     }
 
+    /// A log in `dir`, where it starts, a feed of 1 MiB and five readers at the start.
+    fn five_readers(dir: &std::path::Path) -> (Wal, Position, Arc<Feed>, Vec<Option<WalReader>>) {
+        let wal = wal(dir, 1 << 20);
+        let start = wal.first_position().unwrap();
+        let readers = (0..5).map(|_| Some(wal.reader(start))).collect();
+        (wal, start, Feed::new(1 << 20), readers)
+    }
+
     #[tokio::test]
     async fn consumers_at_the_head_share_one_read() {
         let tmp = tempfile::tempdir().unwrap();
-        let wal = wal(tmp.path(), 1 << 20);
-        let start = wal.first_position().unwrap();
-        let feed = Feed::new(1 << 20);
-        let mut readers: Vec<Option<WalReader>> = (0..5).map(|_| Some(wal.reader(start))).collect();
+        let (wal, _, feed, mut readers) = five_readers(tmp.path());
         for round in 0..3 {
             wal.append(batch(&[
                 (&format!("a{round}"), "x", true),
@@ -553,10 +562,7 @@ mod tests {
     #[tokio::test]
     async fn offered_records_are_taken_from_memory_and_compressed_ones_read_back() {
         let tmp = tempfile::tempdir().unwrap();
-        let wal = wal(tmp.path(), 1 << 20);
-        let start = wal.first_position().unwrap();
-        let feed = Feed::new(1 << 20);
-        let mut readers: Vec<Option<WalReader>> = (0..5).map(|_| Some(wal.reader(start))).collect();
+        let (wal, start, feed, mut readers) = five_readers(tmp.path());
         for round in 0..3u64 {
             let (a, b) = (format!("a{round}"), format!("b{round}"));
             append(&wal, &feed, &[(&a, "x", true), (&b, "y", false)], true, true).await;
