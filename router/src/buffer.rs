@@ -22,7 +22,7 @@ use weir_proto::runtime::buffer::{buffer_path, closed_path, expired_path, list_h
 use weir_proto::runtime::wal::{cut_torn_tail, write_atomic};
 
 use crate::metrics as m;
-use crate::recipients::{retry_all, Every, Outcome, Sink};
+use crate::recipients::{retry_all, Events, Every, Outcome, Sink};
 use weir_proto::event::batch;
 
 /// The warehouse buffer's name among the log's consumers (its cursor file).
@@ -308,9 +308,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Sink for FileBufferSink {
-    async fn deliver(&mut self, events: &[Bytes]) -> Vec<Outcome> {
+    async fn deliver(&mut self, events: &Events) -> Vec<Outcome> {
         let buffer = self.buffer.clone();
-        let events = events.to_vec();
+        let events = events.clone();
         let n = events.len();
         let joined = tokio::task::spawn_blocking(move || {
             let mut out = vec![Outcome::Delivered; events.len()];

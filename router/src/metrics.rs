@@ -43,7 +43,8 @@ pub const RECIPIENT_LAG: &str = "weir_router_recipient_lag_events";
 pub const RECIPIENT_BACKLOG_BYTES: &str = "weir_router_recipient_backlog_bytes";
 /// Age of the oldest event the recipient has not delivered yet (0 when caught up).
 pub const RECIPIENT_BACKLOG_AGE: &str = "weir_router_recipient_backlog_oldest_age_seconds";
-/// Time from `received_at` to the recipient's confirmation.
+/// Time from `received_at` to the recipient's confirmation, sampled: one delivered event
+/// in [`crate::recipients::runner::LATENCY_EVERY`].
 pub const RECIPIENT_LATENCY: &str = "weir_router_recipient_delivery_latency_seconds";
 /// 1 while the recipient's last delivery succeeded, 0 while it is failing.
 pub const RECIPIENT_UP: &str = "weir_router_recipient_up";

@@ -16,7 +16,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use bytes::Bytes;
 use mongodb::bson::{doc, spec::BinarySubtype, Binary, Document};
 use mongodb::{Client, Database};
 use weir_proto::event::now_micros;
@@ -24,7 +23,7 @@ use weir_proto::hour::{self, HOUR_MICROS};
 
 use crate::metrics as m;
 use crate::recipients::mongo::{connect, document, insert};
-use crate::recipients::{decode, retry_all, Every, Outcome, ServerError, Sink};
+use crate::recipients::{decode, retry_all, Events, Every, Outcome, ServerError, Sink};
 
 use weir_proto::runtime::buffer::{mongo_collection, mongo_hour_of};
 use weir_proto::runtime::mongo_hours::{self, HourMarker, HOURS};
@@ -193,7 +192,7 @@ impl MongoBuffer {
 }
 
 impl Sink for MongoBuffer {
-    async fn deliver(&mut self, events: &[Bytes]) -> Vec<Outcome> {
+    async fn deliver(&mut self, events: &Events) -> Vec<Outcome> {
         let db = match self.database().await {
             Ok(db) => db,
             Err(e) => return retry_all(events.len(), &e.to_string()),

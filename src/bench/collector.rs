@@ -145,28 +145,16 @@ async fn load(opts: &CollectorBench, url: &str, dgram: &Path, datagram: bool) ->
     let body = body(opts.batch, datagram);
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
-    let per_conn_rate = if opts.rate == 0 {
-        0.0
-    } else {
-        opts.rate as f64 / opts.batch as f64 / opts.connections as f64
-    };
     let mut tasks = Vec::new();
     let start = tokio::time::Instant::now();
     let connections = opts.connections;
+    let (rate, batch) = (opts.rate as f64, opts.batch as f64);
     for n in 0..connections {
         let (body, stop, sent) = (body.clone(), stop.clone(), sent.clone());
         let url = url.to_string();
         let dgram = dgram.to_path_buf();
         tasks.push(tokio::spawn(async move {
-            let interval = (per_conn_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / per_conn_rate));
-            // Each connection's ticks are offset by its share of the interval, so a paced
-            // load arrives evenly, not as one burst of every connection at once.
-            let mut tick = interval.map(|i| {
-                let offset = i.mul_f64(n as f64 / connections as f64);
-                let mut t = tokio::time::interval_at(start + offset, i);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                t
-            });
+            let mut tick = pacer(rate / batch, n, connections, start);
             if datagram {
                 let sock = tokio::net::UnixDatagram::unbound()?;
                 sock.connect(&dgram)?;

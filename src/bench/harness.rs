@@ -161,26 +161,49 @@ pub(super) async fn post_loop(
     Ok(lat)
 }
 
+/// The ticks of connection `n` of `connections` when together they send `per_second`
+/// requests a second (`None`: flat out). Each connection's ticks are offset by its
+/// share of the interval, so a paced load arrives evenly, not as one burst of every
+/// connection at once; a late tick is made up at once (the offered rate holds).
+pub(super) fn pacer(
+    per_second: f64,
+    n: usize,
+    connections: usize,
+    start: tokio::time::Instant,
+) -> Option<tokio::time::Interval> {
+    let per_conn = per_second / connections.max(1) as f64;
+    (per_conn > 0.0).then(|| {
+        let every = Duration::from_secs_f64(1.0 / per_conn);
+        let offset = every.mul_f64(n as f64 / connections.max(1) as f64);
+        let mut t = tokio::time::interval_at(start + offset, every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        t
+    })
+}
+
 /// Runs `connections` keep-alive POST loops of `body` against 127.0.0.1:`port` for
-/// `duration`; returns every request's latency (µs) and the number of requests.
+/// `duration`, together at `per_second` requests a second (0: flat out); returns every
+/// request's latency (µs) and the number of requests.
 pub(super) async fn drive(
     port: u16,
     post: Post,
     body: Bytes,
     connections: usize,
     duration: u64,
+    per_second: f64,
 ) -> anyhow::Result<(Vec<u32>, u64)> {
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..connections {
+    let start = tokio::time::Instant::now();
+    for n in 0..connections {
         tasks.push(tokio::spawn(post_loop(
             port,
             post,
             body.clone(),
             stop.clone(),
             sent.clone(),
-            None,
+            pacer(per_second, n, connections, start),
         )));
     }
     tokio::time::sleep(Duration::from_secs(duration)).await;

@@ -221,7 +221,7 @@ fn collector_stage(rt: &tokio::runtime::Runtime, opts: &KafkaBench, topic: Optio
     };
     let before = proc_usage(pid);
     let started = Instant::now();
-    let (_, requests) = rt.block_on(drive(cport, post, body, opts.connections, opts.duration))?;
+    let (_, requests) = rt.block_on(drive(cport, post, body, opts.connections, opts.duration, 0.0))?;
     let intake = (requests * opts.batch as u64) as f64 / started.elapsed().as_secs_f64();
     let url = format!("http://127.0.0.1:{cport}/metrics");
     let accepted = ureq_get(rt, &url).map(|t| metric(&t, "weir_collector_events_accepted_total"))?;
@@ -266,7 +266,7 @@ fn http_router_stage(rt: &tokio::runtime::Runtime, opts: &KafkaBench, prefix: &s
     let post = BATCH_POST;
     let before = proc_usage(pid);
     let started = Instant::now();
-    let (_, requests) = rt.block_on(drive(port, post, body, opts.connections, opts.duration))?;
+    let (_, requests) = rt.block_on(drive(port, post, body, opts.connections, opts.duration, 0.0))?;
     let sent = requests * BATCH;
     let intake = sent as f64 / started.elapsed().as_secs_f64();
     let (delivered, _) = wait_for_metric(

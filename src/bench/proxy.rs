@@ -67,7 +67,7 @@ pub fn run_proxy(opts: ProxyBench) -> anyhow::Result<()> {
         ],
         expect: 202,
     };
-    let (mut lat, requests) = rt.block_on(drive(pport, post, body, opts.connections, opts.duration))?;
+    let (mut lat, requests) = rt.block_on(drive(pport, post, body, opts.connections, opts.duration, 0.0))?;
     let wall = started.elapsed().as_secs_f64();
     let after = proc_usage(pid);
     lat.sort_unstable();

@@ -16,10 +16,19 @@ pub struct RouterBench {
     /// Seconds to run.
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Offer this many events a second in all (0: as fast as the router answers): at a
+    /// paced rate the run shows whether the hourly buffer keeps up with intake.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Then run again with this many slow console subscribers on `/v1/tail` (each reads
-    /// 4 KiB every 100 ms) and print both runs side by side.
+    /// 4 KiB every 100 ms), and once more after they left, and print the runs side by
+    /// side (the last run shows what the order alone changes).
     #[arg(long, default_value_t = 0)]
     tail_subscribers: usize,
+    /// The console subscribers read as fast as they can (a tail left open on a fast
+    /// machine) instead of 4 KiB every 100 ms.
+    #[arg(long)]
+    fast_tail: bool,
     /// Configure this many recipients the catalog routes no event to (Kafka, never
     /// reached): what a configured but idle recipient costs intake.
     #[arg(long, default_value_t = 0)]
@@ -35,24 +44,31 @@ fn buffered(rt: &tokio::runtime::Runtime, port: u16) -> anyhow::Result<f64> {
         .unwrap_or(0.0))
 }
 
-/// Opens `n` connections to `/v1/tail` that each read 4 KiB every 100 ms, for the rest
-/// of the bench.
-fn start_slow_subscribers(rt: &tokio::runtime::Runtime, port: u16, n: usize) -> anyhow::Result<()> {
+/// Opens `n` connections to `/v1/tail` that each read 4 KiB every 100 ms (or, `fast`,
+/// 64 KiB at a time without a pause), until their tasks are aborted.
+fn start_subscribers(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    n: usize,
+    fast: bool,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tasks = Vec::new();
     for _ in 0..n {
         let mut s = rt.block_on(tokio::net::TcpStream::connect(("127.0.0.1", port)))?;
         rt.block_on(s.write_all(b"GET /v1/tail HTTP/1.1\r\nhost: weir\r\n\r\n"))?;
-        rt.spawn(async move {
-            let mut buf = vec![0u8; 4096];
+        tasks.push(rt.spawn(async move {
+            let mut buf = vec![0u8; if fast { 65536 } else { 4096 }];
             loop {
                 match s.read(&mut buf).await {
                     Ok(0) | Err(_) => return,
+                    Ok(_) if fast => {}
                     Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
                 }
             }
-        });
+        }));
     }
-    Ok(())
+    Ok(tasks)
 }
 
 /// Starts `weir router` pinned to CPU 0 and sends it zstd protobuf batches the way
@@ -70,22 +86,45 @@ pub fn run_router(opts: RouterBench) -> anyhow::Result<()> {
     let body = batch_body("item.viewed", 2, opts.batch as u64, event_json)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let post = BATCH_POST;
+    let offered = if opts.rate == 0 {
+        "flat out".to_string()
+    } else {
+        format!("offering {} events/s", opts.rate)
+    };
     println!(
-        "weir bench router: {} connections, {} events/batch (zstd protobuf), {} s, {} idle recipients",
+        "weir bench router: {} connections, {} events/batch (zstd protobuf), {} s, {offered}, {} idle recipients",
         opts.connections, opts.batch, opts.duration, opts.idle_recipients
     );
+    let phases: &[usize] = if opts.tail_subscribers == 0 {
+        &[0]
+    } else {
+        &[0, opts.tail_subscribers, 0]
+    };
+    let speed = if opts.fast_tail { "fast" } else { "slow" };
     let mut runs = Vec::new();
-    for subscribers in [0, opts.tail_subscribers] {
-        if subscribers > 0 {
-            start_slow_subscribers(&rt, port, subscribers)?;
+    let mut subscribers = Vec::new();
+    for (phase, &n) in phases.iter().enumerate() {
+        if n > 0 {
+            subscribers = start_subscribers(&rt, port, n, opts.fast_tail)?;
             // Let them connect and fall behind.
             std::thread::sleep(std::time::Duration::from_millis(500));
-            println!("  with {subscribers} slow console subscribers on /v1/tail:");
+            println!("  with {n} {speed} console subscribers on /v1/tail:");
+        } else if phase > 0 {
+            subscribers.drain(..).for_each(|t| t.abort());
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            println!("  again without subscribers:");
         }
         let before = proc_usage(pid);
         let buffered_before = buffered(&rt, port)?;
         let started = Instant::now();
-        let (mut lat, requests) = rt.block_on(drive(port, post, body.clone(), opts.connections, opts.duration))?;
+        let (mut lat, requests) = rt.block_on(drive(
+            port,
+            post,
+            body.clone(),
+            opts.connections,
+            opts.duration,
+            opts.rate as f64 / opts.batch as f64,
+        ))?;
         let wall = started.elapsed().as_secs_f64();
         let after = proc_usage(pid);
         lat.sort_unstable();
@@ -117,15 +156,12 @@ pub fn run_router(opts: RouterBench) -> anyhow::Result<()> {
             );
         }
         runs.push(events as f64 / wall);
-        if opts.tail_subscribers == 0 {
-            break;
-        }
     }
-    if let [base, with] = runs[..] {
+    if let [before, with, after] = runs[..] {
         println!(
-            "  intake with {} slow subscribers / without: {:.3}",
+            "  intake with {} {speed} subscribers / without (mean of the runs before and after): {:.3}",
             opts.tail_subscribers,
-            with / base.max(1.0)
+            with / ((before + after) / 2.0).max(1.0)
         );
     }
     Ok(())

@@ -19,7 +19,7 @@ use weir_proto::hour::{self, HOUR_MICROS};
 use weir_proto::pb::Event;
 use weir_proto::runtime::buffer::mongo_collection;
 use weir_router::mongo_buffer::MongoBuffer;
-use weir_router::recipients::{Outcome, Sink};
+use weir_router::recipients::{Events, Outcome, Sink};
 
 fn event(id: &str, received_at: i64, valid: bool) -> Bytes {
     let fields = if valid {
@@ -104,10 +104,10 @@ async fn hours_close_drop_after_retention_and_load_like_the_file_buffer() {
     events.extend((0..3).map(|i| event(&format!("n{i}"), now - i, true)));
 
     let mut buffer = MongoBuffer::new(&url, &db_name, Duration::from_secs(300), 3);
-    let out = buffer.deliver(&events).await;
+    let out = buffer.deliver(&Events::from(events.clone())).await;
     assert!(out.iter().all(|o| *o == Outcome::Delivered), "{out:?}");
     // A redelivery (a router restart before its cursor moved) stores nothing twice.
-    let again = buffer.deliver(&events[..10]).await;
+    let again = buffer.deliver(&Events::from(events[..10].to_vec())).await;
     assert!(again.iter().all(|o| *o == Outcome::Delivered), "{again:?}");
 
     let client = mongodb::Client::with_uri_str(&url).await.unwrap();
@@ -155,12 +155,18 @@ async fn hours_close_drop_after_retention_and_load_like_the_file_buffer() {
     // A late event for the dropped hour (a collector cut off for longer than retention)
     // starts the hour's next generation; the loader adds it to the hour's Parquet.
     let late_old = [event("old-late", at(old_h, 20), true)];
-    assert_eq!(again.deliver(&late_old).await, vec![Outcome::Delivered]);
+    assert_eq!(
+        again.deliver(&Events::from(late_old.to_vec())).await,
+        vec![Outcome::Delivered]
+    );
     assert!(collections(&db).await.contains(&mongo_collection(old_h, 1)));
     // Another router that last looked before the drop sends one too: it goes to the
     // current generation, not into a recreated collection of the dropped one.
     let late_other = [event("old-late-2", at(old_h, 21), true)];
-    assert_eq!(buffer.deliver(&late_other).await, vec![Outcome::Delivered]);
+    assert_eq!(
+        buffer.deliver(&Events::from(late_other.to_vec())).await,
+        vec![Outcome::Delivered]
+    );
     let names = collections(&db).await;
     assert!(!names.contains(&mongo_collection(old_h, 0)), "{names:?}");
     let g1 = db.collection::<Document>(&mongo_collection(old_h, 1));
@@ -239,7 +245,10 @@ async fn hours_close_drop_after_retention_and_load_like_the_file_buffer() {
 
     // A late event for the closed hour: exported again, and the hour reloaded.
     let late = [event("late1", at(closed_h, 40), true)];
-    assert_eq!(buffer.deliver(&late).await, vec![Outcome::Delivered]);
+    assert_eq!(
+        buffer.deliver(&Events::from(late.to_vec())).await,
+        vec![Outcome::Delivered]
+    );
     assert_eq!(mirror(&src, &mirror_dir, Hours::Closed).await.unwrap(), vec![closed_h]);
     let reports = loader(&mirror_dir, &from_mongo).run(false).unwrap();
     assert_eq!(reports.len(), 1, "the hour is rebuilt");

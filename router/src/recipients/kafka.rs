@@ -7,13 +7,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Header;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::{decode, render_template, retry_all, Outcome, Sink};
+use super::{decode, render_template, retry_all, Events, Outcome, Sink};
 
 /// `kind = "kafka"`: a Kafka topic per template.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -139,7 +138,7 @@ impl Sink for KafkaSink {
         }
     }
 
-    async fn deliver(&mut self, events: &[Bytes]) -> Vec<Outcome> {
+    async fn deliver(&mut self, events: &Events) -> Vec<Outcome> {
         if self.producer.is_none() {
             match self
                 .config

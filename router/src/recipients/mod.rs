@@ -12,6 +12,8 @@ pub mod rabbitmq;
 pub mod runner;
 
 use std::future::Future;
+use std::ops::{Deref, Range};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -27,6 +29,51 @@ pub enum Outcome {
     /// The recipient can never take it (the server refused it, or it cannot be rendered);
     /// it goes to the dead-letter store with this reason.
     Refuse(String),
+}
+
+/// A run of encoded events handed to a [`Sink`]: a slice of the runner's run, shared.
+/// It reads as a `[Bytes]`; a sink that hands the events to another task (the file
+/// buffer's blocking writer) clones it, which costs one reference count, not one per
+/// event.
+#[derive(Clone, Debug)]
+pub struct Events {
+    all: Arc<[Bytes]>,
+    range: Range<usize>,
+}
+
+impl Events {
+    /// The events `range` of `all`.
+    ///
+    /// # Panics
+    /// When `range` is not within `all` (a bug in the caller).
+    pub fn slice(all: &Arc<[Bytes]>, range: Range<usize>) -> Events {
+        assert!(
+            range.start <= range.end && range.end <= all.len(),
+            "events out of range"
+        );
+        Events {
+            all: all.clone(),
+            range,
+        }
+    }
+}
+
+impl From<Vec<Bytes>> for Events {
+    fn from(events: Vec<Bytes>) -> Events {
+        let range = 0..events.len();
+        Events {
+            all: events.into(),
+            range,
+        }
+    }
+}
+
+impl Deref for Events {
+    type Target = [Bytes];
+
+    fn deref(&self) -> &[Bytes] {
+        &self.all[self.range.clone()]
+    }
 }
 
 /// What the runner of one recipient is started with: the log it follows, its settings
@@ -77,7 +124,7 @@ pub mod defaults {
 pub trait Sink: Send + 'static {
     /// Delivers `events` (each an encoded `weir.v1.Event`) and returns one outcome per
     /// event, in order. Must not panic on any event.
-    fn deliver(&mut self, events: &[Bytes]) -> impl Future<Output = Vec<Outcome>> + Send;
+    fn deliver(&mut self, events: &Events) -> impl Future<Output = Vec<Outcome>> + Send;
 
     /// Called once before the first delivery: connect and declare what consumers bind
     /// to (RabbitMQ's exchange), so it exists before any event is sent. A server that is

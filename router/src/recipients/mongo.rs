@@ -6,12 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
 use mongodb::bson::{self, doc, Bson, Document};
 use mongodb::error::{Error as MongoError, ErrorKind};
 use mongodb::Client;
 
-use super::{decode, render_template, retry_all, Outcome, ServerError, Sink};
+use super::{decode, render_template, retry_all, Events, Outcome, ServerError, Sink};
 use weir_proto::event::EventView;
 
 /// `kind = "mongo"`: a MongoDB collection per template.
@@ -175,7 +174,7 @@ pub async fn insert(coll: &mongodb::Collection<Document>, docs: Vec<Document>) -
 }
 
 impl Sink for MongoSink {
-    async fn deliver(&mut self, events: &[Bytes]) -> Vec<Outcome> {
+    async fn deliver(&mut self, events: &Events) -> Vec<Outcome> {
         if self.client.is_none() {
             match connect(&self.url).await {
                 Ok(c) => self.client = Some(c),

@@ -7,12 +7,11 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use super::{decode, retry_all, Outcome, ServerError, Sink};
+use super::{decode, retry_all, Events, Outcome, ServerError, Sink};
 
 /// `kind = "rabbitmq"`: a RabbitMQ topic exchange; routing key = event name.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -130,7 +129,7 @@ impl Sink for RabbitSink {
         }
     }
 
-    async fn deliver(&mut self, events: &[Bytes]) -> Vec<Outcome> {
+    async fn deliver(&mut self, events: &Events) -> Vec<Outcome> {
         let ch = match self.channel().await {
             Ok(ch) => ch,
             Err(e) => return retry_all(events.len(), &e.to_string()),

@@ -16,7 +16,7 @@ use weir_proto::runtime::backoff::Backoff;
 use weir_proto::runtime::log_limit::LogLimit;
 use weir_proto::Catalog;
 
-use super::{Outcome, Sink};
+use super::{Events, Outcome, Sink};
 use crate::dead_letter::DeadLetterStore;
 use crate::metrics as m;
 use crate::source::{Source, Want};
@@ -47,6 +47,13 @@ pub struct RunnerConfig {
     /// What the console shows of it.
     pub tally: Arc<crate::console::stats::Tally>,
 }
+
+/// One delivered event in this many has its delivery latency recorded (the first of
+/// each chunk among them): the quantiles of `weir_router_recipient_delivery_latency_seconds`
+/// are those of every event's at an eighth of the cost per event (a sample was ~4% of the
+/// router's CPU at 1.5M events/s); count deliveries with
+/// `weir_router_recipient_delivered_events_total`.
+pub const LATENCY_EVERY: usize = 8;
 
 /// The recipient's metric handles, registered once: per-event recording is then an
 /// atomic add, with no label allocation or registry lookup.
@@ -221,8 +228,9 @@ async fn deliver<S: Sink>(
 ) -> Delivery {
     let name = cfg.name.clone();
     let batch_events = cfg.batch_events.max(1);
-    for chunk in todo.chunks(batch_events) {
-        let mut pending = chunk.to_vec();
+    let todo: Arc<[Bytes]> = todo.into();
+    for start in (0..todo.len()).step_by(batch_events) {
+        let mut pending = Events::slice(&todo, start..(start + batch_events).min(todo.len()));
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
         loop {
             let outcomes = match *deadline {
@@ -242,9 +250,11 @@ async fn deliver<S: Sink>(
                 match outcomes.get(i) {
                     Some(Outcome::Delivered) => {
                         delivered += 1;
-                        if let Ok(at) = batch::received_at(ev) {
-                            let secs = (now - at).max(0) as f64 / 1e6;
-                            meters.latency.record(secs);
+                        if i % LATENCY_EVERY == 0 {
+                            if let Ok(at) = batch::received_at(ev) {
+                                let secs = (now - at).max(0) as f64 / 1e6;
+                                meters.latency.record(secs);
+                            }
                         }
                     }
                     Some(Outcome::Refuse(why)) => {
@@ -272,7 +282,7 @@ async fn deliver<S: Sink>(
             if let Some(n) = quiet.allow() {
                 tracing::warn!(recipient = %name, events = retry.len(), reason = %reason, retry_in_ms = backoff.peek().as_millis() as u64, suppressed = n, "delivery failed; retrying");
             }
-            pending = retry;
+            pending = retry.into();
             if deadline.is_none() && *stop.borrow() {
                 *deadline = Some(Instant::now() + cfg.drain);
             }
@@ -314,7 +324,7 @@ mod tests {
     }
 
     impl Sink for Fake {
-        async fn deliver(&mut self, events: &[Bytes]) -> Vec<Outcome> {
+        async fn deliver(&mut self, events: &Events) -> Vec<Outcome> {
             if self.fail_rounds > 0 {
                 self.fail_rounds -= 1;
                 return super::super::retry_all(events.len(), "connection refused");
