@@ -134,6 +134,10 @@ pub struct RouterConfig {
     pub tail_redact: Vec<String>,
     /// Console tail streams (`GET /v1/tail`) served at once; more get 503.
     pub tail_max_subscribers: usize,
+    /// Events one tail stream shows a second at most (1 s bursts); what passes its filter
+    /// beyond that is counted in its `event: dropped` messages, so a stream read as fast
+    /// as it goes costs the router a bounded amount of rendering.
+    pub tail_max_events_per_second: u32,
     /// Recipients by name.
     pub recipients: BTreeMap<String, RecipientConfig>,
 }
@@ -164,6 +168,15 @@ impl RouterConfig {
                 format!(
                     "{} is too small; use at least 4096 (default 67108864)",
                     self.log_segment_bytes
+                ),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.tail_max_events_per_second) {
+            return Err(InvalidSetting::new(
+                "router.tail_max_events_per_second",
+                format!(
+                    "{} is out of range; it must be 1..=1000000 (default 2000)",
+                    self.tail_max_events_per_second
                 ),
             ));
         }
@@ -203,6 +216,7 @@ impl Default for RouterConfig {
             kafka: None,
             tail_redact: vec!["context.ip".into()],
             tail_max_subscribers: 32,
+            tail_max_events_per_second: 2000,
             recipients: BTreeMap::new(),
         }
     }

@@ -17,6 +17,7 @@ use weir_proto::runtime::http::{self as h, ReadError, Response};
 use weir_proto::runtime::wal::Wal;
 
 use crate::console::stats::BatchCounts;
+use crate::console::tail::Head;
 use crate::log_record::{self, decompress, Decompress};
 use crate::metrics as m;
 use crate::source::feed::{Entry, Feed, Grouping};
@@ -227,9 +228,15 @@ async fn batches(state: &Intake, console: &crate::console::Console, req: Request
     // it for the console.
     let mut grouping = Grouping::default();
     let mut tally = BatchCounts::default();
+    // Where each event's name, env and id are, for the console's tail filters.
+    let watched = console.tail.watched();
+    let mut heads = Vec::with_capacity(if watched { batch.events.len() } else { 0 });
     let checked = batch.check_each(|i, view| {
         grouping.add(i, view.event, view.valid);
         tally.add(view);
+        if watched {
+            heads.extend(batch.events.get(i).and_then(|raw| Head::of(&body, raw, view)));
+        }
     });
     if let Err((i, why)) = checked {
         return bad(format!("event {i}: {why}"));
@@ -297,7 +304,7 @@ async fn batches(state: &Intake, console: &crate::console::Console, req: Request
     metrics::counter!(m::BATCHES).increment(1);
     metrics::counter!(m::EVENTS).increment(count);
     state.cursors.add_appended(count);
-    console.observe_batch(&body, count, &tally);
+    console.observe_batch(&body, count, &tally, heads);
     ack(&BatchAck {
         batch_id: batch.batch_id.to_string(),
         accepted: count,

@@ -152,7 +152,12 @@ impl Router {
         let (stop_http, http_rx) = watch::channel(false);
         let token = cfg.token.clone().filter(|t| !t.is_empty());
         let console = Arc::new(console::Console::new(
-            console::tail::Tail::new(cfg.tail_max_subscribers, &cfg.tail_redact, http_rx.clone()),
+            console::tail::Tail::new(
+                cfg.tail_max_subscribers,
+                cfg.tail_max_events_per_second,
+                &cfg.tail_redact,
+                http_rx.clone(),
+            ),
             catalog.clone(),
             std::iter::once((buffer::NAME.to_string(), cfg.buffer.kind().to_string()))
                 .chain(cfg.recipients.iter().map(|(n, r)| (n.clone(), r.kind().to_string())))

@@ -57,18 +57,31 @@ impl Console {
     }
 
     /// A batch of `events` is in the log: count them (as `tally` took them while intake
-    /// checked the batch) and show them to subscribers.
-    pub fn observe_batch(&self, body: &Bytes, events: u64, tally: &stats::BatchCounts<'_>) {
+    /// checked the batch) and show them to subscribers (`heads`: read by intake while
+    /// [`tail::Tail::watched`]).
+    pub fn observe_batch(&self, body: &Bytes, events: u64, tally: &stats::BatchCounts<'_>, heads: Vec<tail::Head>) {
         let catalog = self.catalog.load();
         self.stats.record_tally(&catalog, tally);
-        self.tail.publish(tail::Published::Batch(body.clone()), events);
+        let data = tail::Published {
+            data: body.clone(),
+            heads,
+        };
+        self.tail.publish(data, events);
     }
 
     /// One event read from the Kafka topic.
     pub fn observe_event(&self, event: Bytes) {
         let catalog = self.catalog.load();
         self.stats.record(&catalog, [event.as_ref()]);
-        self.tail.publish(tail::Published::Event(event), 1);
+        let data = if self.tail.watched() {
+            tail::Published::event(event)
+        } else {
+            tail::Published {
+                data: event,
+                heads: Vec::new(),
+            }
+        };
+        self.tail.publish(data, 1);
     }
 
     /// Answers the console's paths; `None` for any other.

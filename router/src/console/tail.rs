@@ -2,19 +2,23 @@
 //!
 //! Intake publishes what it stored (a whole batch, or one event from Kafka) into a
 //! [`tokio::sync::broadcast`] ring of [`RING`] entries: a send never waits, and with no
-//! subscriber it is skipped. Each subscriber has its own task that decodes, filters,
-//! redacts and renders, then writes into a small channel to its connection. A subscriber
-//! that reads slowly stops pulling from the ring; the ring overwrites its oldest entries,
-//! and when it catches up it gets one `event: dropped` message with the number of events
-//! it missed. So a slow client costs intake nothing.
+//! subscriber it is skipped. With the batch come the [`Head`]s intake read while it
+//! checked each event (name, env, validity, id: where they are in the batch), so a
+//! subscriber's filter costs a few comparisons per event, not a decode. Each subscriber
+//! has its own task that filters, then renders and redacts at most
+//! `tail_max_events_per_second` events (what passes beyond that is counted as dropped),
+//! and writes into a small channel to its connection. A subscriber that reads slowly
+//! stops pulling from the ring; the ring overwrites its oldest entries, and when it
+//! catches up it gets one `event: dropped` message with the number of events it missed.
+//! So neither a slow client nor a fast one costs intake more than a bounded share.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, watch};
-use weir_proto::event::batch::BatchView;
 use weir_proto::event::EventView;
 
 /// Entries the ring holds (batches or single events) for the slowest subscriber.
@@ -24,13 +28,59 @@ const CONNECTION_QUEUE: usize = 4;
 /// A comment line this often keeps proxies from closing an idle stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-/// What intake stored, as it is on the wire.
-#[derive(Clone)]
-pub enum Published {
-    /// An encoded `weir.v1.EventBatch` (HTTP mode).
-    Batch(Bytes),
-    /// One encoded `weir.v1.Event` (a Kafka message).
-    Event(Bytes),
+/// Where one event and the fields a filter reads are in the published bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Head {
+    raw: Range<u32>,
+    event: Range<u32>,
+    env: Range<u32>,
+    id: Range<u32>,
+    valid: bool,
+}
+
+impl Head {
+    /// The head of `view`, decoded from `raw`, both inside `data`; `None` when they are
+    /// not (a view that owns a string).
+    pub fn of(data: &[u8], raw: &[u8], view: &EventView<'_>) -> Option<Head> {
+        let at = |s: &[u8]| -> Option<Range<u32>> {
+            let start = (s.as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
+            let end = start.checked_add(s.len())?;
+            (end <= data.len()).then_some(start as u32..end as u32)
+        };
+        Some(Head {
+            raw: at(raw)?,
+            event: at(view.event.as_bytes())?,
+            env: at(view.env.as_bytes())?,
+            id: at(view.id.as_bytes())?,
+            valid: view.valid,
+        })
+    }
+}
+
+/// What intake stored, as it is on the wire, with its events' heads.
+#[derive(Clone, Debug)]
+pub struct Published {
+    /// An encoded `weir.v1.EventBatch` (HTTP mode) or one encoded `weir.v1.Event` (a
+    /// Kafka message).
+    pub data: Bytes,
+    /// Each readable event's head, in order.
+    pub heads: Vec<Head>,
+}
+
+impl Published {
+    /// One encoded event (from Kafka): decoded here for its head.
+    pub fn event(data: Bytes) -> Published {
+        let heads = EventView::decode(&data)
+            .ok()
+            .and_then(|v| Head::of(&data, &data, &v))
+            .into_iter()
+            .collect();
+        Published { data, heads }
+    }
+
+    fn get(&self, r: &Range<u32>) -> &[u8] {
+        self.data.get(r.start as usize..r.end as usize).unwrap_or_default()
+    }
 }
 
 struct Entry {
@@ -47,6 +97,7 @@ pub struct Tail {
     published: AtomicU64,
     subscribers: Arc<AtomicUsize>,
     max_subscribers: usize,
+    max_per_second: u32,
     redact: Vec<Vec<String>>,
     stop: watch::Receiver<bool>,
 }
@@ -95,20 +146,23 @@ impl Filter {
         Ok(f)
     }
 
-    /// Whether `view` passes.
-    pub fn matches(&self, view: &EventView<'_>) -> bool {
+    /// Whether the event of `head` in `data` passes.
+    fn matches(&self, data: &Published, head: &Head) -> bool {
         if let Some(e) = &self.event {
+            let event = data.get(&head.event);
             let ok = match e.strip_suffix('*') {
-                Some(prefix) => view.event.starts_with(prefix),
-                None => view.event == e,
+                Some(prefix) => event.starts_with(prefix.as_bytes()),
+                None => event == e.as_bytes(),
             };
             if !ok {
                 return false;
             }
         }
-        self.env.as_deref().is_none_or(|env| view.env == env)
-            && self.valid.is_none_or(|v| view.valid == v)
-            && self.id.as_deref().is_none_or(|id| view.id == id)
+        self.env
+            .as_deref()
+            .is_none_or(|env| data.get(&head.env) == env.as_bytes())
+            && self.valid.is_none_or(|v| head.valid == v)
+            && self.id.as_deref().is_none_or(|id| data.get(&head.id) == id.as_bytes())
     }
 }
 
@@ -121,15 +175,17 @@ pub enum SubscribeError {
 }
 
 impl Tail {
-    /// A tail allowing `max_subscribers` at once, showing `redact` paths (`context.ip`,
-    /// `fields.email`) as `"***"`; every stream ends when `stop` turns true.
-    pub fn new(max_subscribers: usize, redact: &[String], stop: watch::Receiver<bool>) -> Tail {
+    /// A tail allowing `max_subscribers` at once, each shown at most `max_per_second`
+    /// events a second, with `redact` paths (`context.ip`, `fields.email`) as `"***"`;
+    /// every stream ends when `stop` turns true.
+    pub fn new(max_subscribers: usize, max_per_second: u32, redact: &[String], stop: watch::Receiver<bool>) -> Tail {
         let (tx, _) = broadcast::channel(RING);
         Tail {
             tx,
             published: AtomicU64::new(0),
             subscribers: Arc::new(AtomicUsize::new(0)),
             max_subscribers,
+            max_per_second,
             redact: redact
                 .iter()
                 .map(|p| p.split('.').map(str::to_string).collect())
@@ -165,6 +221,7 @@ impl Tail {
         let sub = Subscriber {
             rx,
             filter,
+            budget: Budget::new(self.max_per_second),
             redact: self.redact.clone(),
             out,
             stop: self.stop.clone(),
@@ -185,9 +242,43 @@ impl Drop for Counted {
     }
 }
 
+/// A token bucket of events a second, refilled once per entry (one clock read).
+struct Budget {
+    per_second: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Budget {
+    fn new(per_second: u32) -> Budget {
+        let per_second = f64::from(per_second.max(1));
+        Budget {
+            per_second,
+            tokens: per_second,
+            at: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let gained = now.saturating_duration_since(self.at).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + gained).min(self.per_second);
+        self.at = now;
+    }
+
+    fn take(&mut self) -> bool {
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 struct Subscriber {
     rx: broadcast::Receiver<Arc<Entry>>,
     filter: Filter,
+    budget: Budget,
     redact: Vec<Vec<String>>,
     out: mpsc::Sender<Bytes>,
     stop: watch::Receiver<bool>,
@@ -234,38 +325,41 @@ impl Subscriber {
         }
     }
 
-    /// The SSE text for `entry`: a `dropped` notice first when events were missed.
+    /// The SSE text for `entry`: the events that pass the filter, while the budget
+    /// lasts, after a `dropped` notice counting the events missed (the ring moved past
+    /// them, or they passed the filter beyond the budget).
     fn render(&mut self, entry: &Entry) -> Option<Bytes> {
-        let mut out = Vec::new();
-        if entry.first > self.expected {
-            let missed = entry.first - self.expected;
-            out.extend_from_slice(format!("event: dropped\ndata: {{\"dropped\":{missed}}}\n\n").as_bytes());
-        }
+        let mut missed = entry.first.saturating_sub(self.expected);
         self.expected = self.expected.max(entry.first + entry.count);
-        let one = |raw: &[u8], out: &mut Vec<u8>| {
-            let Ok(view) = EventView::decode(raw) else { return };
-            if !self.filter.matches(&view) {
-                return;
+        // Events without a head: published as the first subscriber joined (intake read
+        // no heads), or unreadable (a Kafka message).
+        missed += entry.count.saturating_sub(entry.data.heads.len() as u64);
+        self.budget.refill(Instant::now());
+        let mut events = Vec::new();
+        for head in &entry.data.heads {
+            if !self.filter.matches(&entry.data, head) {
+                continue;
             }
+            if !self.budget.take() {
+                missed += 1;
+                continue;
+            }
+            let raw = entry.data.get(&head.raw);
+            let Ok(view) = EventView::decode(raw) else { continue };
             let mut json = Vec::with_capacity(raw.len() + 128);
             view.write_json(&mut json);
             if !self.redact.is_empty() {
                 json = redact(&json, &self.redact);
             }
-            out.extend_from_slice(b"data: ");
-            out.extend_from_slice(&json);
-            out.extend_from_slice(b"\n\n");
-        };
-        match &entry.data {
-            Published::Event(raw) => one(raw, &mut out),
-            Published::Batch(body) => {
-                if let Ok(batch) = BatchView::decode(body) {
-                    for raw in &batch.events {
-                        one(raw, &mut out);
-                    }
-                }
-            }
+            events.extend_from_slice(b"data: ");
+            events.extend_from_slice(&json);
+            events.extend_from_slice(b"\n\n");
         }
+        let mut out = Vec::new();
+        if missed > 0 {
+            out.extend_from_slice(format!("event: dropped\ndata: {{\"dropped\":{missed}}}\n\n").as_bytes());
+        }
+        out.extend_from_slice(&events);
         (!out.is_empty()).then(|| Bytes::from(out))
     }
 }
@@ -302,6 +396,105 @@ mod tests {
         assert!(Filter::parse("colour=red")
             .unwrap_err()
             .contains("unknown filter \"colour\""));
+    }
+
+    /// What intake publishes for `events`: the batch and its heads.
+    fn published(events: &[(&str, &str, bool)]) -> Published {
+        let framed = crate::testing::batch(events);
+        let data = Bytes::copy_from_slice(&framed[weir_proto::record::HEADER_LEN..]);
+        let batch = weir_proto::event::batch::BatchView::decode(&data).unwrap();
+        let heads = batch
+            .events
+            .iter()
+            .map(|raw| Head::of(&data, raw, &EventView::decode(raw).unwrap()).unwrap())
+            .collect();
+        Published { data, heads }
+    }
+
+    /// The data lines and the dropped count of everything `rx` has now.
+    fn drain(rx: &mut mpsc::Receiver<Bytes>) -> (Vec<serde_json::Value>, u64) {
+        let (mut events, mut dropped) = (Vec::new(), 0);
+        while let Ok(chunk) = rx.try_recv() {
+            let text = String::from_utf8(chunk.to_vec()).unwrap();
+            for block in text.split("\n\n").filter(|b| !b.is_empty() && !b.starts_with(':')) {
+                if let Some(d) = block.strip_prefix("event: dropped\ndata: ") {
+                    dropped += serde_json::from_str::<serde_json::Value>(d).unwrap()["dropped"]
+                        .as_u64()
+                        .unwrap();
+                } else {
+                    let data = block.strip_prefix("data: ").expect("a data line");
+                    events.push(serde_json::from_str(data).unwrap());
+                }
+            }
+        }
+        (events, dropped)
+    }
+
+    #[tokio::test]
+    async fn a_stream_shows_what_its_filter_passes_within_its_budget_and_counts_the_rest() {
+        let (_stop_tx, stop) = watch::channel(false);
+        let tail = Tail::new(4, 3, &["fields".to_string()], stop);
+        assert!(!tail.watched());
+        let mut all = tail.subscribe(Filter::default()).unwrap();
+        let mut one = tail.subscribe(Filter::parse("id=e7").unwrap()).unwrap();
+        let mut flagged = tail
+            .subscribe(Filter::parse("event=cart.*&valid=false").unwrap())
+            .unwrap();
+        assert!(tail.watched());
+        let events: Vec<(String, &str, bool)> = (0..10)
+            .map(|i| {
+                (
+                    format!("e{i}"),
+                    if i % 2 == 0 { "cart.added" } else { "item.viewed" },
+                    i % 4 != 0,
+                )
+            })
+            .collect();
+        let refs: Vec<(&str, &str, bool)> = events.iter().map(|(id, e, v)| (id.as_str(), *e, *v)).collect();
+        tail.publish(published(&refs), 10);
+        // A published batch without heads (the first subscriber joined while intake read
+        // it) is counted as dropped, never shown half.
+        tail.publish(
+            Published {
+                data: Bytes::from_static(b"x"),
+                heads: Vec::new(),
+            },
+            2,
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let (shown, dropped) = drain(&mut all);
+        let ids: Vec<&str> = shown.iter().map(|e| e["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["e0", "e1", "e2"], "the first three, within 3 a second");
+        assert_eq!(dropped, 7 + 2, "the seven beyond the budget and the two without heads");
+        assert_eq!(shown[0]["fields"], "***", "redacted as configured");
+        assert_eq!(shown[0]["event"], "cart.added");
+
+        let (shown, dropped) = drain(&mut one);
+        assert_eq!(shown.len(), 1);
+        assert_eq!(
+            shown[0]["id"], "e7",
+            "the budget is spent only on what passes the filter"
+        );
+        assert_eq!(dropped, 2);
+
+        let (shown, _) = drain(&mut flagged);
+        let ids: Vec<&str> = shown.iter().map(|e| e["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["e0", "e4", "e8"], "name prefix and validity from the heads");
+        assert!(shown.iter().all(|e| e["valid"] == false));
+    }
+
+    #[test]
+    fn a_head_outside_the_published_bytes_is_none() {
+        let p = published(&[("a", "x.y", true)]);
+        let raw = p.get(&p.heads[0].raw).to_vec();
+        let view = EventView::decode(&raw).unwrap();
+        assert_eq!(
+            Head::of(&p.data, &raw, &view),
+            None,
+            "a copy elsewhere is not in the batch"
+        );
+        assert_eq!(Head::of(&raw, &raw, &view).map(|h| h.raw), Some(0..raw.len() as u32));
     }
 
     #[test]
