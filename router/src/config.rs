@@ -175,7 +175,7 @@ impl RouterConfig {
             return Err(InvalidSetting::new(
                 "router.tail_max_events_per_second",
                 format!(
-                    "{} is out of range; it must be 1..=1000000 (default 2000)",
+                    "{} is out of range; it must be 1..=1000000 (default 1000)",
                     self.tail_max_events_per_second
                 ),
             ));
@@ -216,7 +216,7 @@ impl Default for RouterConfig {
             kafka: None,
             tail_redact: vec!["context.ip".into()],
             tail_max_subscribers: 32,
-            tail_max_events_per_second: 2000,
+            tail_max_events_per_second: 1000,
             recipients: BTreeMap::new(),
         }
     }

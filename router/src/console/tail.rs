@@ -27,6 +27,8 @@ pub const RING: usize = 64;
 const CONNECTION_QUEUE: usize = 4;
 /// A comment line this often keeps proxies from closing an idle stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// A stream that shows nothing is told what it missed at most this often.
+const NOTICE_EVERY: Duration = Duration::from_secs(1);
 
 /// Where one event and the fields a filter reads are in the published bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -226,6 +228,8 @@ impl Tail {
             out,
             stop: self.stop.clone(),
             expected: self.published.load(Ordering::Relaxed),
+            missed: 0,
+            told: Instant::now(),
             _count: Counted(self.subscribers.clone()),
         };
         tokio::spawn(sub.run());
@@ -265,6 +269,11 @@ impl Budget {
         self.at = now;
     }
 
+    /// Whether nothing more can be shown until the next refill.
+    fn spent(&self) -> bool {
+        self.tokens < 1.0
+    }
+
     fn take(&mut self) -> bool {
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -284,6 +293,10 @@ struct Subscriber {
     stop: watch::Receiver<bool>,
     /// The sequence number of the next event it should see.
     expected: u64,
+    /// Events missed since the last `dropped` notice.
+    missed: u64,
+    /// When the last notice went out.
+    told: Instant,
     _count: Counted,
 }
 
@@ -327,37 +340,48 @@ impl Subscriber {
 
     /// The SSE text for `entry`: the events that pass the filter, while the budget
     /// lasts, after a `dropped` notice counting the events missed (the ring moved past
-    /// them, or they passed the filter beyond the budget).
+    /// them, or they passed the filter beyond the budget). A notice goes out with the
+    /// next events shown, or alone at most every [`NOTICE_EVERY`]: a stream past its
+    /// budget costs one small write a second, not one per batch.
     fn render(&mut self, entry: &Entry) -> Option<Bytes> {
-        let mut missed = entry.first.saturating_sub(self.expected);
+        let heads = &entry.data.heads;
+        self.missed += entry.first.saturating_sub(self.expected);
         self.expected = self.expected.max(entry.first + entry.count);
         // Events without a head: published as the first subscriber joined (intake read
         // no heads), or unreadable (a Kafka message).
-        missed += entry.count.saturating_sub(entry.data.heads.len() as u64);
-        self.budget.refill(Instant::now());
+        self.missed += entry.count.saturating_sub(heads.len() as u64);
+        let now = Instant::now();
+        self.budget.refill(now);
         let mut events = Vec::new();
-        for head in &entry.data.heads {
-            if !self.filter.matches(&entry.data, head) {
-                continue;
+        if self.filter == Filter::default() && self.budget.spent() {
+            // Everything passes and nothing more can be shown this second.
+            self.missed += heads.len() as u64;
+        } else {
+            for head in heads {
+                if !self.filter.matches(&entry.data, head) {
+                    continue;
+                }
+                if !self.budget.take() {
+                    self.missed += 1;
+                    continue;
+                }
+                let raw = entry.data.get(&head.raw);
+                let Ok(view) = EventView::decode(raw) else { continue };
+                let mut json = Vec::with_capacity(raw.len() + 128);
+                view.write_json(&mut json);
+                if !self.redact.is_empty() {
+                    json = redact(&json, &self.redact);
+                }
+                events.extend_from_slice(b"data: ");
+                events.extend_from_slice(&json);
+                events.extend_from_slice(b"\n\n");
             }
-            if !self.budget.take() {
-                missed += 1;
-                continue;
-            }
-            let raw = entry.data.get(&head.raw);
-            let Ok(view) = EventView::decode(raw) else { continue };
-            let mut json = Vec::with_capacity(raw.len() + 128);
-            view.write_json(&mut json);
-            if !self.redact.is_empty() {
-                json = redact(&json, &self.redact);
-            }
-            events.extend_from_slice(b"data: ");
-            events.extend_from_slice(&json);
-            events.extend_from_slice(b"\n\n");
         }
         let mut out = Vec::new();
-        if missed > 0 {
-            out.extend_from_slice(format!("event: dropped\ndata: {{\"dropped\":{missed}}}\n\n").as_bytes());
+        if self.missed > 0 && (!events.is_empty() || now.saturating_duration_since(self.told) >= NOTICE_EVERY) {
+            out.extend_from_slice(format!("event: dropped\ndata: {{\"dropped\":{}}}\n\n", self.missed).as_bytes());
+            self.missed = 0;
+            self.told = now;
         }
         out.extend_from_slice(&events);
         (!out.is_empty()).then(|| Bytes::from(out))
@@ -453,7 +477,8 @@ mod tests {
         let refs: Vec<(&str, &str, bool)> = events.iter().map(|(id, e, v)| (id.as_str(), *e, *v)).collect();
         tail.publish(published(&refs), 10);
         // A published batch without heads (the first subscriber joined while intake read
-        // it) is counted as dropped, never shown half.
+        // it) is counted as dropped, never shown half; told with the next events shown,
+        // or alone a second after the last notice.
         tail.publish(
             Published {
                 data: Bytes::from_static(b"x"),
@@ -466,7 +491,7 @@ mod tests {
         let (shown, dropped) = drain(&mut all);
         let ids: Vec<&str> = shown.iter().map(|e| e["id"].as_str().unwrap()).collect();
         assert_eq!(ids, ["e0", "e1", "e2"], "the first three, within 3 a second");
-        assert_eq!(dropped, 7 + 2, "the seven beyond the budget and the two without heads");
+        assert_eq!(dropped, 7, "the seven beyond the budget, told with the events shown");
         assert_eq!(shown[0]["fields"], "***", "redacted as configured");
         assert_eq!(shown[0]["event"], "cart.added");
 
@@ -476,7 +501,19 @@ mod tests {
             shown[0]["id"], "e7",
             "the budget is spent only on what passes the filter"
         );
-        assert_eq!(dropped, 2);
+        assert_eq!(dropped, 0, "the two without heads are not told yet");
+
+        tokio::time::sleep(NOTICE_EVERY).await;
+        tail.publish(
+            Published {
+                data: Bytes::from_static(b"y"),
+                heads: Vec::new(),
+            },
+            1,
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(drain(&mut all), (Vec::new(), 3), "2 + 1 in one notice, a second on");
+        assert_eq!(drain(&mut one), (Vec::new(), 3));
 
         let (shown, _) = drain(&mut flagged);
         let ids: Vec<&str> = shown.iter().map(|e| e["id"].as_str().unwrap()).collect();
