@@ -1,5 +1,8 @@
 //! Metric names of the router (`weir_router_*`).
 
+/// Runs of records the log's consumers took (label `from`): `memory`, as intake offered
+/// them, or `disk`, read back, decompressed and decoded (a consumer that fell behind).
+pub const LOG_READS: &str = "weir_router_log_reads_total";
 /// Batches taken into the log.
 pub const BATCHES: &str = "weir_router_batches_received_total";
 /// Events taken into the log.

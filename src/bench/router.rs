@@ -36,13 +36,28 @@ pub struct RouterBench {
 }
 
 fn buffered(rt: &tokio::runtime::Runtime, port: u16) -> anyhow::Result<f64> {
-    let metrics = ureq_get(rt, &format!("http://127.0.0.1:{port}/metrics"))?;
-    Ok(metrics
-        .lines()
-        .find(|l| l.starts_with("weir_router_buffer_events_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or(0.0))
+    Ok(metrics(rt, port, &["weir_router_buffer_events_total"])?[0])
 }
+
+/// The values of the router's metric lines that start with each of `lines`.
+fn metrics(rt: &tokio::runtime::Runtime, port: u16, lines: &[&str]) -> anyhow::Result<Vec<f64>> {
+    let text = ureq_get(rt, &format!("http://127.0.0.1:{port}/metrics"))?;
+    Ok(lines
+        .iter()
+        .map(|start| {
+            text.lines()
+                .find(|l| l.starts_with(start))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        })
+        .collect())
+}
+
+/// Runs of log records its consumers took from intake's offer and read back from disk.
+const READS: [&str; 2] = [
+    "weir_router_log_reads_total{from=\"memory\"}",
+    "weir_router_log_reads_total{from=\"disk\"}",
+];
 
 /// Opens `n` connections to `/v1/tail` that each read 4 KiB every 100 ms (or, `fast`,
 /// 64 KiB at a time without a pause), until their tasks are aborted.
@@ -116,6 +131,7 @@ pub fn run_router(opts: RouterBench) -> anyhow::Result<()> {
         }
         let before = proc_usage(pid);
         let buffered_before = buffered(&rt, port)?;
+        let reads_before = metrics(&rt, port, &READS)?;
         let started = Instant::now();
         let (mut lat, requests) = rt.block_on(drive(
             port,
@@ -155,6 +171,12 @@ pub fn run_router(opts: RouterBench) -> anyhow::Result<()> {
                 (c1 - c0) * 1e6 / events.max(1) as f64
             );
         }
+        let reads = metrics(&rt, port, &READS)?;
+        println!(
+            "  log reads   {:>10.0} from intake's offer, {:.0} back from disk (runs the log's consumers took)",
+            reads[0] - reads_before[0],
+            reads[1] - reads_before[1]
+        );
         runs.push(events as f64 / wall);
     }
     if let [before, with, after] = runs[..] {

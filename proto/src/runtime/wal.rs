@@ -632,6 +632,11 @@ impl WalReader {
         self.pos
     }
 
+    /// The log's durable end now: what a read may return ends there.
+    pub fn durable(&self) -> Position {
+        *self.shared.durable.borrow()
+    }
+
     /// Moves the reader back (or forward) to `pos`.
     pub fn seek(&mut self, pos: Position) {
         self.pos = pos;

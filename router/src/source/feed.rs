@@ -36,9 +36,12 @@ pub const WINDOW_BYTES: usize = 8 << 20;
 /// buffer at 1M events/s).
 pub const OFFERED_PER_WINDOW: usize = 4;
 
-/// Turns of the runtime a consumer at the head gives intake to offer what the log just
-/// made durable before it reads it back from disk.
-const OFFER_WAITS: usize = 4;
+/// How long a consumer at the head waits for intake to offer what the log just made
+/// durable before it reads it back from disk. The durable end moves just before intake's
+/// appends return and they offer their records; an offer that never comes (a client that
+/// hung up in between) costs this once. A few turns of the runtime were too few: at
+/// 1.5M events/s two runs in five were read back from disk, one record at a time.
+const OFFER_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// One record of the log, decoded.
 pub struct Entry {
@@ -271,9 +274,14 @@ pub struct Feed {
     recent: Mutex<Recent>,
     /// Held by the consumer reading the next records from disk for everyone.
     reading: tokio::sync::Mutex<()>,
+    /// Woken by every offer (consumers at the head wait for theirs).
+    offers: tokio::sync::Notify,
     max_bytes: usize,
     disk_reads: AtomicU64,
     memory_reads: AtomicU64,
+    /// `weir_router_log_reads_total` by `from`.
+    disk_meter: metrics::Counter,
+    memory_meter: metrics::Counter,
 }
 
 #[derive(Default)]
@@ -295,9 +303,12 @@ impl Feed {
             window: Mutex::new(Window::default()),
             recent: Mutex::new(Recent::default()),
             reading: tokio::sync::Mutex::new(()),
+            offers: tokio::sync::Notify::new(),
             max_bytes,
             disk_reads: AtomicU64::new(0),
             memory_reads: AtomicU64::new(0),
+            disk_meter: metrics::counter!(crate::metrics::LOG_READS, "from" => "disk"),
+            memory_meter: metrics::counter!(crate::metrics::LOG_READS, "from" => "memory"),
         })
     }
 
@@ -314,6 +325,24 @@ impl Feed {
             match r.entries.pop_first() {
                 Some((_, e)) => r.bytes -= e.bytes,
                 None => break,
+            }
+        }
+        drop(r);
+        self.offers.notify_waiters();
+    }
+
+    /// Waits up to [`OFFER_WAIT`] for the record at `at` to be offered, and takes it
+    /// with what follows it; empty when it was not.
+    async fn wait_offered(&self, at: Position) -> Vec<Arc<Entry>> {
+        let deadline = tokio::time::Instant::now() + OFFER_WAIT;
+        loop {
+            // Registered before the check, so an offer in between is not missed.
+            let offered = self.offers.notified();
+            tokio::pin!(offered);
+            offered.as_mut().enable();
+            let got = self.take_offered(at);
+            if !got.is_empty() || tokio::time::timeout_at(deadline, offered).await.is_err() {
+                return got;
             }
         }
     }
@@ -340,6 +369,7 @@ impl Feed {
         let got = self.offered(at);
         if !got.is_empty() {
             self.memory_reads.fetch_add(1, Ordering::Relaxed);
+            self.memory_meter.increment(1);
             self.push(at, &got);
         }
         got
@@ -415,6 +445,10 @@ impl Feed {
             return Ok(Vec::new());
         };
         let at = r.position();
+        if at >= r.durable() {
+            // At the durable end: nothing to read, and no blocking read to find out.
+            return Ok(Vec::new());
+        }
         let mut got = self.from(at);
         if got.is_empty() {
             got = self.take_offered(at);
@@ -423,14 +457,11 @@ impl Feed {
             let head = self.at_head(at);
             if head {
                 // A consumer at the head was woken by the log's durable end, which moves
-                // just before intake offers what it appended: a few turns of the runtime
-                // let intake offer it, instead of this consumer reading it back.
-                for _ in 0..OFFER_WAITS {
-                    tokio::task::yield_now().await;
-                    got = self.take_offered(at);
-                    if !got.is_empty() {
-                        return Ok(self.seek_past(reader, got));
-                    }
+                // just before intake offers what it appended: it waits for the offer
+                // instead of reading the record back.
+                got = self.wait_offered(at).await;
+                if !got.is_empty() {
+                    return Ok(self.seek_past(reader, got));
                 }
             }
             // Consumers at the head wait for one read instead of each making its own.
@@ -454,7 +485,10 @@ impl Feed {
                 };
                 *reader = Some(r);
                 got = read?;
-                self.disk_reads.fetch_add(1, Ordering::Relaxed);
+                if !got.is_empty() {
+                    self.disk_reads.fetch_add(1, Ordering::Relaxed);
+                    self.disk_meter.increment(1);
+                }
                 if head && !got.is_empty() {
                     self.push(at, &got);
                 }
