@@ -316,7 +316,8 @@ impl Subscriber {
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                _ = keepalive.tick() => Some(Bytes::from_static(b": keepalive\n\n")),
+                // What was missed and not told yet (the events stopped) goes out here.
+                _ = keepalive.tick() => Some(self.notice().unwrap_or(Bytes::from_static(b": keepalive\n\n"))),
                 _ = self.stop.changed() => return,
             };
             if let Some(chunk) = chunk {
@@ -378,13 +379,22 @@ impl Subscriber {
             }
         }
         let mut out = Vec::new();
-        if self.missed > 0 && (!events.is_empty() || now.saturating_duration_since(self.told) >= NOTICE_EVERY) {
-            out.extend_from_slice(format!("event: dropped\ndata: {{\"dropped\":{}}}\n\n", self.missed).as_bytes());
-            self.missed = 0;
-            self.told = now;
+        if !events.is_empty() || now.saturating_duration_since(self.told) >= NOTICE_EVERY {
+            out.extend_from_slice(&self.notice().unwrap_or_default());
         }
         out.extend_from_slice(&events);
         (!out.is_empty()).then(|| Bytes::from(out))
+    }
+
+    /// The `dropped` notice for what was missed since the last one, if anything was.
+    fn notice(&mut self) -> Option<Bytes> {
+        if self.missed == 0 {
+            return None;
+        }
+        let text = format!("event: dropped\ndata: {{\"dropped\":{}}}\n\n", self.missed);
+        self.missed = 0;
+        self.told = Instant::now();
+        Some(Bytes::from(text))
     }
 }
 
@@ -519,6 +529,24 @@ mod tests {
         let ids: Vec<&str> = shown.iter().map(|e| e["id"].as_str().unwrap()).collect();
         assert_eq!(ids, ["e0", "e4", "e8"], "name prefix and validity from the heads");
         assert!(shown.iter().all(|e| e["valid"] == false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_was_missed_is_told_at_the_keepalive_when_the_events_stop() {
+        let (_stop_tx, stop) = watch::channel(false);
+        let tail = Tail::new(1, 1000, &[], stop);
+        let mut rx = tail.subscribe(Filter::default()).unwrap();
+        tail.publish(
+            Published {
+                data: Bytes::from_static(b"x"),
+                heads: Vec::new(),
+            },
+            2,
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(drain(&mut rx), (Vec::new(), 0), "not told alone within a second");
+        tokio::time::sleep(KEEPALIVE).await;
+        assert_eq!(drain(&mut rx), (Vec::new(), 2), "told instead of the keepalive comment");
     }
 
     #[test]
