@@ -8,9 +8,11 @@
 //! has its own task that filters, then renders and redacts at most
 //! `tail_max_events_per_second` events (what passes beyond that is counted as dropped),
 //! and writes into a small channel to its connection. A subscriber that reads slowly
-//! stops pulling from the ring; the ring overwrites its oldest entries, and when it
-//! catches up it gets one `event: dropped` message with the number of events it missed.
-//! So neither a slow client nor a fast one costs intake more than a bounded share.
+//! stops pulling from the ring; the ring overwrites its oldest entries. What a stream
+//! missed (overwritten, past its budget, or published without heads) is counted in an
+//! `event: dropped` message sent before the next events it shows, or alone at most once
+//! a second, or at the keepalive when the events stopped. So neither a slow client nor a
+//! fast one costs intake more than a bounded share.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -45,6 +47,10 @@ impl Head {
     /// not (a view that owns a string).
     pub fn of(data: &[u8], raw: &[u8], view: &EventView<'_>) -> Option<Head> {
         let at = |s: &[u8]| -> Option<Range<u32>> {
+            // An empty field is not on the wire: its (default) string is nowhere in `data`.
+            if s.is_empty() {
+                return Some(0..0);
+            }
             let start = (s.as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
             let end = start.checked_add(s.len())?;
             (end <= data.len()).then_some(start as u32..end as u32)
@@ -547,6 +553,23 @@ mod tests {
         assert_eq!(drain(&mut rx), (Vec::new(), 0), "not told alone within a second");
         tokio::time::sleep(KEEPALIVE).await;
         assert_eq!(drain(&mut rx), (Vec::new(), 2), "told instead of the keepalive comment");
+    }
+
+    #[tokio::test]
+    async fn a_flagged_event_without_a_name_is_shown() {
+        let (_stop_tx, stop) = watch::channel(false);
+        let tail = Tail::new(1, 10, &[], stop);
+        let mut flagged = tail.subscribe(Filter::parse("valid=false").unwrap()).unwrap();
+        // An empty name is not on the wire at all.
+        let p = published(&[("nameless", "", false), ("named", "x.y", true)]);
+        assert_eq!(p.heads.len(), 2);
+        assert_eq!(p.heads[0].event, 0..0);
+        tail.publish(p, 2);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (shown, dropped) = drain(&mut flagged);
+        assert_eq!(shown.len(), 1);
+        assert_eq!(shown[0]["id"], "nameless");
+        assert_eq!(dropped, 0);
     }
 
     #[test]

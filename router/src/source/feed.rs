@@ -39,7 +39,8 @@ pub const OFFERED_PER_WINDOW: usize = 4;
 /// How long a consumer at the head waits for intake to offer what the log just made
 /// durable before it reads it back from disk. The durable end moves just before intake's
 /// appends return and they offer their records; an offer that never comes (a client that
-/// hung up in between) costs this once. A few turns of the runtime were too few: at
+/// hung up in between) costs this once. A consumer that is behind the offers kept never
+/// waits (see `Feed::may_be_offered`). A few turns of the runtime were too few: at
 /// 1.5M events/s two runs in five were read back from disk, one record at a time.
 const OFFER_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 
@@ -331,6 +332,15 @@ impl Feed {
         self.offers.notify_waiters();
     }
 
+    /// Whether the record at `at` may still be offered: offers kept start at or before
+    /// it (a consumer behind them, replaying a backlog after a restart or pushed out of
+    /// the offers, reads from disk at once), and it is in the segment being written (at
+    /// a segment's end the reader must move to the next one, which a read does).
+    fn may_be_offered(&self, at: Position, durable: Position) -> bool {
+        let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        at.segment == durable.segment && r.entries.first_key_value().is_some_and(|(from, _)| *from <= at)
+    }
+
     /// Waits up to [`OFFER_WAIT`] for the record at `at` to be offered, and takes it
     /// with what follows it; empty when it was not.
     async fn wait_offered(&self, at: Position) -> Vec<Arc<Entry>> {
@@ -455,7 +465,7 @@ impl Feed {
         }
         if got.is_empty() {
             let head = self.at_head(at);
-            if head {
+            if head && self.may_be_offered(at, r.durable()) {
                 // A consumer at the head was woken by the log's durable end, which moves
                 // just before intake offers what it appended: it waits for the offer
                 // instead of reading the record back.
@@ -622,6 +632,34 @@ mod tests {
             all.extend(got);
         }
         assert_eq!(all, ["a0", "b0", "a1", "b1", "a2", "b2", "c"]);
+    }
+
+    #[tokio::test]
+    async fn only_a_consumer_within_the_offers_kept_waits_for_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (wal, start, feed, _) = five_readers(tmp.path());
+        // Written before a restart (never offered), then one intake offered.
+        append(&wal, &feed, &[("old", "x", true)], true, false).await;
+        let newest = wal.durable();
+        append(&wal, &feed, &[("new", "x", true)], true, true).await;
+        let end = wal.durable();
+        assert!(
+            !feed.may_be_offered(start, end),
+            "a backlog before every offer kept is read at once"
+        );
+        assert!(feed.may_be_offered(newest, end), "the newest record is offered");
+        assert!(feed.may_be_offered(end, end), "what comes next may be");
+        let next = Position {
+            segment: end.segment + 1,
+            offset: 0,
+        };
+        assert!(
+            !feed.may_be_offered(end, next),
+            "at a segment's end a read moves the reader on"
+        );
+        let mut behind = Some(wal.reader(start));
+        assert_eq!(next_ids(&feed, &mut behind).await, ["old", "new"], "one read from disk");
+        assert_eq!(feed.disk_reads(), 1);
     }
 
     #[tokio::test]
