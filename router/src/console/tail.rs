@@ -451,6 +451,16 @@ mod tests {
         Published { data, heads }
     }
 
+    /// Publishes `count` events without heads (as when the first subscriber joined while
+    /// intake read the batch).
+    fn publish_headless(tail: &Tail, count: u64) {
+        let data = Published {
+            data: Bytes::from_static(b"x"),
+            heads: Vec::new(),
+        };
+        tail.publish(data, count);
+    }
+
     /// The data lines and the dropped count of everything `rx` has now.
     fn drain(rx: &mut mpsc::Receiver<Bytes>) -> (Vec<serde_json::Value>, u64) {
         let (mut events, mut dropped) = (Vec::new(), 0);
@@ -495,13 +505,7 @@ mod tests {
         // A published batch without heads (the first subscriber joined while intake read
         // it) is counted as dropped, never shown half; told with the next events shown,
         // or alone a second after the last notice.
-        tail.publish(
-            Published {
-                data: Bytes::from_static(b"x"),
-                heads: Vec::new(),
-            },
-            2,
-        );
+        publish_headless(&tail, 2);
         tokio::time::sleep(Duration::from_millis(200)).await;
 
         let (shown, dropped) = drain(&mut all);
@@ -520,13 +524,7 @@ mod tests {
         assert_eq!(dropped, 0, "the two without heads are not told yet");
 
         tokio::time::sleep(NOTICE_EVERY).await;
-        tail.publish(
-            Published {
-                data: Bytes::from_static(b"y"),
-                heads: Vec::new(),
-            },
-            1,
-        );
+        publish_headless(&tail, 1);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(drain(&mut all), (Vec::new(), 3), "2 + 1 in one notice, a second on");
         assert_eq!(drain(&mut one), (Vec::new(), 3));
@@ -542,13 +540,7 @@ mod tests {
         let (_stop_tx, stop) = watch::channel(false);
         let tail = Tail::new(1, 1000, &[], stop);
         let mut rx = tail.subscribe(Filter::default()).unwrap();
-        tail.publish(
-            Published {
-                data: Bytes::from_static(b"x"),
-                heads: Vec::new(),
-            },
-            2,
-        );
+        publish_headless(&tail, 2);
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(drain(&mut rx), (Vec::new(), 0), "not told alone within a second");
         tokio::time::sleep(KEEPALIVE).await;
