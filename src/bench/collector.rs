@@ -130,11 +130,7 @@ pub fn run(opts: CollectorBench) -> anyhow::Result<()> {
     }
     if datagram {
         let metrics = ureq_get(&rt, &format!("{url}/metrics"))?;
-        let accepted: f64 = metrics
-            .lines()
-            .filter(|l| l.starts_with("weir_collector_events_accepted_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let accepted = metric(&metrics, "weir_collector_events_accepted_total");
         println!("  accepted    {accepted:.0} of {events} sent (datagrams are not acknowledged)");
     }
     drop(spawned);

@@ -392,3 +392,12 @@ pub(super) fn batch_body(event: &str, version: u32, n: u64, fields: impl Fn(u64)
     .encode_to_vec();
     Ok(Bytes::from(zstd::bulk::compress(&raw, 1)?))
 }
+
+/// The sum of every sample of `name` in a Prometheus text page (`name` may end in a
+/// label set, `x_total{from="disk"}`, to pick one series).
+pub(super) fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with([' ', '{'])))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -148,14 +148,6 @@ fn print_stage(what: &str, f: &Figures) {
     }
 }
 
-/// The sum of every sample of `name` in a Prometheus text page.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with([' ', '{'])))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Polls `url` every 20 ms until `name` reaches `target` or `timeout`; returns the last
 /// value and when it was first seen non-zero, with that value.
 fn wait_for_metric(

@@ -39,18 +39,10 @@ fn buffered(rt: &tokio::runtime::Runtime, port: u16) -> anyhow::Result<f64> {
     Ok(metrics(rt, port, &["weir_router_buffer_events_total"])?[0])
 }
 
-/// The values of the router's metric lines that start with each of `lines`.
-fn metrics(rt: &tokio::runtime::Runtime, port: u16, lines: &[&str]) -> anyhow::Result<Vec<f64>> {
+/// The router's metrics `names` (each summed over its series).
+fn metrics(rt: &tokio::runtime::Runtime, port: u16, names: &[&str]) -> anyhow::Result<Vec<f64>> {
     let text = ureq_get(rt, &format!("http://127.0.0.1:{port}/metrics"))?;
-    Ok(lines
-        .iter()
-        .map(|start| {
-            text.lines()
-                .find(|l| l.starts_with(start))
-                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        })
-        .collect())
+    Ok(names.iter().map(|name| metric(&text, name)).collect())
 }
 
 /// Runs of log records its consumers took from intake's offer and read back from disk.

@@ -92,11 +92,20 @@ impl Meters {
         self.tally.dead_lettered.add(crate::console::stats::minute_now(), n);
     }
 
-    /// Whether this delivered event's latency is recorded (one in [`LATENCY_EVERY`]).
-    fn sampled(&self) -> bool {
-        self.seen
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(LATENCY_EVERY as u64)
+    /// Records the latency of one in [`LATENCY_EVERY`] of the events `delivered` (their
+    /// `received_at` read from the event), counted across deliveries.
+    fn sample_latency<'a>(&self, delivered: impl Iterator<Item = &'a Bytes>, now: i64) {
+        let seen = self.seen.load(Ordering::Relaxed);
+        let mut n = 0u64;
+        for ev in delivered {
+            if (seen + n).is_multiple_of(LATENCY_EVERY as u64) {
+                if let Ok(at) = batch::received_at(ev) {
+                    self.latency.record((now - at).max(0) as f64 / 1e6);
+                }
+            }
+            n += 1;
+        }
+        self.seen.store(seen + n, Ordering::Relaxed);
     }
 
     fn up(&self, up: bool) {
@@ -258,15 +267,7 @@ async fn deliver<S: Sink>(
             let mut reason = String::new();
             for (i, ev) in pending.iter().enumerate() {
                 match outcomes.get(i) {
-                    Some(Outcome::Delivered) => {
-                        delivered += 1;
-                        if meters.sampled() {
-                            if let Ok(at) = batch::received_at(ev) {
-                                let secs = (now - at).max(0) as f64 / 1e6;
-                                meters.latency.record(secs);
-                            }
-                        }
-                    }
+                    Some(Outcome::Delivered) => delivered += 1,
                     Some(Outcome::Refuse(why)) => {
                         meters.dead(1);
                         tracing::warn!(recipient = %name, reason = %why, "event dead-lettered");
@@ -283,6 +284,14 @@ async fn deliver<S: Sink>(
                 }
             }
             meters.delivered(delivered);
+            meters.sample_latency(
+                pending
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(_, o)| **o == Outcome::Delivered)
+                    .map(|(ev, _)| ev),
+                now,
+            );
             if retry.is_empty() {
                 meters.up(true);
                 break;

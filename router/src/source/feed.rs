@@ -498,9 +498,9 @@ impl Feed {
                 if !got.is_empty() {
                     self.disk_reads.fetch_add(1, Ordering::Relaxed);
                     self.disk_meter.increment(1);
-                }
-                if head && !got.is_empty() {
-                    self.push(at, &got);
+                    if head {
+                        self.push(at, &got);
+                    }
                 }
             }
         }
