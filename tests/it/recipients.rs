@@ -117,7 +117,17 @@ async fn each_recipient_gets_exactly_the_events_routed_to_it() {
         Some(2)
     );
 
-    // Kafka: item.viewed only, key = event id, headers as documented.
+    // Kafka: item.viewed only, key = event id, headers as documented. The router says
+    // it delivered them before anyone reads the topic.
+    eventually(Duration::from_secs(60), "the router's 5 Kafka deliveries", || {
+        let text = up_metrics(&up);
+        let done = text
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_router_recipient_delivered_events_total{recipient=\"stream\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            == Some(5.0);
+        done.then_some(())
+    });
     let consumer = kafka_consumer(&kafka, &format!("{u}.item.viewed"));
     let records = kafka_read(&consumer, 5).await;
     let mut keys: Vec<String> = records.iter().map(|r| r.0.clone()).collect();

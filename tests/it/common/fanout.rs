@@ -14,7 +14,7 @@ use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use mongodb::bson::{doc, Document};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
-use rdkafka::Message;
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::{unique, Up};
 
@@ -191,16 +191,41 @@ pub async fn rabbit_read(
     out
 }
 
+/// A reader of every partition of `topic` from its first record. It waits (up to 60 s)
+/// for the topic to exist, then assigns its partitions: no consumer group, so nothing
+/// depends on the broker's group coordinator (join, sync, rebalance when the topic
+/// appears), which the router's recipients do not use and these tests do not test.
 pub fn kafka_consumer(brokers: &str, topic: &str) -> StreamConsumer {
     let c: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        // librdkafka's consumer wants a group id; `assign` never joins the group.
         .set("group.id", unique("g"))
-        .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
-        .set("topic.metadata.refresh.interval.ms", "500")
         .create()
         .unwrap();
-    c.subscribe(&[topic]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let partitions: Vec<i32> = loop {
+        let last = match c.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(md) => match md.topics().first() {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    break t.partitions().iter().map(|p| p.id()).collect();
+                }
+                Some(t) => format!("{:?}", t.error()),
+                None => "no such topic".to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "topic {topic} did not appear on {brokers} in 60 s: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut list = TopicPartitionList::new();
+    for p in partitions {
+        list.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&list).unwrap();
     c
 }
 
@@ -224,20 +249,10 @@ pub fn header_pairs(m: &impl Message) -> Vec<(String, String)> {
 pub async fn kafka_read(c: &StreamConsumer, n: usize) -> Vec<(String, Vec<(String, String)>, serde_json::Value)> {
     let mut out = Vec::new();
     while out.len() < n {
-        let m = match tokio::time::timeout(Duration::from_secs(60), c.recv())
+        let m = tokio::time::timeout(Duration::from_secs(60), c.recv())
             .await
             .unwrap_or_else(|_| panic!("only {} of {n} Kafka records arrived", out.len()))
-        {
-            Ok(m) => m,
-            // Subscribed before the router's first send created the topic.
-            Err(rdkafka::error::KafkaError::MessageConsumption(
-                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-            )) => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-            Err(e) => panic!("Kafka consumer: {e}"),
-        };
+            .unwrap_or_else(|e| panic!("Kafka consumer: {e}"));
         let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
         let headers = header_pairs(&m).into_iter().collect();
         out.push((key, headers, serde_json::from_slice(m.payload().unwrap()).unwrap()));
