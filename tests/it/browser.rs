@@ -36,20 +36,22 @@ fetch(proxy + "/v1/events", {{method: "POST", headers: {{"content-type": "applic
         ),
     )
     .unwrap();
-    let mut server = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &page_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-        ])
-        .arg(&site)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut server = Reaped::new(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &page_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(&site)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     eventually(std::time::Duration::from_secs(10), "the page server", || {
         std::net::TcpStream::connect(("127.0.0.1", page_port)).ok()
     });

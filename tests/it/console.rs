@@ -349,13 +349,15 @@ fn python_requests_streams_the_tail_with_filters_and_redaction() {
     let tmp = tempfile::tempdir().unwrap();
     let (up, _proxy, console) = start(tmp.path(), "");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/tail.py");
-    let mut child = Command::new("python3")
-        .arg(&script)
-        .arg(format!("{console}/v1/tail?event=cart.*&valid=true"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped::new(
+        Command::new("python3")
+            .arg(&script)
+            .arg(format!("{console}/v1/tail?event=cart.*&valid=true"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // The script prints "subscribed" once the stream is open.
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();

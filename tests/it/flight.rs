@@ -36,12 +36,14 @@ fn flight_lists_and_fetches_hours_and_refuses_bad_tickets() {
         ),
     )
     .unwrap();
-    let mut server = weir()
-        .args(["loader", "serve", "--config", cfg.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut server = Reaped::new(
+        weir()
+            .args(["loader", "serve", "--config", cfg.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "flight server did not start");

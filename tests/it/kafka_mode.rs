@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -17,7 +17,7 @@ use crate::common::*;
 
 /// One weir process of a Kafka-mode installation.
 pub struct Node {
-    pub child: Child,
+    pub child: Reaped,
     pub url: String,
     pub log: PathBuf,
 }
@@ -49,7 +49,11 @@ pub fn node_at(role: &str, cfg: &Path, dir: &Path, name: &str, port: u16, log: &
     eventually(Duration::from_secs(60), &format!("{name} answers /healthz"), || {
         ureq::get(&format!("{url}/healthz")).call().ok().map(|_| ())
     });
-    Node { child, url, log }
+    Node {
+        child: Reaped::new(child),
+        url,
+        log,
+    }
 }
 
 impl Node {
@@ -73,7 +77,7 @@ impl Node {
     }
 
     pub fn stop(self) {
-        stop_component(self.child);
+        stop_component(self.child.take());
     }
 }
 
