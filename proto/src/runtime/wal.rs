@@ -23,9 +23,9 @@
 //! writing every byte twice costs more than one inode write per group, and the zeros
 //! delay the group whose `fdatasync` writes them. The writer decides on its recent groups'
 //! average size ([`ZERO_FILL_MAX_GROUP`]), so an odd small group among large ones does not
-//! turn it on. The zeros after
-//! the data are cut when the segment is finished, and after a crash when the log is opened
-//! again; the durable end is always the writer's, never the file's length.
+//! turn it on. The zeros after the data are cut when the segment is finished, and after a
+//! crash when the log is opened again; the durable end is always the writer's, never the
+//! file's length.
 //!
 //! Readers follow the durable end with a [`WalReader`] and persist how far they got with
 //! [`save_cursor`]; segments every reader has passed are removed with
