@@ -54,7 +54,7 @@ pub fn run_compare(opts: CompareBench) -> anyhow::Result<()> {
     let nginx = find(&["nginx"]).context("nginx is not installed: apt-get install -y nginx-light")?;
     let wrk = find(&["wrk"]).context("wrk is not installed: apt-get install -y wrk")?;
     let taskset = find(&["taskset"]).context("taskset is not installed (util-linux)")?;
-    let dir = tempfile::tempdir()?;
+    let dir = tempdir()?;
     let single = dir.path().join("single.json");
     let hundred = dir.path().join("hundred.json");
     std::fs::write(&single, body(1, false))?;
@@ -68,43 +68,55 @@ pub fn run_compare(opts: CompareBench) -> anyhow::Result<()> {
     let (collector, weir_url, _, weir_pid) = start_collector(false)?;
     let weir_url = format!("{weir_url}/v1/events");
 
-    let case = |url: &str, pid: u32, body: &Path| -> anyhow::Result<Wrk> {
-        let mut runs = Vec::new();
-        for _ in 0..opts.runs {
-            let before = proc_usage(pid).map_or(0.0, |u| u.0);
-            let mut w = run_wrk(&wrk, &taskset, dir.path(), url, body, &opts)?;
-            let cpu = proc_usage(pid).map_or(0.0, |u| u.0) - before;
-            w.cpu_us_per_request = cpu * 1e6 / (w.requests_per_sec * opts.duration as f64).max(1.0);
-            runs.push(w);
-        }
-        Ok(median(runs))
+    let run = |url: &str, pid: u32, body: &Path| -> anyhow::Result<Wrk> {
+        let before = proc_usage(pid).map_or(0.0, |u| u.0);
+        let mut w = run_wrk(&wrk, &taskset, dir.path(), url, body, &opts)?;
+        let cpu = proc_usage(pid).map_or(0.0, |u| u.0) - before;
+        w.cpu_us_per_request = cpu * 1e6 / (w.requests_per_sec * opts.duration as f64).max(1.0);
+        Ok(w)
     };
-    // Alternating, so a noisy neighbour hits both sides alike.
-    let n1 = case(&nginx_url, nginx_pid, &single)?;
-    let w1 = case(&weir_url, weir_pid, &single)?;
-    let n100 = case(&nginx_url, nginx_pid, &hundred)?;
-    let w100 = case(&weir_url, weir_pid, &hundred)?;
+    // nginx and weir run by turns, one pair at a time, so a noisy neighbour (or a slow
+    // drift of the machine) hits both sides of a pair alike; the ratio printed is the
+    // median of the pairs' ratios.
+    let case = |body: &Path| -> anyhow::Result<Pairs> {
+        let mut pairs = Pairs::default();
+        for _ in 0..opts.runs {
+            pairs.nginx.push(run(&nginx_url, nginx_pid, body)?);
+            pairs.weir.push(run(&weir_url, weir_pid, body)?);
+        }
+        Ok(pairs)
+    };
+    let one = case(&single)?;
+    let many = case(&hundred)?;
     let rss = proc_usage(weir_pid).map_or(0, |(_, rss)| rss);
     drop(collector);
 
     println!(
         "weir bench compare: nginx `return 204` vs the weir collector (202 after fsync), each pinned to CPU 0; \
-         wrk -t1 -c{} -d{}s on CPU 1; median of {}",
+         wrk -t1 -c{} -d{}s on CPU 1; {} alternating pairs: medians, and the median of the pairs' ratios",
         opts.connections, opts.duration, opts.runs
     );
     println!(
         "  bodies: 1 event ({single_bytes} bytes), 100 events ({:.1} KB)",
         hundred_bytes as f64 / 1000.0
     );
+    let (n1, w1) = (median(one.nginx.clone()), median(one.weir.clone()));
+    let (n100, w100) = (median(many.nginx.clone()), median(many.weir.clone()));
     println!("  {:<32} {:>14} {:>14} {:>8}", "", "nginx", "weir", "ratio");
-    let row = |what: &str, n: f64, w: f64| {
-        println!("  {what:<32} {n:>14.0} {w:>14.0} {:>7.3}x", w / n.max(1.0));
+    let row = |what: &str, n: f64, w: f64, pairs: &Pairs| {
+        println!("  {what:<32} {n:>14.0} {w:>14.0} {:>7.3}x", pairs.median_ratio());
     };
-    row("1 event/request, requests/s", n1.requests_per_sec, w1.requests_per_sec);
+    row(
+        "1 event/request, requests/s",
+        n1.requests_per_sec,
+        w1.requests_per_sec,
+        &one,
+    );
     row(
         "100-event requests, events/s",
         n100.requests_per_sec * 100.0,
         w100.requests_per_sec * 100.0,
+        &many,
     );
     println!(
         "  {:<32} {:>11.2} ms {:>11.2} ms",
@@ -128,6 +140,8 @@ pub fn run_compare(opts: CompareBench) -> anyhow::Result<()> {
         w100.cpu_us_per_request / 100.0,
         n100.cpu_us_per_request / w100.cpu_us_per_request.max(1e-9)
     );
+    println!("  ratios of the pairs, 1 event:   {}", one.ratios_text());
+    println!("  ratios of the pairs, 100 events: {}", many.ratios_text());
     println!("  weir collector peak RSS {:.1} MiB", rss as f64 / (1 << 20) as f64);
     Ok(())
 }
@@ -135,7 +149,7 @@ pub fn run_compare(opts: CompareBench) -> anyhow::Result<()> {
 /// nginx in one process (no master), on CPU 0, answering every request with 204, in a
 /// directory of its own; killed when the guard drops. Returns its pid too.
 fn start_nginx(nginx: &Path, taskset: &Path, port: u16) -> anyhow::Result<(Spawned, u32)> {
-    let tmp = tempfile::tempdir()?;
+    let tmp = tempdir()?;
     let dir = tmp.path().to_path_buf();
     let d = dir.display();
     let conf = dir.join("nginx.conf");
@@ -151,8 +165,8 @@ fn start_nginx(nginx: &Path, taskset: &Path, port: u16) -> anyhow::Result<(Spawn
         ),
     )?;
     let log = dir.join("nginx.out");
-    let child = Command::new(taskset)
-        .arg("-c")
+    let mut cmd = Command::new(taskset);
+    cmd.arg("-c")
         .arg("0")
         .arg(nginx)
         .arg("-p")
@@ -160,9 +174,8 @@ fn start_nginx(nginx: &Path, taskset: &Path, port: u16) -> anyhow::Result<(Spawn
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()
-        .context("cannot start nginx")?;
+        .stderr(std::fs::File::create(&log)?);
+    let child = spawn_server(&mut cmd).context("cannot start nginx")?;
     let pid = child.id();
     let guard = Spawned {
         children: vec![child],
@@ -183,7 +196,7 @@ fn run_wrk(wrk: &Path, taskset: &Path, dir: &Path, url: &str, body: &Path, opts:
             body.display()
         ),
     )?;
-    let out = Command::new(taskset)
+    let out = die_with_us(&mut Command::new(taskset))
         .arg("-c")
         .arg("1")
         .arg(wrk)
@@ -245,6 +258,40 @@ fn duration_ms(s: &str) -> Option<f64> {
     num.parse::<f64>().ok().map(|v| v * factor)
 }
 
+/// The runs of one case, nginx's and weir's in the order they alternated.
+#[derive(Default)]
+struct Pairs {
+    nginx: Vec<Wrk>,
+    weir: Vec<Wrk>,
+}
+
+impl Pairs {
+    /// weir's requests/s over nginx's, pair by pair.
+    fn ratios(&self) -> Vec<f64> {
+        self.nginx
+            .iter()
+            .zip(&self.weir)
+            .map(|(n, w)| w.requests_per_sec / n.requests_per_sec.max(1.0))
+            .collect()
+    }
+
+    /// The median of the pairs' ratios (the mean of the middle two for an even count).
+    fn median_ratio(&self) -> f64 {
+        let mut r = self.ratios();
+        r.sort_by(f64::total_cmp);
+        match r.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => r[n / 2],
+            n => (r[n / 2 - 1] + r[n / 2]) / 2.0,
+        }
+    }
+
+    fn ratios_text(&self) -> String {
+        let r: Vec<String> = self.ratios().iter().map(|r| format!("{r:.3}")).collect();
+        r.join(" ")
+    }
+}
+
 /// The run with the median requests/s (its p99 with it).
 fn median(mut runs: Vec<Wrk>) -> Wrk {
     runs.sort_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec));
@@ -265,5 +312,26 @@ mod tests {
         assert_eq!(duration_ms("2.00s"), Some(2000.0));
         let err = parse_wrk(&format!("{text}  Non-2xx or 3xx responses: 12\n")).unwrap_err();
         assert!(err.to_string().contains("Non-2xx or 3xx responses: 12"), "{err}");
+    }
+
+    #[test]
+    fn the_ratio_is_the_median_of_the_pairs() {
+        let w = |r: f64| Wrk {
+            requests_per_sec: r,
+            ..Wrk::default()
+        };
+        // Pair ratios 0.5, 0.2, 0.4: their median is 0.4; the ratio of the two medians
+        // (50 / 150) would compare runs taken at different moments.
+        let pairs = Pairs {
+            nginx: vec![w(100.0), w(200.0), w(150.0)],
+            weir: vec![w(50.0), w(40.0), w(60.0)],
+        };
+        assert_eq!(pairs.ratios_text(), "0.500 0.200 0.400");
+        assert!((pairs.median_ratio() - 0.4).abs() < 1e-12);
+        let even = Pairs {
+            nginx: vec![w(100.0), w(100.0)],
+            weir: vec![w(30.0), w(40.0)],
+        };
+        assert!((even.median_ratio() - 0.35).abs() < 1e-12);
     }
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -24,8 +24,132 @@ impl Drop for Spawned {
         for c in &mut self.children {
             let _ = Command::new("kill").arg("-KILL").arg(c.id().to_string()).status();
             let _ = c.wait();
+            forget_child(c.id());
         }
     }
+}
+
+/// The directory every temporary directory of this bench lives in
+/// (`$TMPDIR/weir-bench-<pid>`), made on first use.
+static ROOT: OnceLock<PathBuf> = OnceLock::new();
+/// The processes this bench started and has not reaped yet.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn children() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    CHILDREN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn forget_child(pid: u32) {
+    children().retain(|&p| p != pid);
+}
+
+/// A temporary directory for a bench's data (spools, configs, nginx's files), under the
+/// bench's one root so that an interrupted bench can remove them all (see
+/// [`clean_up_on_signal`]); removed when dropped, as any `TempDir`.
+pub(super) fn tempdir() -> std::io::Result<tempfile::TempDir> {
+    let root = match ROOT.get() {
+        Some(root) => root,
+        None => {
+            let root = std::env::temp_dir().join(format!("weir-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&root)?;
+            ROOT.get_or_init(|| root)
+        }
+    };
+    tempfile::Builder::new().prefix("run-").tempdir_in(root)
+}
+
+/// Removes the bench's root directory when dropped (the normal way out).
+pub(super) struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(root) = ROOT.get() {
+            let _ = std::fs::remove_dir_all(root);
+        }
+    }
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP stop the bench cleanly: the servers it started are
+/// killed, its directories removed (a 100-event run leaves gigabytes of spool), and the
+/// process exits with 130. Without it a Ctrl-C skipped every guard's `Drop`. Keep the
+/// returned guard alive for the whole bench.
+pub(super) fn clean_up_on_signal() -> Cleanup {
+    let watcher = std::thread::Builder::new().name("weir-bench-signals".into()).spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_io().build() else {
+            return;
+        };
+        let got = rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (mut int, mut term, mut hup) = (
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::hangup())?,
+            );
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+                _ = hup.recv() => {}
+            }
+            Ok::<(), std::io::Error>(())
+        });
+        if got.is_err() {
+            return; // the default dispositions stay; die_with_us still kills the servers
+        }
+        eprintln!("weir bench: interrupted; stopping the servers it started and removing its files");
+        let pids = children().clone();
+        for &pid in &pids {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+        // A killed process closes its files as it dies; wait until each is gone or a zombie
+        // (at most 2 s) before its directory goes.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && pids.iter().any(|p| running(*p)) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(Cleanup);
+        std::process::exit(130);
+    });
+    if let Err(e) = watcher {
+        eprintln!(
+            "weir bench: cannot watch for Ctrl-C ({e}); an interrupted run may leave files in {}",
+            std::env::temp_dir().display()
+        );
+    }
+    Cleanup
+}
+
+/// Whether `pid` still runs (exists and is not a zombie).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').and_then(|i| s.get(i + 2..i + 3)).map(|state| state != "Z"))
+        .unwrap_or(false)
+}
+
+/// Makes the child `cmd` starts die with SIGKILL when this process dies, however it dies
+/// (`kill -9`, an abort): a bench stopped half-way must not leave an nginx or a pinned
+/// collector running on CPU 0 under the next measurement. The signal follows the thread
+/// that forked, so spawn from the main thread (every bench does).
+pub(super) fn die_with_us(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and makes one prctl system
+    // call, which is async-signal-safe; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        })
+    }
+}
+
+/// Starts `cmd` as a server of this bench: it dies with the bench ([`die_with_us`]) and is
+/// killed by [`clean_up_on_signal`]; own it in a [`Spawned`].
+pub(super) fn spawn_server(cmd: &mut Command) -> std::io::Result<Child> {
+    let child = die_with_us(cmd).spawn()?;
+    children().push(child.id());
+    Ok(child)
 }
 
 pub(super) fn free_port() -> anyhow::Result<u16> {
@@ -49,13 +173,13 @@ pub(super) fn spawn_weir(args: &[&str], cpu: Option<&str>, log: &Path) -> anyhow
         .env("WEIR_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?);
-    Ok(cmd.spawn()?)
+    Ok(spawn_server(&mut cmd)?)
 }
 
 /// A temporary directory holding the demo catalog and a config naming it (`data_dir`,
 /// `catalog`, then `extra`). Returns the directory and the config's path.
 pub(super) fn bench_setup(extra: &str) -> anyhow::Result<(tempfile::TempDir, String)> {
-    let dir = tempfile::tempdir()?;
+    let dir = tempdir()?;
     let cat = dir.path().join("catalog");
     std::fs::create_dir_all(&cat)?;
     for (name, text) in weir_proto::catalog::DEMO_FILES {

@@ -26,7 +26,7 @@ pub struct LoaderBench {
 pub fn run_loader(opts: LoaderBench) -> anyhow::Result<()> {
     use prost::Message;
     use std::io::Write;
-    let dir = tempfile::tempdir()?;
+    let dir = tempdir()?;
     let buffer = dir.path().join("buffer");
     std::fs::create_dir_all(&buffer)?;
     let hour = weir_proto::hour::of_micros(weir_proto::event::now_micros()) - 2;

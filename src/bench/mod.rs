@@ -20,6 +20,7 @@ pub use router::{run_router, RouterBench};
 /// Runs one `weir bench` command.
 pub fn run_command(command: crate::cli::BenchCommand) -> anyhow::Result<std::process::ExitCode> {
     use crate::cli::BenchCommand as B;
+    let _cleanup = harness::clean_up_on_signal();
     match command {
         B::Collector(o) => run(o)?,
         B::Loader(o) => run_loader(o)?,
