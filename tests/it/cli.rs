@@ -487,3 +487,90 @@ fn first_hour_answers_say_what_happened() {
     );
     assert!(up.stop().success());
 }
+
+/// The pids whose parent is `pid` (from /proc, so it works without CONFIG_PROC_CHILDREN).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        if rest.split_whitespace().nth(1) == Some(pid.to_string().as_str()) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').and_then(|i| s.get(i + 2..i + 3).map(|st| st != "Z")))
+        .unwrap_or(false)
+}
+
+/// A bench stopped half-way must not leave a collector pinned to CPU 0 nor its spool: on
+/// Ctrl-C (SIGINT) it kills the collector, removes its files and exits 130; on SIGTERM the
+/// same; killed with -9 (no chance to clean up) its collector still dies with it.
+#[test]
+fn an_interrupted_bench_stops_the_server_it_started_and_removes_its_files() {
+    for signal in ["INT", "TERM", "KILL"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut bench = Reaped::new(
+            weir()
+                .args([
+                    "bench",
+                    "collector",
+                    "--duration",
+                    "300",
+                    "--batch",
+                    "1",
+                    "--connections",
+                    "1",
+                ])
+                .env("TMPDIR", tmp.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let pid = bench.id();
+        let collector = eventually(Duration::from_secs(60), "the bench's collector", || {
+            children_of(pid).into_iter().next()
+        });
+        let root = tmp.path().join(format!("weir-bench-{pid}"));
+        // Loaded: the collector has spooled something.
+        eventually(Duration::from_secs(60), "the bench's spool", || {
+            let spool = fs::read_dir(&root).ok()?.flatten().next()?.path().join("data");
+            spool.exists().then_some(())
+        });
+        let sent = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = bench.wait().unwrap();
+        eventually(
+            Duration::from_secs(10),
+            &format!("the collector to die after SIG{signal}"),
+            || (!alive(collector)).then_some(()),
+        );
+        if signal == "KILL" {
+            continue;
+        }
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut bench.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(130), "SIG{signal}: {status}; stderr: {err}");
+        assert!(err.contains("interrupted"), "SIG{signal}: {err}");
+        let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.path()).collect();
+        assert!(left.is_empty(), "SIG{signal} left {left:?}");
+    }
+}
