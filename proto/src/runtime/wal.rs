@@ -92,7 +92,8 @@ pub struct WalOptions {
     /// Name used for the writer thread and in logs (`spool`, `router-log`).
     pub name: &'static str,
     /// Prefix of the log's metrics (`weir_collector_spool`, `weir_router_log`):
-    /// `<prefix>_damaged_bytes_total` counts bytes skipped over as damage.
+    /// `<prefix>_damaged_bytes_total` counts bytes skipped over as damage,
+    /// `<prefix>_syncs_total` the groups written (one `fdatasync` each).
     pub metric_prefix: &'static str,
 }
 
@@ -100,14 +101,16 @@ pub struct WalOptions {
 type Reply = oneshot::Sender<Result<(Position, Position), Arc<WalError>>>;
 
 enum Request {
-    /// Append framed records; answered once they are durable.
-    Append { data: Vec<u8>, done: Reply },
+    /// Append framed records, each answered once it is durable.
+    Append(Vec<(Vec<u8>, Reply)>),
     /// Start a new segment if the active one holds anything, so that a reader that
     /// passed all of it can release it; answered once done.
     Roll { done: oneshot::Sender<()> },
 }
 
 struct Shared {
+    /// The writer is writing a group (appends then wait for it anyway).
+    busy: AtomicBool,
     dir: PathBuf,
     name: &'static str,
     durable: watch::Sender<Position>,
@@ -119,6 +122,9 @@ struct Shared {
     /// An active segment this large is rolled as soon as every reader has passed it.
     roll_bytes: u64,
     damaged: metrics::Counter,
+    /// Groups written and synced.
+    syncs: AtomicU64,
+    syncs_total: metrics::Counter,
 }
 
 /// Handle to an open log. Cheap to clone; the writer thread stops when every handle is
@@ -127,6 +133,45 @@ struct Shared {
 pub struct Wal {
     tx: mpsc::Sender<Request>,
     shared: Arc<Shared>,
+    gather: Arc<Gather>,
+}
+
+/// A batch this many appends long goes to an idle writer at once, before the turn ends:
+/// the disk then works while the runtime finishes the turn. Measured on a 2-core VM with
+/// `wrk -c32` (1-event and 100-event bodies): 8 beat 2, 4, 6, 12, 16 and never.
+pub const GATHER_EARLY_APPENDS: usize = 8;
+
+/// Ready once the tasks already scheduled have run: the first poll wakes itself, which
+/// puts the task at the back of the runtime's run queue (not in the slot that runs next,
+/// and, unlike `tokio::task::yield_now`, not after the next poll of the sockets).
+struct BackOfTheQueue(bool);
+
+impl std::future::Future for BackOfTheQueue {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+/// Appends made in one turn of the async runtime, handed to the writer thread together.
+///
+/// Waking the writer on every append let it preempt the runtime's thread at once (on one
+/// core the woken writer runs first) and `fdatasync` a group of a few appends while the
+/// requests behind them waited to be read: 4.5 appends per `fdatasync` at 1-event
+/// requests, 3.9 at 100-event ones (`wrk -c32`), and each `fdatasync` costs ~45 µs of CPU
+/// besides the disk's time. Now the first append of a turn spawns a task that steps to the
+/// back of the run queue ([`BackOfTheQueue`]), so that every task ready in this turn runs
+/// (and appends) first, then sends the whole batch in one message. A batch that reaches
+/// [`GATHER_EARLY_APPENDS`] while the writer is idle is sent at once, so that the disk
+/// is not idle while the rest of the turn runs.
+#[derive(Default)]
+struct Gather {
+    pending: std::sync::Mutex<Vec<(Vec<u8>, Reply)>>,
 }
 
 /// The active segment is preallocated this far past its data at a time.
@@ -275,6 +320,7 @@ impl Wal {
         let (durable, _) = watch::channel(start);
         let segment_bytes = opts.segment_bytes.max(1);
         let shared = Arc::new(Shared {
+            busy: AtomicBool::new(false),
             dir: dir.clone(),
             name: opts.name,
             durable,
@@ -283,6 +329,8 @@ impl Wal {
             write_failed: AtomicBool::new(false),
             roll_bytes: segment_bytes.min(1 << 20),
             damaged: metrics::counter!(format!("{}_damaged_bytes_total", opts.metric_prefix)),
+            syncs: AtomicU64::new(0),
+            syncs_total: metrics::counter!(format!("{}_syncs_total", opts.metric_prefix)),
         });
         let (tx, rx) = mpsc::channel(4096);
         let writer = Writer {
@@ -305,7 +353,11 @@ impl Wal {
                 path: dir,
                 error,
             })?;
-        Ok(Wal { tx, shared })
+        Ok(Wal {
+            tx,
+            shared,
+            gather: Arc::default(),
+        })
     }
 
     /// Appends framed records (see [`record::encode_into`]) and resolves once they are on
@@ -319,10 +371,35 @@ impl Wal {
     pub async fn append_span(&self, framed: Vec<u8>) -> Result<(Position, Position), Arc<WalError>> {
         let closed = || Arc::new(WalError::Closed(self.shared.dir.clone()));
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Request::Append { data: framed, done })
-            .await
-            .map_err(|_| closed())?;
+        let (first, early) = {
+            let mut pending = self.gather.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.push((framed, done));
+            let early = pending.len() >= GATHER_EARLY_APPENDS && !self.shared.busy.load(Ordering::Relaxed);
+            (pending.len() == 1, early.then(|| std::mem::take(&mut *pending)))
+        };
+        if let Some(batch) = early {
+            self.shared.busy.store(true, Ordering::Relaxed);
+            // Never awaited here: a caller that gives up must not take the batch (other
+            // appenders' replies) with it.
+            if let Err(mpsc::error::TrySendError::Full(req)) = self.tx.try_send(Request::Append(batch)) {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(req).await;
+                });
+            }
+        } else if first {
+            // A task of its own, so that a caller that gives up (a client gone) cannot
+            // strand the batch.
+            let (tx, gather) = (self.tx.clone(), self.gather.clone());
+            tokio::spawn(async move {
+                BackOfTheQueue(false).await;
+                let batch = std::mem::take(&mut *gather.pending.lock().unwrap_or_else(|p| p.into_inner()));
+                // A closed log drops the replies: every appender gets `Closed`.
+                if !batch.is_empty() {
+                    let _ = tx.send(Request::Append(batch)).await;
+                }
+            });
+        }
         wait.await.map_err(|_| closed())?
     }
 
@@ -356,6 +433,12 @@ impl Wal {
             total += size(seg);
         }
         total
+    }
+
+    /// Groups written since the log was opened, each with one `fdatasync` (appends per
+    /// sync = appends / this).
+    pub fn syncs(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
     }
 
     /// Number of segment files.
@@ -493,7 +576,7 @@ impl Writer {
         let mut rolls: Vec<oneshot::Sender<()>> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut take = |req| match req {
-                Request::Append { data, done } => group.push((data, done)),
+                Request::Append(batch) => group.extend(batch),
                 Request::Roll { done } => rolls.push(done),
             };
             take(first);
@@ -503,6 +586,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            self.shared.busy.store(true, Ordering::Relaxed);
             let result = if group.is_empty() {
                 Ok(self.pos)
             } else {
@@ -538,6 +622,7 @@ impl Writer {
             for done in rolls.drain(..) {
                 let _ = done.send(());
             }
+            self.shared.busy.store(false, Ordering::Relaxed);
         }
     }
 
@@ -564,6 +649,8 @@ impl Writer {
         self.pos.offset += written;
         self.allocated = self.allocated.max(self.pos.offset);
         self.shared.bytes.fetch_add(written, Ordering::Relaxed);
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        self.shared.syncs_total.increment(1);
         self.shared.durable.send_replace(self.pos);
         Ok(self.pos)
     }
@@ -950,6 +1037,57 @@ mod tests {
             }
         }
         panic!("log still in use");
+    }
+
+    /// Appends made in one turn of the runtime go to the disk together: five tasks ready
+    /// at once are one group and one `fdatasync` (they were five when each append woke the
+    /// writer); twenty are at most three (a batch of [`GATHER_EARLY_APPENDS`] goes to an
+    /// idle writer at once). Every append still gets its own span, in order.
+    #[tokio::test(flavor = "current_thread")]
+    async fn appends_of_one_turn_share_one_fdatasync() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wal = open(tmp.path(), 1 << 20);
+        for (n, most) in [(5, 1), (20, 3)] {
+            let before = wal.syncs();
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    let wal = wal.clone();
+                    tokio::spawn(async move {
+                        // A request's parse and validation, on the runtime's thread: long
+                        // enough for the writer to wake between two appends if it were woken.
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        wal.append_span(framed(&[format!("r{i:02}").as_bytes()])).await.unwrap()
+                    })
+                })
+                .collect();
+            let mut spans = Vec::new();
+            for t in tasks {
+                spans.push(t.await.unwrap());
+            }
+            let syncs = wal.syncs() - before;
+            assert!(
+                (1..=most).contains(&syncs),
+                "{n} appends of one turn took {syncs} fdatasyncs"
+            );
+            for pair in spans.windows(2) {
+                assert_eq!(pair[0].1, pair[1].0, "spans follow each other in the order appended");
+            }
+        }
+        let mut got = read_to_end_blocking(&mut wal.reader(wal.first_position().unwrap()));
+        got.truncate(6);
+        assert_eq!(got[..5], ["r00", "r01", "r02", "r03", "r04"].map(|r| Bytes::from(r)));
+        assert_eq!(got[5], "r00");
+    }
+
+    fn read_to_end_blocking(reader: &mut WalReader) -> Vec<Bytes> {
+        let mut got = Vec::new();
+        loop {
+            let batch = reader.read(100, 1 << 20).unwrap();
+            if batch.is_empty() {
+                return got;
+            }
+            got.extend(batch);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]
