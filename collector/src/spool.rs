@@ -43,6 +43,7 @@ impl Spool {
             segment_bytes,
             name: "spool",
             metric_prefix: "weir_collector_spool",
+            gather: true,
         })?;
         let id_path = dir.join("spool.id");
         let id = match std::fs::read_to_string(&id_path) {

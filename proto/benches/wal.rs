@@ -17,6 +17,7 @@ fn bench(c: &mut Criterion) {
         segment_bytes: 64 << 20,
         name: "bench",
         metric_prefix: "weir_bench_log",
+        gather: true,
     })
     .unwrap();
     let mut request = Vec::new();

@@ -208,6 +208,7 @@ mod tests {
             segment_bytes: 64,
             name: "t",
             metric_prefix: "weir_test_log",
+            gather: false,
         })
         .unwrap();
         let cursors = LogCursors::new(wal.clone());

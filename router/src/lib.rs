@@ -134,6 +134,7 @@ impl Router {
                     segment_bytes: cfg.log_segment_bytes,
                     name: "router-log",
                     metric_prefix: "weir_router_log",
+                    gather: false,
                 })?;
                 let cursors = cursors::LogCursors::new(wal.clone());
                 let end_at_start = wal.durable();

@@ -95,6 +95,11 @@ pub struct WalOptions {
     /// `<prefix>_damaged_bytes_total` counts bytes skipped over as damage,
     /// `<prefix>_syncs_total` the groups written (one `fdatasync` each).
     pub metric_prefix: &'static str,
+    /// Gather the appends of one turn of the async runtime into one group (see
+    /// [`Gather`]): for a log written by many small requests (the collector's spool). A
+    /// log whose appends are already batches (the router's: a collector's run each) sends
+    /// each append to the writer at once.
+    pub gather: bool,
 }
 
 /// Where an append's outcome is sent.
@@ -133,7 +138,8 @@ struct Shared {
 pub struct Wal {
     tx: mpsc::Sender<Request>,
     shared: Arc<Shared>,
-    gather: Arc<Gather>,
+    /// Appends waiting for the end of the runtime's turn, when the log gathers them.
+    gather: Option<Arc<Gather>>,
 }
 
 /// A batch this many appends long goes to an idle writer at once, before the turn ends:
@@ -356,7 +362,7 @@ impl Wal {
         Ok(Wal {
             tx,
             shared,
-            gather: Arc::default(),
+            gather: opts.gather.then(Arc::default),
         })
     }
 
@@ -371,8 +377,15 @@ impl Wal {
     pub async fn append_span(&self, framed: Vec<u8>) -> Result<(Position, Position), Arc<WalError>> {
         let closed = || Arc::new(WalError::Closed(self.shared.dir.clone()));
         let (done, wait) = oneshot::channel();
+        let Some(gather) = &self.gather else {
+            self.tx
+                .send(Request::Append(vec![(framed, done)]))
+                .await
+                .map_err(|_| closed())?;
+            return wait.await.map_err(|_| closed())?;
+        };
         let (first, early) = {
-            let mut pending = self.gather.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pending = gather.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.push((framed, done));
             let early = pending.len() >= GATHER_EARLY_APPENDS && !self.shared.busy.load(Ordering::Relaxed);
             (pending.len() == 1, early.then(|| std::mem::take(&mut *pending)))
@@ -390,7 +403,7 @@ impl Wal {
         } else if first {
             // A task of its own, so that a caller that gives up (a client gone) cannot
             // strand the batch.
-            let (tx, gather) = (self.tx.clone(), self.gather.clone());
+            let (tx, gather) = (self.tx.clone(), gather.clone());
             tokio::spawn(async move {
                 BackOfTheQueue(false).await;
                 let batch = std::mem::take(&mut *gather.pending.lock().unwrap_or_else(|p| p.into_inner()));
@@ -1031,6 +1044,7 @@ mod tests {
                 segment_bytes,
                 name: "test",
                 metric_prefix: "weir_test_log",
+                gather: true,
             }) {
                 Err(WalError::InUse(_)) => std::thread::sleep(std::time::Duration::from_millis(10)),
                 other => return other.unwrap(),
@@ -1075,7 +1089,7 @@ mod tests {
         }
         let mut got = read_to_end_blocking(&mut wal.reader(wal.first_position().unwrap()));
         got.truncate(6);
-        assert_eq!(got[..5], ["r00", "r01", "r02", "r03", "r04"].map(|r| Bytes::from(r)));
+        assert_eq!(got[..5], ["r00", "r01", "r02", "r03", "r04"].map(Bytes::from));
         assert_eq!(got[5], "r00");
     }
 
@@ -1290,6 +1304,7 @@ mod tests {
             segment_bytes: 1,
             name: "t",
             metric_prefix: "weir_test_log",
+            gather: false,
         })
         .err()
         .unwrap();

@@ -380,6 +380,7 @@ mod tests {
             segment_bytes: 1 << 20,
             name: "t",
             metric_prefix: "weir_test_log",
+            gather: false,
         })
         .unwrap();
         let cursors = LogCursors::new(wal.clone());

@@ -530,6 +530,7 @@ mod tests {
             segment_bytes,
             name: "t",
             metric_prefix: "weir_test_feed",
+            gather: false,
         })
         .unwrap()
     }
