@@ -22,7 +22,7 @@ pub(super) struct Spawned {
 impl Drop for Spawned {
     fn drop(&mut self) {
         for c in &mut self.children {
-            let _ = Command::new("kill").arg("-KILL").arg(c.id().to_string()).status();
+            kill(c.id());
             let _ = c.wait();
             forget_child(c.id());
         }
@@ -97,11 +97,7 @@ pub(super) fn clean_up_on_signal() -> Cleanup {
         }
         eprintln!("weir bench: interrupted; stopping the servers it started and removing its files");
         let pids = children().clone();
-        for &pid in &pids {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
-        }
+        pids.iter().for_each(|&pid| kill(pid));
         // A killed process closes its files as it dies; wait until each is gone or a zombie
         // (at most 2 s) before its directory goes.
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -118,6 +114,13 @@ pub(super) fn clean_up_on_signal() -> Cleanup {
         );
     }
     Cleanup
+}
+
+/// Sends SIGKILL to `pid` (a server this bench started).
+fn kill(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
 }
 
 /// Whether `pid` still runs (exists and is not a zombie).
