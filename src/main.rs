@@ -11,6 +11,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// jemalloc rather than glibc's malloc: the collector and router allocate and free per
+/// request and per batch on one thread; measured 4-6% less CPU per collector request and
+/// 17% less per router event, for 2-3 MiB more peak RSS.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match commands::dispatch(cli) {
