@@ -173,7 +173,7 @@ pub(crate) async fn accept(
     source: Source<'_>,
 ) -> Response {
     match ingest_body(state, content_type, content_encoding, raw, source).await {
-        Ok(summary) => h::json(summary.status(), &summary),
+        Ok(summary) => summary.response(),
         Err(r) => r,
     }
 }

@@ -250,7 +250,7 @@ async fn authorized(
         crate::http::spool(state, ingested).await
     };
     match result.await {
-        Ok(summary) => h::json(summary.status(), &summary),
+        Ok(summary) => summary.response(),
         Err(r) => r,
     }
 }
