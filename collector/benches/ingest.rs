@@ -6,6 +6,10 @@ use weir_collector::body::{self, Format};
 use weir_collector::ingest::{ingest, Source};
 use weir_proto::Catalog;
 
+/// The allocator the `weir` binary runs with, so that the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn bench(c: &mut Criterion) {
     let catalog = Catalog::demo();
     let body = weir_proto::catalog::demo_body(100);

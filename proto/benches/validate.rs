@@ -6,6 +6,10 @@ use serde_json::value::RawValue;
 use weir_proto::event::{EventView, Incoming};
 use weir_proto::Catalog;
 
+/// The allocator the `weir` binary runs with, so that the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// 1,000 events x 5 versions, each version with 300 optional string fields.
 fn big_catalog() -> Catalog {
     let mut text = String::from("[environments.web]\nkind = \"frontend\"\n\n");

@@ -5,6 +5,10 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use weir_proto::record;
 use weir_proto::runtime::wal::{Wal, WalOptions};
 
+/// The allocator the `weir` binary runs with, so that the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
