@@ -5,6 +5,7 @@ use serde::Serialize;
 use weir_proto::catalog::{Catalog, Checked};
 use weir_proto::event::{EventView, Incoming};
 use weir_proto::record;
+use weir_proto::runtime::http::{self as h, Response};
 
 /// One refused or flagged event, by its index in the request.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -39,11 +40,11 @@ impl Summary {
     /// The answer: [`Summary::status`] with the summary as JSON. The common case (every
     /// event accepted, nothing to report) is written without serde, and a single accepted
     /// event, the most frequent request of all, is one static string.
-    pub fn response(&self) -> weir_proto::runtime::http::Response {
+    pub fn response(&self) -> Response {
         const ONE: &str = r#"{"accepted":1,"flagged":0,"rejected":0,"errors":[]}"#;
         let plain = self.errors.is_empty() && self.dropped == 0;
         if !plain {
-            return weir_proto::runtime::http::json(self.status(), self);
+            return h::json(self.status(), self);
         }
         let body = if (self.accepted, self.flagged, self.rejected) == (1, 0, 0) {
             bytes::Bytes::from_static(ONE.as_bytes())
@@ -53,7 +54,7 @@ impl Summary {
                 self.accepted, self.flagged, self.rejected
             ))
         };
-        weir_proto::runtime::http::bytes(self.status(), "application/json", body)
+        h::bytes(self.status(), "application/json", body)
     }
 
     /// The status of the answer: 202 when anything was stored, 400 when nothing was and
