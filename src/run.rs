@@ -19,6 +19,8 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("weir")
+        // The collector's spool writer waits for an idle runtime between small groups.
+        .on_thread_park(weir_proto::runtime::wal::runtime_parked)
         .build()
         .context("cannot start the async runtime")
 }

@@ -99,7 +99,7 @@ pub struct WalOptions {
     /// [`Gather`]): for a log written by many small requests (the collector's spool). A
     /// log whose appends are already batches (the router's: a collector's run each) sends
     /// each append to the writer at once. While a gathering log's groups are small, its
-    /// writer thread also defers to the runtime's (see [`DEFER_MAX_GROUP`]).
+    /// writer also waits for an idle runtime between groups (see [`DEFER_MAX_GROUP`]).
     pub gather: bool,
 }
 
@@ -131,6 +131,8 @@ struct Shared {
     /// Groups written and synced.
     syncs: AtomicU64,
     syncs_total: metrics::Counter,
+    /// Waits for an idle runtime between groups: ended by the limit, by an idle runtime.
+    idle_waits: [AtomicU64; 2],
 }
 
 /// Handle to an open log. Cheap to clone; the writer thread stops when every handle is
@@ -181,28 +183,73 @@ struct Gather {
     pending: std::sync::Mutex<Vec<(Vec<u8>, Reply)>>,
 }
 
-/// A gathering log's writer thread defers to the runtime (`SCHED_BATCH`) while its
-/// recent groups average less than this, and takes the core at once (`SCHED_OTHER`) above
-/// it, until they average less than half of it again.
+/// A gathering log's writer, once a group is durable and answered, waits for the async
+/// runtime to go idle before it takes the next group, while its recent groups average less
+/// than this (and again once they average less than half of it).
 ///
 /// Small groups (single events, 100-event requests: a few KB to a few hundred) cost
-/// mostly their `fdatasync`. A deferring writer, woken when the sync returns, no longer
-/// preempts the runtime's thread on the same core: it runs once that thread waits for
-/// work or has used its time slice (same weight: never starved). By then the runtime has
-/// read and appended every request that arrived during the sync, so the next group is
-/// larger and its sync's CPU is shared by more requests. Measured with the collector
-/// pinned to one core (`wrk -c32`, 2-core VM, virtio disk, ~100 µs of CPU per
-/// `fdatasync`): 1-event requests 24–30 per `fdatasync` instead of 12, 10.1–10.7 µs of
-/// CPU per request instead of 14.4–15.3, 61–65k requests/s instead of 53–57k; 100-event
-/// requests 16 per `fdatasync` instead of 10–11, 63–64 µs per request instead of 69–70.
-/// (A higher priority for the writer made groups smaller and requests slower; `nice 5`
-/// made groups of 16.)
+/// mostly their `fdatasync`. Woken when the sync returns, the writer used to take the few
+/// appends queued so far at once, while the runtime's thread (on the same core) had the
+/// requests that arrived during the sync still to read. Waiting until a worker thread
+/// parks ([`runtime_parked`], tokio's `on_thread_park`), at most [`IDLE_WAIT_MAX`], the
+/// next group holds every request read meanwhile, and its sync's CPU is shared by more of
+/// them. Measured with the collector pinned to one core (`wrk -c32`, 2-core VM, virtio
+/// disk, a 9 KB pwrite + `fdatasync` 214 µs): see the README's performance section.
 ///
-/// Large groups (datagram bursts of a MB) cost mostly the copy into the page cache: a
-/// deferring writer copied them long after they were built, out of the CPU's cache
-/// (`copy_folio_from_iter_atomic` 6.5% → 21.5% of the core, 1.26M → 1.0M datagram
-/// events/s), so above this it runs at once.
+/// Large groups (datagram bursts of a MB) cost mostly the copy into the page cache, which
+/// is cheapest while what was just built is still in the CPU's cache: above this the
+/// writer takes them at once. (Deferring those too, `copy_folio_from_iter_atomic` went
+/// from 6.5% to 21.5% of the core and datagrams from 1.26M to 1.0M events/s.)
 pub const DEFER_MAX_GROUP: u64 = 1 << 20;
+
+/// The longest a writer waits for an idle runtime between two groups: a runtime that
+/// never idles (a core saturated by requests) still has its appends synced this often.
+pub const IDLE_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Times a worker thread of the runtime went idle, as [`runtime_parked`] reports them.
+static RUNTIME_PARKS: AtomicU64 = AtomicU64::new(0);
+/// Writers waiting for the next idle runtime.
+static IDLE_WAITERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static IDLE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static IDLE: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Tells the gathering logs' writers that a worker thread of the async runtime has no
+/// task to run: install it as the runtime's `on_thread_park`. Cheap when no writer waits
+/// (an atomic add and load). Without it, writers never wait (see [`DEFER_MAX_GROUP`]).
+pub fn runtime_parked() {
+    RUNTIME_PARKS.fetch_add(1, Ordering::SeqCst);
+    if IDLE_WAITERS.load(Ordering::SeqCst) > 0 {
+        let _held = IDLE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        IDLE.notify_all();
+    }
+}
+
+/// Waits until the runtime has gone idle since `parks` was read from [`RUNTIME_PARKS`],
+/// at most [`IDLE_WAIT_MAX`]; at once when no runtime reports its parks. Whether it ended
+/// by an idle runtime (`true`) or by the limit.
+fn wait_for_an_idle_runtime(parks: u64) -> bool {
+    if parks == 0 {
+        return true;
+    }
+    let deadline = std::time::Instant::now() + IDLE_WAIT_MAX;
+    IDLE_WAITERS.fetch_add(1, Ordering::SeqCst);
+    let mut held = IDLE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let idle = loop {
+        if RUNTIME_PARKS.load(Ordering::SeqCst) != parks {
+            break true;
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            break false;
+        }
+        held = IDLE
+            .wait_timeout(held, deadline - now)
+            .map_or_else(|p| p.into_inner().0, |r| r.0);
+    };
+    drop(held);
+    IDLE_WAITERS.fetch_sub(1, Ordering::SeqCst);
+    idle
+}
 
 /// The active segment is preallocated this far past its data at a time.
 pub const PREALLOCATE_BYTES: u64 = 8 << 20;
@@ -361,6 +408,7 @@ impl Wal {
             damaged: metrics::counter!(format!("{}_damaged_bytes_total", opts.metric_prefix)),
             syncs: AtomicU64::new(0),
             syncs_total: metrics::counter!(format!("{}_syncs_total", opts.metric_prefix)),
+            idle_waits: Default::default(),
         });
         let (tx, rx) = mpsc::channel(4096);
         let writer = Writer {
@@ -372,7 +420,7 @@ impl Wal {
             allocated: 0,
             zeroed: 0,
             group_average: 0,
-            defers: opts.gather.then_some(false),
+            defers: opts.gather.then_some(true),
             preallocate: true,
             segment_bytes,
         };
@@ -471,6 +519,13 @@ impl Wal {
             total += size(seg);
         }
         total
+    }
+
+    /// The writer's waits for an idle runtime between groups (see [`DEFER_MAX_GROUP`]):
+    /// how many ended at [`IDLE_WAIT_MAX`], and how many when the runtime went idle.
+    pub fn idle_waits(&self) -> (u64, u64) {
+        let [limit, idle] = &self.shared.idle_waits;
+        (limit.load(Ordering::Relaxed), idle.load(Ordering::Relaxed))
     }
 
     /// Groups written since the log was opened, each with one `fdatasync` (appends per
@@ -603,9 +658,8 @@ struct Writer {
     zeroed: u64,
     /// The recent groups' average size in bytes (see [`ZERO_FILL_MAX_GROUP`]).
     group_average: u64,
-    /// For a gathering log, whether the thread now defers to the runtime (see
-    /// [`DEFER_MAX_GROUP`]; it starts as every thread does, not deferring); `None` for a
-    /// log of batches.
+    /// For a gathering log, whether it now waits for an idle runtime between groups (see
+    /// [`DEFER_MAX_GROUP`]); `None` for a log of batches.
     defers: Option<bool>,
     /// Off once the file system said it cannot preallocate.
     preallocate: bool,
@@ -616,7 +670,6 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         let mut group: Vec<(Vec<u8>, Reply)> = Vec::with_capacity(256);
         let mut rolls: Vec<oneshot::Sender<()>> = Vec::new();
-        self.fit_policy();
         while let Some(first) = rx.blocking_recv() {
             let mut take = |req| match req {
                 Request::Append(batch) => group.extend(batch),
@@ -654,6 +707,7 @@ impl Writer {
                 offset: end.offset - total,
                 ..*end
             });
+            let parks = RUNTIME_PARKS.load(Ordering::SeqCst);
             for (data, done) in group.drain(..) {
                 let span = result.clone().map(|_| {
                     let start = at;
@@ -665,41 +719,31 @@ impl Writer {
             for done in rolls.drain(..) {
                 let _ = done.send(());
             }
+            if self.defer_now() {
+                let waited = wait_for_an_idle_runtime(parks);
+                self.shared.idle_waits[waited as usize].fetch_add(1, Ordering::Relaxed);
+            }
             self.shared.busy.store(false, Ordering::Relaxed);
         }
     }
 
-    /// Sets the thread's scheduling policy for the groups it writes now (a gathering
-    /// log's only; see [`DEFER_MAX_GROUP`]): a system call only when it changes.
-    /// Unprivileged (a thread may lower its own priority); best effort.
-    fn fit_policy(&mut self) {
+    /// Whether to wait for the runtime before the next group (a gathering log's only):
+    /// while the recent groups average under [`DEFER_MAX_GROUP`], until they average over
+    /// it, then again once they are under half of it.
+    fn defer_now(&mut self) -> bool {
         let Some(defers) = self.defers else {
-            return;
+            return false;
         };
         let limit = if defers { DEFER_MAX_GROUP } else { DEFER_MAX_GROUP / 2 };
         let defer = self.group_average < limit;
-        if self.defers == Some(defer) {
-            return;
-        }
         self.defers = Some(defer);
-        #[cfg(target_os = "linux")]
-        {
-            let policy = if defer { libc::SCHED_BATCH } else { libc::SCHED_OTHER };
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: `param` is a valid `sched_param` for the call's duration; pid 0 is
-            // the calling thread.
-            if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
-                let error = io::Error::last_os_error();
-                tracing::debug!(log = self.shared.name, %error, policy, "cannot set the log writer's scheduling policy");
-            }
-        }
+        defer
     }
 
     fn write_group(&mut self, group: &[(Vec<u8>, Reply)]) -> Result<Position, WalError> {
         let start = self.pos.offset;
         let written: u64 = group.iter().map(|(data, _)| data.len() as u64).sum();
         self.group_average = self.group_average - self.group_average / 8 + written / 8;
-        self.fit_policy();
         self.make_room(start + written, self.group_average < ZERO_FILL_MAX_GROUP);
         let result = write_all_at(&self.file, group.iter().map(|(data, _)| data.as_slice()), start)
             .and_then(|_| self.file.sync_data());
@@ -1110,33 +1154,11 @@ mod tests {
         panic!("log still in use");
     }
 
-    /// The scheduling policy (`/proc/.../stat` field 41) of this process's thread named
-    /// `comm`, once it exists.
-    #[cfg(target_os = "linux")]
-    fn policy_of_thread(comm: &str) -> Option<u32> {
-        for _ in 0..200 {
-            for task in fs::read_dir("/proc/self/task").unwrap().flatten() {
-                let stat = fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-                let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") ")) else {
-                    continue;
-                };
-                if name == comm {
-                    // After the name, field 3 is the first: the policy (41) is the 39th.
-                    return rest.split_whitespace().nth(38).and_then(|p| p.parse().ok());
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        None
-    }
-
-    /// A gathering log's writer thread defers to the runtime's (`SCHED_BATCH`) while its
-    /// groups are small, runs at once (`SCHED_OTHER`) once they average more than
-    /// [`DEFER_MAX_GROUP`], and defers again when they are small again; a log of batches
-    /// keeps the default policy.
-    #[cfg(target_os = "linux")]
+    /// A gathering log's writer, between two small groups, waits for the runtime to go
+    /// idle (here a thread reporting parks), at most [`IDLE_WAIT_MAX`]; large groups and a
+    /// log of batches do not wait.
     #[tokio::test(flavor = "current_thread")]
-    async fn a_gathering_writer_defers_to_the_runtime_while_its_groups_are_small() {
+    async fn a_gathering_writer_waits_for_an_idle_runtime_between_small_groups() {
         let tmp = tempfile::tempdir().unwrap();
         let open = |name: &'static str, gather| {
             Wal::open(WalOptions {
@@ -1148,25 +1170,50 @@ mod tests {
             })
             .unwrap()
         };
-        // Thread names are cut to 15 bytes.
-        let policy = |name: &str| policy_of_thread(&format!("weir-{name}-writer").chars().take(15).collect::<String>());
-        let (batch, other) = (Some(libc::SCHED_BATCH as u32), Some(libc::SCHED_OTHER as u32));
-
-        let _batches = open("batches", false);
-        assert_eq!(policy("batches"), other, "a log of batches keeps the default policy");
-
+        runtime_parked(); // a runtime that reports its parks
         let wal = open("gathers", true);
-        wal.append(framed(&[b"small"])).await.unwrap();
-        assert_eq!(policy("gathers"), batch, "small groups: the writer defers");
-        let big = vec![b'x'; 2 * DEFER_MAX_GROUP as usize];
-        for _ in 0..12 {
-            wal.append(framed(&[&big])).await.unwrap();
-        }
-        assert_eq!(policy("gathers"), other, "groups of 2 MiB: the writer runs at once");
-        for _ in 0..30 {
+        // Nothing parks: each wait ends at the limit, so 5 appends one after the other
+        // take at least 4 of them.
+        let started = std::time::Instant::now();
+        for _ in 0..5 {
             wal.append(framed(&[b"small"])).await.unwrap();
         }
-        assert_eq!(policy("gathers"), batch, "small groups again: the writer defers again");
+        assert!(started.elapsed() >= IDLE_WAIT_MAX * 4, "{:?}", started.elapsed());
+        assert!(wal.idle_waits().0 >= 4, "{:?}", wal.idle_waits());
+        // A runtime that parks all the time: waits end when it does.
+        let stop = Arc::new(AtomicBool::new(false));
+        let parker = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    runtime_parked();
+                    std::thread::sleep(std::time::Duration::from_micros(20));
+                }
+            })
+        };
+        let (_, idle) = wal.idle_waits();
+        for _ in 0..5 {
+            wal.append(framed(&[b"small"])).await.unwrap();
+        }
+        assert!(wal.idle_waits().1 > idle, "{:?}", wal.idle_waits());
+        stop.store(true, Ordering::Relaxed);
+        parker.join().unwrap();
+        // Groups of 2 MiB: after a few, the writer takes them at once.
+        let big = vec![b'x'; 2 * DEFER_MAX_GROUP as usize];
+        for _ in 0..8 {
+            wal.append(framed(&[&big])).await.unwrap();
+        }
+        let waits = wal.idle_waits();
+        for _ in 0..4 {
+            wal.append(framed(&[&big])).await.unwrap();
+        }
+        assert_eq!(wal.idle_waits(), waits, "large groups: no waits");
+        // A log of batches never waits.
+        let batches = open("batches", false);
+        for _ in 0..3 {
+            batches.append(framed(&[b"small"])).await.unwrap();
+        }
+        assert_eq!(batches.idle_waits(), (0, 0));
     }
 
     /// Appends made in one turn of the runtime go to the disk together: five tasks ready
