@@ -225,11 +225,11 @@ pub fn runtime_parked() {
 }
 
 /// Waits until the runtime has gone idle since `parks` was read from [`RUNTIME_PARKS`],
-/// at most [`IDLE_WAIT_MAX`]; at once when no runtime reports its parks. Whether it ended
-/// by an idle runtime (`true`) or by the limit.
-fn wait_for_an_idle_runtime(parks: u64) -> bool {
+/// at most [`IDLE_WAIT_MAX`]. Whether it ended by an idle runtime (`true`) or by the
+/// limit; `None` (no wait) when no runtime reports its parks.
+fn wait_for_an_idle_runtime(parks: u64) -> Option<bool> {
     if parks == 0 {
-        return true;
+        return None;
     }
     let deadline = std::time::Instant::now() + IDLE_WAIT_MAX;
     IDLE_WAITERS.fetch_add(1, Ordering::SeqCst);
@@ -248,7 +248,7 @@ fn wait_for_an_idle_runtime(parks: u64) -> bool {
     };
     drop(held);
     IDLE_WAITERS.fetch_sub(1, Ordering::SeqCst);
-    idle
+    Some(idle)
 }
 
 /// The active segment is preallocated this far past its data at a time.
@@ -720,8 +720,9 @@ impl Writer {
                 let _ = done.send(());
             }
             if self.defer_now() {
-                let waited = wait_for_an_idle_runtime(parks);
-                self.shared.idle_waits[waited as usize].fetch_add(1, Ordering::Relaxed);
+                if let Some(idle) = wait_for_an_idle_runtime(parks) {
+                    self.shared.idle_waits[usize::from(idle)].fetch_add(1, Ordering::Relaxed);
+                }
             }
             self.shared.busy.store(false, Ordering::Relaxed);
         }
