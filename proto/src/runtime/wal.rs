@@ -194,8 +194,9 @@ struct Gather {
 /// parks ([`runtime_parked`], tokio's `on_thread_park`), at most [`IDLE_WAIT_MAX`], the
 /// next group holds every request read meanwhile, and its sync's CPU is shared by more of
 /// them. A group of fewer than [`GATHER_EARLY_APPENDS`] appends (few senders) has little
-/// to gather and does not wait: after groups of 2 (`wrk -c4`) the wait's extra wake-up
-/// cost 9.5k requests/s against 10.2k. Measured with the collector pinned to one core
+/// to gather and does not wait: after groups of 2 (`wrk -c4`) waiting gathered nothing
+/// more (2.2 appends per sync against 2.4), for one more wake-up of the writer per group.
+/// Measured with the collector pinned to one core
 /// (`wrk -c32`, 2-core VM, virtio disk, a 9 KB pwrite + `fdatasync` 214 µs): see the
 /// README's performance section.
 ///
