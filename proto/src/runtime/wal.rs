@@ -196,9 +196,8 @@ struct Gather {
 /// them. A group of fewer than [`GATHER_EARLY_APPENDS`] appends (few senders) has little
 /// to gather and does not wait: after groups of 2 (`wrk -c4`) waiting gathered nothing
 /// more (2.2 appends per sync against 2.4), for one more wake-up of the writer per group.
-/// Measured with the collector pinned to one core
-/// (`wrk -c32`, 2-core VM, virtio disk, a 9 KB pwrite + `fdatasync` 214 µs): see the
-/// README's performance section.
+/// Measured with the collector pinned to one core (`wrk -c32`, 2-core VM, virtio disk, a
+/// 9 KB pwrite + `fdatasync` 214 µs): see the README's performance section.
 ///
 /// Large groups (datagram bursts of a MB) cost mostly the copy into the page cache, which
 /// is cheapest while what was just built is still in the CPU's cache: above this the
@@ -711,7 +710,8 @@ impl Writer {
                 offset: end.offset - total,
                 ..*end
             });
-            let parks = RUNTIME_PARKS.load(Ordering::SeqCst);
+            // Read before the replies wake the runtime: its next park counts.
+            let parks = self.defers.map(|_| RUNTIME_PARKS.load(Ordering::SeqCst));
             let appends = group.len();
             for (data, done) in group.drain(..) {
                 let span = result.clone().map(|_| {
@@ -726,7 +726,7 @@ impl Writer {
             }
             // A group of fewer appends than an early batch: few senders, little to gather.
             if self.defer_now() && appends >= GATHER_EARLY_APPENDS {
-                if let Some(idle) = wait_for_an_idle_runtime(parks) {
+                if let Some(idle) = parks.and_then(wait_for_an_idle_runtime) {
                     self.shared.idle_waits[usize::from(idle)].fetch_add(1, Ordering::Relaxed);
                 }
             }
