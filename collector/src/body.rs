@@ -33,15 +33,24 @@ pub fn format(content_type: Option<&str>) -> Result<Format, BodyError> {
     let Some(ct) = content_type else {
         return Ok(Format::Json);
     };
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    match mime.as_str() {
-        // curl -d sends form-urlencoded by default; a body that is not JSON still gets
-        // a clear 400.
-        "" | "application/json" | "text/plain" | "application/x-www-form-urlencoded" => Ok(Format::Json),
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(Format::Ndjson),
-        other => Err(BodyError::Unsupported(format!(
-            "unsupported Content-Type {other:?}: send application/json or application/x-ndjson"
-        ))),
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    let is = |names: &[&str]| names.iter().any(|n| mime.eq_ignore_ascii_case(n));
+    // curl -d sends form-urlencoded by default; a body that is not JSON still gets a clear
+    // 400.
+    if is(&[
+        "",
+        "application/json",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+    ]) {
+        Ok(Format::Json)
+    } else if is(&["application/x-ndjson", "application/ndjson", "application/jsonl"]) {
+        Ok(Format::Ndjson)
+    } else {
+        Err(BodyError::Unsupported(format!(
+            "unsupported Content-Type {:?}: send application/json or application/x-ndjson",
+            mime.to_ascii_lowercase()
+        )))
     }
 }
 

@@ -24,6 +24,8 @@ pub const CATALOG_AGE: &str = "weir_collector_catalog_age_seconds";
 pub const REQUESTS: &str = "weir_collector_http_requests_total";
 /// Bytes in the spool.
 pub const SPOOL_BYTES: &str = "weir_collector_spool_bytes";
+/// Bytes in the spool not yet acknowledged by a router (the backlog).
+pub const SPOOL_PENDING: &str = "weir_collector_spool_pending_bytes";
 /// Segment files in the spool.
 pub const SPOOL_SEGMENTS: &str = "weir_collector_spool_segments";
 /// Batches the router acknowledged.
@@ -121,6 +123,7 @@ pub fn requests(code: hyper::StatusCode) -> metrics::Counter {
 /// Updates the spool gauges.
 pub fn refresh_spool(spool: &crate::spool::Spool) {
     metrics::gauge!(SPOOL_BYTES).set(spool.wal().bytes() as f64);
+    metrics::gauge!(SPOOL_PENDING).set(spool.pending_bytes() as f64);
     metrics::gauge!(SPOOL_SEGMENTS).set(spool.wal().segments() as f64);
 }
 

@@ -470,34 +470,49 @@ fn nearly_full_router_disk(log_on_disk: bool, buffer_on_disk: bool) {
 /// The ids acknowledged (202), and those of requests whose answer never came (in doubt).
 pub type Ledger = (BTreeSet<String>, BTreeSet<String>);
 
-/// Sends 20-event requests (`event` makes one event's JSON from its id) in a loop until
-/// `stop`; returns the [`Ledger`].
+/// Sends 20-event requests (`event` makes one event's JSON from its id) from `senders`
+/// threads at once, each in a loop until `stop`; returns their [`Ledger`]s merged.
 pub fn steady_load(
     url: String,
+    senders: usize,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     event: fn(&str) -> String,
 ) -> std::thread::JoinHandle<Ledger> {
+    let threads: Vec<_> = (0..senders)
+        .map(|t| {
+            let (url, stop) = (url.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut acked, mut in_doubt) = (BTreeSet::new(), BTreeSet::new());
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let ids: Vec<String> = (0..20).map(|j| format!("load{t}-{n}-{j}")).collect();
+                    let body: Vec<String> = ids.iter().map(|id| event(id)).collect();
+                    let sent = ureq::post(&format!("{url}/v1/events"))
+                        .timeout(Duration::from_secs(10))
+                        .set("content-type", "application/json")
+                        .send_string(&format!("[{}]", body.join(",")));
+                    match sent {
+                        Ok(r) if r.status() == 202 => acked.extend(ids),
+                        // Refused (503 while the router restarts): not stored.
+                        Ok(_) | Err(ureq::Error::Status(..)) => std::thread::sleep(Duration::from_millis(20)),
+                        // Cut off by a kill: maybe stored, not acknowledged, so not owed.
+                        Err(_) => {
+                            in_doubt.extend(ids);
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                    }
+                }
+                (acked, in_doubt)
+            })
+        })
+        .collect();
     std::thread::spawn(move || {
         let (mut acked, mut in_doubt) = (BTreeSet::new(), BTreeSet::new());
-        let mut n = 0u64;
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            n += 1;
-            let ids: Vec<String> = (0..20).map(|j| format!("load-{n}-{j}")).collect();
-            let body: Vec<String> = ids.iter().map(|id| event(id)).collect();
-            let sent = ureq::post(&format!("{url}/v1/events"))
-                .timeout(Duration::from_secs(10))
-                .set("content-type", "application/json")
-                .send_string(&format!("[{}]", body.join(",")));
-            match sent {
-                Ok(r) if r.status() == 202 => acked.extend(ids),
-                // Refused (503 while the router restarts): not stored.
-                Ok(_) | Err(ureq::Error::Status(..)) => std::thread::sleep(Duration::from_millis(20)),
-                // Cut off by a kill: maybe stored, not acknowledged, so not owed.
-                Err(_) => {
-                    in_doubt.extend(ids);
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-            }
+        for t in threads {
+            let (a, d) = t.join().expect("a load thread panicked");
+            acked.extend(a);
+            in_doubt.extend(d);
         }
         (acked, in_doubt)
     })
@@ -531,10 +546,21 @@ fn kill_9_of_collector_and_router_at_random_moments_loses_no_acknowledged_event(
     up(&url, "collector-0.log".into());
     up(&format!("http://127.0.0.1:{rport}"), "router-0.log".into());
     let stop_load = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = steady_load(url.clone(), stop_load.clone(), |id| cart(id, "s"));
+    // Enough senders at once that the spool's groups reach the writer's idle wait (8+
+    // appends): the kills land among waits, not only among syncs.
+    let load = steady_load(url.clone(), 16, stop_load.clone(), |id| cart(id, "s"));
+    let mut waits = 0.0;
     for i in 1..=cycles {
         std::thread::sleep(Duration::from_millis(200 + rand(1000)));
-        let victim = if rand(2) == 0 { &mut collector } else { &mut router };
+        let kill_collector = rand(2) == 0;
+        if kill_collector {
+            let page = ureq::get(&format!("{url}/metrics"))
+                .call()
+                .ok()
+                .and_then(|r| r.into_string().ok());
+            waits += metric(&page.unwrap_or_default(), "weir_collector_spool_idle_waits_total");
+        }
+        let victim = if kill_collector { &mut collector } else { &mut router };
         victim.kill().unwrap();
         victim.wait().unwrap();
         std::thread::sleep(Duration::from_millis(rand(300)));
@@ -550,6 +576,23 @@ fn kill_9_of_collector_and_router_at_random_moments_loses_no_acknowledged_event(
     stop_load.store(true, std::sync::atomic::Ordering::Relaxed);
     let (acked, in_doubt) = load.join().unwrap();
     assert!(acked.len() > 1000, "the load ran: {} acknowledged", acked.len());
+    waits += metric(
+        &get_text(&format!("{url}/metrics")),
+        "weir_collector_spool_idle_waits_total",
+    );
+    assert!(
+        waits > 0.0,
+        "the spool's writer never waited for an idle runtime under this load"
+    );
+    // Shutdown drains for at most drain_timeout_secs; the backlog of this load may take
+    // longer, so it is forwarded first.
+    eventually(Duration::from_secs(300), "the spool drains to the router", || {
+        (metric(
+            &get_text(&format!("{url}/metrics")),
+            "weir_collector_spool_pending_bytes",
+        ) == 0.0)
+            .then_some(())
+    });
     stop(collector);
     stop(router);
     let out = weir()
@@ -558,6 +601,65 @@ fn kill_9_of_collector_and_router_at_random_moments_loses_no_acknowledged_event(
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_ledger_in_doubt(&tmp.path().join("data/warehouse"), &acked, &in_doubt);
+}
+
+/// Shutdown forwards the spool for at most `drain_timeout_secs`, even to a router that
+/// keeps accepting (a backlog larger than that time allows): the rest stays in the spool
+/// and goes out after the next start.
+#[test]
+fn shutdown_with_a_backlog_stops_at_the_drain_timeout_and_the_spool_keeps_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slow = "drain_timeout_secs = 1\nbatch_max_events = 1";
+    let (cfg, cport, _) = components_config(tmp.path(), slow, "");
+    let cfg_s = cfg.to_str().unwrap();
+    let url = format!("http://127.0.0.1:{cport}");
+    let collector = spawn(&["collector", "--config", cfg_s], &tmp.path().join("collector-0.log"));
+    eventually(Duration::from_secs(30), "the collector listens", || {
+        ureq::get(&format!("{url}/healthz")).call().ok()
+    });
+    // The router is away: a backlog builds up.
+    let mut acked = BTreeSet::new();
+    for i in 0..400 {
+        acked.extend(send(&url, &format!("backlog-{i}"), 100));
+    }
+    let router = spawn(&["router", "--config", cfg_s], &tmp.path().join("router.log"));
+    eventually(Duration::from_secs(30), "forwarding starts", || {
+        let page = get_text(&format!("{url}/metrics"));
+        (metric(&page, "weir_collector_forwarded_events_total") > 0.0).then_some(())
+    });
+    // One event per batch: the 40,000 take far longer than the 1 s drain time.
+    let asked = Instant::now();
+    let mut collector = collector;
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(collector.id().to_string())
+        .status();
+    let status = eventually(Duration::from_secs(60), "the collector exits", || {
+        collector.try_wait().unwrap()
+    });
+    let took = asked.elapsed();
+    assert!(status.success(), "exit {status:?}");
+    let log = fs::read_to_string(tmp.path().join("collector-0.log")).unwrap();
+    assert!(
+        took < Duration::from_secs(10),
+        "shutdown took {took:?} with drain_timeout_secs = 1:\n{log}"
+    );
+    assert!(log.contains("drain timeout: leaving the rest of the spool"), "{log}");
+    // The next start forwards the rest (in larger batches).
+    fs::write(&cfg, fs::read_to_string(&cfg).unwrap().replace(slow, "")).unwrap();
+    let collector = spawn(&["collector", "--config", cfg_s], &tmp.path().join("collector-1.log"));
+    eventually(Duration::from_secs(120), "the rest of the spool is forwarded", || {
+        let page = ureq::get(&format!("{url}/metrics")).call().ok()?.into_string().ok()?;
+        (metric(&page, "weir_collector_spool_pending_bytes") == 0.0).then_some(())
+    });
+    stop(collector);
+    stop(router);
+    let out = weir()
+        .args(["loader", "run", "--now", "--config", cfg_s])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ledger(&tmp.path().join("data/warehouse"), &acked);
 }
 
 /// One raw HTTP/1.1 request (for what ureq cannot send: repeated header lines);

@@ -378,7 +378,7 @@ async fn kill_9_of_a_kafka_mode_collector_at_random_moments_loses_no_acknowledge
     let mut router = node_at("router", &cfg, dir, "router", rport, "router-0.log");
     let mut collector = node_at("collector", &cfg, dir, "collector", cport, "collector-0.log");
     let stop_load = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = crate::faults::steady_load(collector.url.clone(), stop_load.clone(), |id| {
+    let load = crate::faults::steady_load(collector.url.clone(), 1, stop_load.clone(), |id| {
         format!(r#"{{"event":"signup","env":"web","id":"{id}","fields":{{}}}}"#)
     });
     for i in 1..=cycles {

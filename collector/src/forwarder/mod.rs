@@ -92,6 +92,15 @@ async fn forward(spool: &Spool, opts: &ForwarderOptions, mut shutdown: watch::Re
         if stopping && sender.deadline().is_none() {
             *sender.deadline() = Some(Instant::now() + opts.drain_timeout);
         }
+        // A router that keeps accepting must not stretch shutdown past the drain time
+        // either (a large backlog): what is left stays in the spool.
+        if stopping && sender.deadline().is_some_and(|d| Instant::now() >= d) {
+            tracing::warn!(
+                pending_bytes = spool.pending_bytes(),
+                "drain timeout: leaving the rest of the spool for the next start"
+            );
+            return;
+        }
         let from = reader.as_ref().map(|r| r.position()).unwrap_or_default();
         let (mut events, r) = read(reader.take(), run_max).await;
         reader = r;

@@ -93,7 +93,9 @@ pub struct WalOptions {
     pub name: &'static str,
     /// Prefix of the log's metrics (`weir_collector_spool`, `weir_router_log`):
     /// `<prefix>_damaged_bytes_total` counts bytes skipped over as damage,
-    /// `<prefix>_syncs_total` the groups written (one `fdatasync` each).
+    /// `<prefix>_syncs_total` the groups written (one `fdatasync` each),
+    /// `<prefix>_idle_waits_total{ended="limit"|"idle"}` the writer's waits for an idle
+    /// runtime between groups (see [`DEFER_MAX_GROUP`]).
     pub metric_prefix: &'static str,
     /// Gather the appends of one turn of the async runtime into one group (see
     /// [`Gather`]): for a log written by many small requests (the collector's spool). A
@@ -133,6 +135,7 @@ struct Shared {
     syncs_total: metrics::Counter,
     /// Waits for an idle runtime between groups: ended by the limit, by an idle runtime.
     idle_waits: [AtomicU64; 2],
+    idle_waits_total: [metrics::Counter; 2],
 }
 
 /// Handle to an open log. Cheap to clone; the writer thread stops when every handle is
@@ -412,6 +415,8 @@ impl Wal {
             syncs: AtomicU64::new(0),
             syncs_total: metrics::counter!(format!("{}_syncs_total", opts.metric_prefix)),
             idle_waits: Default::default(),
+            idle_waits_total: ["limit", "idle"]
+                .map(|ended| metrics::counter!(format!("{}_idle_waits_total", opts.metric_prefix), "ended" => ended)),
         });
         let (tx, rx) = mpsc::channel(4096);
         let writer = Writer {
@@ -728,6 +733,7 @@ impl Writer {
             if self.defer_now() && appends >= GATHER_EARLY_APPENDS {
                 if let Some(idle) = parks.and_then(wait_for_an_idle_runtime) {
                     self.shared.idle_waits[usize::from(idle)].fetch_add(1, Ordering::Relaxed);
+                    self.shared.idle_waits_total[usize::from(idle)].increment(1);
                 }
             }
             self.shared.busy.store(false, Ordering::Relaxed);
