@@ -527,7 +527,21 @@ fn kill_9_of_collector_and_router_at_random_moments_loses_no_acknowledged_event(
     let (cfg, cport, rport) = components_config(tmp.path(), "batch_max_events = 50", "log_segment_bytes = 65536");
     let cfg = cfg.to_str().unwrap();
     let url = format!("http://127.0.0.1:{cport}");
-    let start = |what: &str, i: u64| spawn(&[what, "--config", cfg], &tmp.path().join(format!("{what}-{i}.log")));
+    // The collector shares CPU 0 with a busy loop: on a contended core its spool's writer
+    // waits for an idle runtime between groups (see `weir_proto::runtime::wal::Pacing`),
+    // so the kills land among those waits too, not only among syncs.
+    let _busy = Reaped::new(
+        Command::new("taskset")
+            .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+            .spawn()
+            .expect("taskset (util-linux) runs a busy loop on CPU 0"),
+    );
+    let start = |what: &str, i: u64| {
+        let log = fs::File::create(tmp.path().join(format!("{what}-{i}.log"))).unwrap();
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "0", env!("CARGO_BIN_EXE_weir"), what, "--config", cfg]);
+        cmd.stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap()
+    };
     let up = |url: &str, log: String| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while ureq::get(&format!("{url}/healthz")).call().is_err() {
@@ -547,7 +561,7 @@ fn kill_9_of_collector_and_router_at_random_moments_loses_no_acknowledged_event(
     up(&format!("http://127.0.0.1:{rport}"), "router-0.log".into());
     let stop_load = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Enough senders at once that the spool's groups reach the writer's idle wait (8+
-    // appends): the kills land among waits, not only among syncs.
+    // appends).
     let load = steady_load(url.clone(), 16, stop_load.clone(), |id| cart(id, "s"));
     let mut waits = 0.0;
     for i in 1..=cycles {
