@@ -342,11 +342,7 @@ fn a_full_spool_disk_answers_503_and_recovers_by_itself_when_the_router_returns(
     }
     stop(collector);
     stop(router);
-    let out = weir()
-        .args(["loader", "run", "--now", "--config", cfg])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    load_now(cfg);
     assert_ledger(&tmp.path().join("data/warehouse"), &acked);
 }
 
@@ -459,12 +455,17 @@ fn nearly_full_router_disk(log_on_disk: bool, buffer_on_disk: bool) {
     let log = fs::read_to_string(tmp.path().join("router.log")).unwrap();
     assert!(log.contains("the disk is nearly full"), "{log}");
     assert!(log.contains("disk space is back above the reserve"), "{log}");
+    load_now(cfg);
+    assert_ledger(&tmp.path().join("data/warehouse"), &acked);
+}
+
+/// Runs `weir loader run --now` on `cfg` (every buffered hour into the warehouse).
+fn load_now(cfg: &str) {
     let out = weir()
         .args(["loader", "run", "--now", "--config", cfg])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_ledger(&tmp.path().join("data/warehouse"), &acked);
 }
 
 /// The ids acknowledged (202), and those of requests whose answer never came (in doubt).
@@ -609,11 +610,7 @@ fn kill_9_of_collector_and_router_at_random_moments_loses_no_acknowledged_event(
     });
     stop(collector);
     stop(router);
-    let out = weir()
-        .args(["loader", "run", "--now", "--config", cfg])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    load_now(cfg);
     assert_ledger_in_doubt(&tmp.path().join("data/warehouse"), &acked, &in_doubt);
 }
 
@@ -668,11 +665,7 @@ fn shutdown_with_a_backlog_stops_at_the_drain_timeout_and_the_spool_keeps_the_re
     });
     stop(collector);
     stop(router);
-    let out = weir()
-        .args(["loader", "run", "--now", "--config", cfg_s])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    load_now(cfg_s);
     assert_ledger(&tmp.path().join("data/warehouse"), &acked);
 }
 
