@@ -94,8 +94,8 @@ pub struct WalOptions {
     /// Prefix of the log's metrics (`weir_collector_spool`, `weir_router_log`):
     /// `<prefix>_damaged_bytes_total` counts bytes skipped over as damage,
     /// `<prefix>_syncs_total` the groups written (one `fdatasync` each),
-    /// `<prefix>_idle_waits_total{ended="limit"|"idle"}` the writer's waits for an idle
-    /// runtime between groups (see [`DEFER_MAX_GROUP`]).
+    /// `<prefix>_idle_waits_total{ended="limit"|"idle"}` (a gathering log's) the writer's
+    /// waits for an idle runtime between groups (see [`DEFER_MAX_GROUP`]).
     pub metric_prefix: &'static str,
     /// Gather the appends of one turn of the async runtime into one group (see
     /// [`Gather`]): for a log written by many small requests (the collector's spool). A
@@ -502,8 +502,11 @@ impl Wal {
             syncs: AtomicU64::new(0),
             syncs_total: metrics::counter!(format!("{}_syncs_total", opts.metric_prefix)),
             idle_waits: Default::default(),
-            idle_waits_total: ["limit", "idle"]
-                .map(|ended| metrics::counter!(format!("{}_idle_waits_total", opts.metric_prefix), "ended" => ended)),
+            // Only a gathering log ever waits: no always-zero series for the others.
+            idle_waits_total: ["limit", "idle"].map(|ended| match opts.gather {
+                true => metrics::counter!(format!("{}_idle_waits_total", opts.metric_prefix), "ended" => ended),
+                false => metrics::Counter::noop(),
+            }),
         });
         let (tx, rx) = mpsc::channel(4096);
         let writer = Writer {
