@@ -541,7 +541,7 @@ fn kill_9_of_collector_and_router_at_random_moments_loses_no_acknowledged_event(
         let log = fs::File::create(tmp.path().join(format!("{what}-{i}.log"))).unwrap();
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", "0", env!("CARGO_BIN_EXE_weir"), what, "--config", cfg]);
-        cmd.stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap()
+        Reaped::new(cmd.stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap())
     };
     let up = |url: &str, log: String| {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -608,8 +608,8 @@ fn kill_9_of_collector_and_router_at_random_moments_loses_no_acknowledged_event(
         ) == 0.0)
             .then_some(())
     });
-    stop(collector);
-    stop(router);
+    stop(collector.take());
+    stop(router.take());
     load_now(cfg);
     assert_ledger_in_doubt(&tmp.path().join("data/warehouse"), &acked, &in_doubt);
 }
@@ -624,7 +624,10 @@ fn shutdown_with_a_backlog_stops_at_the_drain_timeout_and_the_spool_keeps_the_re
     let (cfg, cport, _) = components_config(tmp.path(), slow, "");
     let cfg_s = cfg.to_str().unwrap();
     let url = format!("http://127.0.0.1:{cport}");
-    let collector = spawn(&["collector", "--config", cfg_s], &tmp.path().join("collector-0.log"));
+    let collector = Reaped::new(spawn(
+        &["collector", "--config", cfg_s],
+        &tmp.path().join("collector-0.log"),
+    ));
     eventually(Duration::from_secs(30), "the collector listens", || {
         ureq::get(&format!("{url}/healthz")).call().ok()
     });
@@ -633,7 +636,7 @@ fn shutdown_with_a_backlog_stops_at_the_drain_timeout_and_the_spool_keeps_the_re
     for i in 0..400 {
         acked.extend(send(&url, &format!("backlog-{i}"), 100));
     }
-    let router = spawn(&["router", "--config", cfg_s], &tmp.path().join("router.log"));
+    let router = Reaped::new(spawn(&["router", "--config", cfg_s], &tmp.path().join("router.log")));
     eventually(Duration::from_secs(30), "forwarding starts", || {
         let page = get_text(&format!("{url}/metrics"));
         (metric(&page, "weir_collector_forwarded_events_total") > 0.0).then_some(())
@@ -658,13 +661,16 @@ fn shutdown_with_a_backlog_stops_at_the_drain_timeout_and_the_spool_keeps_the_re
     assert!(log.contains("drain timeout: leaving the rest of the spool"), "{log}");
     // The next start forwards the rest (in larger batches).
     fs::write(&cfg, fs::read_to_string(&cfg).unwrap().replace(slow, "")).unwrap();
-    let collector = spawn(&["collector", "--config", cfg_s], &tmp.path().join("collector-1.log"));
+    let collector = Reaped::new(spawn(
+        &["collector", "--config", cfg_s],
+        &tmp.path().join("collector-1.log"),
+    ));
     eventually(Duration::from_secs(120), "the rest of the spool is forwarded", || {
         let page = ureq::get(&format!("{url}/metrics")).call().ok()?.into_string().ok()?;
         (metric(&page, "weir_collector_spool_pending_bytes") == 0.0).then_some(())
     });
-    stop(collector);
-    stop(router);
+    stop(collector.take());
+    stop(router.take());
     load_now(cfg_s);
     assert_ledger(&tmp.path().join("data/warehouse"), &acked);
 }
