@@ -263,14 +263,15 @@ impl Pacing {
         let Some(file) = &self.schedstat else {
             return true;
         };
-        if self.read_at.elapsed() >= PACING_WINDOW {
-            if let Some(now) = read_schedstat(file) {
-                let delay = now.0.saturating_sub(self.last.0);
-                let runs = now.1.saturating_sub(self.last.1);
+        let now = std::time::Instant::now();
+        if now.duration_since(self.read_at) >= PACING_WINDOW {
+            self.read_at = now;
+            if let Some(read) = read_schedstat(file) {
+                let delay = read.0.saturating_sub(self.last.0);
+                let runs = read.1.saturating_sub(self.last.1);
                 self.waiting = contended(delay, runs, self.waiting);
-                self.last = now;
+                self.last = read;
             }
-            self.read_at = std::time::Instant::now();
         }
         self.waiting
     }
